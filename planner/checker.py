@@ -1,0 +1,150 @@
+"""The problem's semantics, written once as plain Python: scores and validates a plan.
+
+Knows nothing of CP-SAT. The solver's plans are re-scored here in floating point, and the tests check
+this module on hand-made plans, valid and invalid. It is the executable form of the "Semantics"
+section of the problem format (README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.problem import Device, Problem, ProfileRow
+
+MAKESPAN_REL_TOL = 1e-9  # plans within this relative distance of T* tie on the makespan
+
+
+@dataclass(frozen=True)
+class Placement:
+    """One sub-model of a candidate plan: where it runs, at which ratio, for which classes."""
+
+    device: str
+    ratio: float
+    classes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SubModelCost:
+    compute_s: float
+    overhead_s: float
+    comm_s: float
+    mem_bytes: int
+    loss_pp: float | None
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.overhead_s + self.comm_s
+
+
+@dataclass
+class PlanScore:
+    """Every figure of a plan, and the rules it breaks (empty `violations` = valid)."""
+
+    makespan_s: float
+    fusion_s: float
+    device_times_s: dict[str, float]
+    costs: list[SubModelCost]
+    memory_sum_bytes: int
+    max_loss_pp: float | None
+    similarity_sum: int | None
+    violations: list[str] = field(default_factory=list)
+
+    @property
+    def valid(self) -> bool:
+        return not self.violations
+
+    def secondary_value(self, secondary: str) -> float | int | None:
+        return {"memory": self.memory_sum_bytes, "max_loss": self.max_loss_pp,
+                "similarity": self.similarity_sum, "none": None}[secondary]
+
+
+def submodel_latency(row: ProfileRow, device: Device, on_aggregator: bool) -> SubModelCost:
+    """flops/flops_per_s + overhead_s + feat_bytes/link_bytes_per_s (no link term on the aggregator)."""
+    comm = 0.0 if on_aggregator else row.feat_bytes / device.link_bytes_per_s
+    return SubModelCost(compute_s=row.flops / device.flops_per_s, overhead_s=device.overhead_s,
+                        comm_s=comm, mem_bytes=row.mem_bytes, loss_pp=None)
+
+
+def fusion_latency(problem: Problem, num_submodels: int) -> float:
+    """(flops_fixed + K x flops_per_submodel) / flops_per_s(aggregator)."""
+    aggregator = problem.device(problem.aggregator_name)
+    flops = problem.fusion.flops_fixed + num_submodels * problem.fusion.flops_per_submodel
+    return flops / aggregator.flops_per_s
+
+
+def score_plan(problem: Problem, placements: list[Placement]) -> PlanScore:
+    """Score `placements` against `problem`; every broken rule is listed in `violations`."""
+    violations: list[str] = []
+    devices = {d.name: d for d in problem.devices}
+    rows = {row.ratio: row for row in problem.profile}
+    aggregator = problem.aggregator_name
+
+    if not placements:
+        violations.append("a plan needs at least one sub-model")
+    seen: dict[int, int] = {}
+    for k, p in enumerate(placements):
+        if not p.classes:
+            violations.append(f"sub-model {k} serves no class")
+        for c in p.classes:
+            if not 0 <= c < problem.num_classes:
+                violations.append(f"sub-model {k} serves class {c}, outside 0..{problem.num_classes - 1}")
+            elif c in seen:
+                violations.append(f"class {c} is served by sub-models {seen[c]} and {k}")
+            else:
+                seen[c] = k
+    missing = problem.num_classes - len(seen)
+    if missing > 0:
+        violations.append(f"{missing} class(es) are served by no sub-model")
+
+    costs: list[SubModelCost] = []
+    device_times = {}
+    device_mem = {name: 0 for name in devices}
+    device_slots = {name: 0 for name in devices}
+    for k, p in enumerate(placements):
+        device = devices.get(p.device)
+        row = rows.get(p.ratio)
+        if device is None:
+            violations.append(f"sub-model {k} is placed on unknown device {p.device!r}")
+            continue
+        if row is None:
+            violations.append(f"sub-model {k} uses ratio {p.ratio}, not in the profile")
+            continue
+        cost = submodel_latency(row, device, on_aggregator=(p.device == aggregator))
+        loss = row.loss(len(p.classes)) if p.classes else row.loss(1)
+        cost = SubModelCost(cost.compute_s, cost.overhead_s, cost.comm_s, cost.mem_bytes, loss)
+        costs.append(cost)
+        device_times[p.device] = device_times.get(p.device, 0.0) + cost.total_s
+        device_mem[p.device] += row.mem_bytes
+        device_slots[p.device] += 1
+        if loss is None:
+            violations.append(f"sub-model {k}: {len(p.classes)} classes exceed the capacity "
+                              f"{row.capacity} of ratio {p.ratio}")
+        elif problem.loss_budget is not None and loss > problem.loss_budget:
+            violations.append(f"sub-model {k}: loss {loss} exceeds the loss budget "
+                              f"{problem.loss_budget}")
+
+    for name, slots in device_slots.items():
+        if slots > problem.max_per_device:
+            violations.append(f"device {name} hosts {slots} sub-models, more than max_per_device "
+                              f"{problem.max_per_device}")
+    for name, used in device_mem.items():
+        need = used + (problem.fusion.mem_bytes if name == aggregator else 0)
+        if need > devices[name].mem_bytes:
+            violations.append(f"device {name} needs {need} bytes, has {devices[name].mem_bytes}")
+
+    fusion_s = fusion_latency(problem, len(placements))
+    makespan = max(device_times.values(), default=0.0) + fusion_s
+    if problem.latency_budget_s is not None and makespan > problem.latency_budget_s:
+        violations.append(f"makespan {makespan:.6g} s exceeds the latency budget "
+                          f"{problem.latency_budget_s} s")
+
+    losses = [c.loss_pp for c in costs if c.loss_pp is not None]
+    similarity = None
+    if problem.similarity is not None:
+        sim = problem.similarity
+        similarity = sum(sim[i][j] for p in placements for a, i in enumerate(p.classes)
+                         for j in p.classes[a + 1:] if 0 <= i < len(sim) and 0 <= j < len(sim))
+    return PlanScore(
+        makespan_s=makespan, fusion_s=fusion_s, device_times_s=device_times, costs=costs,
+        memory_sum_bytes=sum(c.mem_bytes for c in costs),
+        max_loss_pp=max(losses, default=None), similarity_sum=similarity, violations=violations)

@@ -1,0 +1,110 @@
+"""`edvit solve PROBLEM.yaml`: solve a low-level problem (the format of shared/planning)."""
+
+from __future__ import annotations
+
+import argparse
+
+from planner.cli.common import check_output_path, print_json
+from planner.cpsat_model import SolverConfig
+
+EXIT_INFEASIBLE = 3
+
+
+def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--time-limit", type=float, default=30.0, metavar="S",
+                        help="solver wall-clock limit in seconds (default 30)")
+    parser.add_argument("--seed", type=int, default=0, help="solver random seed (default 0)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="CP-SAT search workers (default 1: deterministic plans)")
+    parser.add_argument("--out", metavar="PLAN.json", help="write the plan file here")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+
+
+def solver_config(args: argparse.Namespace) -> SolverConfig:
+    from planner.errors import InputError
+
+    if args.time_limit <= 0:
+        raise InputError("must be > 0", field="--time-limit", value=args.time_limit)
+    if args.workers < 1:
+        raise InputError("must be >= 1", field="--workers", value=args.workers)
+    return SolverConfig(time_limit_s=args.time_limit, workers=args.workers, seed=args.seed,
+                        log_search=getattr(args, "verbose", False))
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("solve", help="solve a low-level planning problem (YAML)",
+                                   description=__doc__)
+    parser.add_argument("problem", metavar="PROBLEM.yaml")
+    add_solver_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def plan_summary(plan) -> dict:
+    """The `--json` object: status, objectives, proof, binding and the sub-models."""
+    return {
+        "status": plan.status,
+        "makespan_s": plan.makespan_s,
+        "secondary": plan.solver.secondary,
+        "secondary_value": plan.solver.secondary_value,
+        "secondary_proven": plan.solver.secondary_proven,
+        "bound_s": plan.solver.bound_s,
+        "gap": plan.solver.gap,
+        "binding": plan.binding,
+        "explanation": plan.explanation,
+        "greedy_makespan_s": plan.greedy.makespan_s if plan.greedy else None,
+        "wall_time_s": plan.solver.wall_time_s,
+        "submodels": [{"device": s.device, "ratio": s.ratio, "classes": s.classes}
+                      for s in plan.submodels],
+    }
+
+
+def report_plan(plan, args) -> int:
+    """Write/print a plan as the flags ask; exit code 0 for a plan, 3 for infeasible."""
+    from planner.files import write_text_atomic
+
+    if args.out:
+        write_text_atomic(check_output_path(args.out), plan.model_dump_json(indent=2) + "\n")
+    if args.json:
+        print_json(plan_summary(plan))
+    else:
+        print(format_plan(plan))
+    if plan.status == "infeasible":
+        return EXIT_INFEASIBLE
+    return 0 if plan.status in ("optimal", "feasible") else 1
+
+
+def format_plan(plan) -> str:
+    """A short human-readable summary."""
+    lines = [f"plan {plan.name}: {plan.status}"]
+    if plan.status == "infeasible":
+        lines.append(f"  binding constraint: {plan.binding}")
+        lines.append(f"  {plan.explanation}")
+        return "\n".join(lines)
+    if plan.makespan_s is None:
+        lines.append(f"  {plan.explanation}")
+        return "\n".join(lines)
+    s = plan.solver
+    lines.append(f"  makespan {plan.makespan_s * 1e3:.2f} ms (bound {s.bound_s * 1e3:.2f} ms, "
+                 f"gap {s.gap:.2%}); solved in {s.wall_time_s:.2f} s")
+    if plan.greedy and plan.greedy.makespan_s:
+        lines.append(f"  greedy baseline {plan.greedy.makespan_s * 1e3:.2f} ms "
+                     f"({plan.greedy.makespan_s / plan.makespan_s:.2f}x slower)")
+    if s.secondary != "none":
+        lines.append(f"  {s.secondary}: {s.secondary_value}"
+                     + ("" if s.secondary_proven else " (heuristic, not proven)"))
+    lines.append(f"  {'device':<16} {'ratio':>6} {'classes':>8} {'loss':>6} {'latency ms':>11}")
+    for sm in plan.submodels:
+        lines.append(f"  {sm.device:<16} {sm.ratio:>6g} {len(sm.classes):>8} {sm.loss_pp:>6g} "
+                     f"{sm.latency.total_s * 1e3:>11.2f}")
+    if plan.fusion:
+        lines.append(f"  fusion on {plan.fusion.device}: {plan.fusion.latency_s * 1e3:.3f} ms")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.problem import load_problem
+    from planner.solve import solve
+
+    config = solver_config(args)
+    problem = load_problem(args.problem)
+    return report_plan(solve(problem, config), args)

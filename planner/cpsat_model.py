@@ -1,0 +1,173 @@
+"""The CP-SAT model over device types and configurations (see `planner.instance`).
+
+Decision: `run[t, q]` = how many devices of type t run configuration q. The makespan is
+max over used configurations of their time, plus the fusion time, which grows with the number of
+sub-models K. Capacity: the configurations' summed class capacity covers all C classes (any group
+sizes between 1 and each sub-model's capacity that add up to C then exist, since K <= C).
+
+Stage 1 minimises the makespan; stage 2 fixes it (within a relative 1e-9) and optimises the secondary
+objective. Class identities are not decided here: with interchangeable classes only group sizes
+matter (see `planner.decode`); similarity plans use `planner.similarity`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ortools.sat.python import cp_model
+
+from planner.instance import Configuration, Instance
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Solver parameters, always explicit."""
+
+    time_limit_s: float = 30.0
+    workers: int = 1
+    seed: int = 0
+    log_search: bool = False
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """Outcome of one CP-SAT solve."""
+
+    status: str                 # optimal | feasible | infeasible | unknown
+    objective: int | None
+    bound: int | None
+    run_counts: dict[int, int]  # configuration index -> number of devices running it
+    level: int | None           # chosen loss level index (max_loss stage)
+    wall_time_s: float
+
+
+_STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible",
+           cp_model.INFEASIBLE: "infeasible", cp_model.MODEL_INVALID: "invalid",
+           cp_model.UNKNOWN: "unknown"}
+
+
+class ConfigurationModel:
+    """Builds and solves the aggregated model for one stage."""
+
+    def __init__(self, instance: Instance, *, makespan_cap_units: int | None = None,
+                 objective: str = "makespan") -> None:
+        if objective not in ("makespan", "memory", "max_loss", "feasibility"):
+            raise ValueError(objective)
+        self.instance = instance
+        self.makespan_cap_units = makespan_cap_units
+        self.objective = objective
+        self.model = cp_model.CpModel()
+        self._build_model()
+
+    # -- building -----------------------------------------------------------------------------
+    def _build_model(self) -> None:
+        self._add_variables()
+        self._add_constraints()
+        self._add_objective()
+
+    def _add_variables(self) -> None:
+        inst = self.instance
+        self.run: list[cp_model.IntVar] = []
+        self.used: list[cp_model.IntVar] = []
+        for q, config in enumerate(inst.configs):
+            count = len(inst.types[config.type_index].devices)
+            label = f"t{config.type_index}_r{'-'.join(map(str, config.rows))}"
+            self.run.append(self.model.new_int_var(0, count, f"run[{label}]"))
+            self.used.append(self.model.new_bool_var(f"used[{label}]"))
+        horizon = max((c.time_units for c in inst.configs), default=0)
+        self.busy = self.model.new_int_var(0, horizon, "busiest_device_time")
+        self.num_submodels = self.model.new_int_var(0, inst.num_classes, "num_submodels")
+        self.makespan = self.model.new_int_var(
+            0, horizon + inst.fusion_fixed_units + inst.num_classes * inst.fusion_per_submodel_units,
+            "makespan")
+
+    def _add_constraints(self) -> None:
+        inst, m = self.instance, self.model
+        for t in inst.types:
+            on_type = [self.run[q] for q, c in enumerate(inst.configs) if c.type_index == t.index]
+            if on_type:
+                m.add(sum(on_type) <= len(t.devices))
+        for q, config in enumerate(inst.configs):
+            count = len(inst.types[config.type_index].devices)
+            m.add(self.run[q] <= count * self.used[q])
+            m.add(self.run[q] >= self.used[q])
+            m.add(self.busy >= config.time_units).only_enforce_if(self.used[q])
+        m.add(self.num_submodels == sum(c.size * self.run[q] for q, c in enumerate(inst.configs)))
+        m.add(self.num_submodels >= 1)
+        m.add(self.makespan == self.busy + inst.fusion_fixed_units
+              + inst.fusion_per_submodel_units * self.num_submodels)
+        if inst.latency_budget_units is not None:
+            m.add(self.makespan <= inst.latency_budget_units)
+        if self.makespan_cap_units is not None:
+            m.add(self.makespan <= self.makespan_cap_units)
+        if self.objective == "max_loss":
+            self._add_loss_levels()
+        else:
+            m.add(sum(self._capacity(c, inst.row_capacity) * self.run[q]
+                      for q, c in enumerate(inst.configs)) >= inst.num_classes)
+
+    def _add_loss_levels(self) -> None:
+        """Pick one loss level; every sub-model must then stay within it and still cover C."""
+        inst, m = self.instance, self.model
+        self.level = [m.new_bool_var(f"max_loss_is[{loss:g}]") for loss in inst.loss_levels]
+        m.add_exactly_one(self.level)
+        for j, caps in enumerate(inst.level_capacity):
+            m.add(sum(self._capacity(c, caps) * self.run[q] for q, c in enumerate(inst.configs))
+                  >= inst.num_classes).only_enforce_if(self.level[j])
+            for q, c in enumerate(inst.configs):
+                if any(caps[i] == 0 for i in c.rows):
+                    m.add(self.run[q] == 0).only_enforce_if(self.level[j])
+
+    @staticmethod
+    def _capacity(config: Configuration, capacity: tuple[int, ...]) -> int:
+        return sum(capacity[i] for i in config.rows)
+
+    def _add_objective(self) -> None:
+        inst = self.instance
+        if self.objective == "makespan":
+            self.model.minimize(self.makespan)
+        elif self.objective == "memory":
+            self.model.minimize(sum(c.mem_bytes * self.run[q] for q, c in enumerate(inst.configs)))
+        elif self.objective == "max_loss":
+            self.model.minimize(sum(j * lv for j, lv in enumerate(self.level)))
+
+    # -- solving ------------------------------------------------------------------------------
+    def add_hint(self, run_counts: dict[int, int]) -> None:
+        for q, var in enumerate(self.run):
+            count = run_counts.get(q, 0)
+            self.model.add_hint(var, count)
+            self.model.add_hint(self.used[q], count > 0)
+
+    def solve(self, config: SolverConfig, time_limit_s: float) -> StageResult:
+        solver = cp_model.CpSolver()
+        params = solver.parameters
+        params.max_time_in_seconds = max(time_limit_s, 0.01)
+        params.num_workers = config.workers
+        params.random_seed = config.seed
+        params.log_search_progress = config.log_search
+        status = _STATUS[solver.solve(self.model)]
+        has_solution = status in ("optimal", "feasible")
+        objective = bound = None
+        run_counts: dict[int, int] = {}
+        level = None
+        if has_solution:
+            run_counts = {q: solver.value(v) for q, v in enumerate(self.run) if solver.value(v)}
+            if self.objective != "feasibility":
+                objective = int(round(solver.objective_value))
+                bound = int(round(solver.best_objective_bound))
+            if self.objective == "max_loss":
+                level = next(j for j, lv in enumerate(self.level) if solver.value(lv))
+        log.info("stage %s: %s objective=%s bound=%s in %.3f s", self.objective, status,
+                 objective, bound, solver.wall_time)
+        return StageResult(status=status, objective=objective, bound=bound,
+                           run_counts=run_counts, level=level, wall_time_s=solver.wall_time)
+
+    def makespan_of(self, run_counts: dict[int, int]) -> int:
+        """Makespan in units of a run-count assignment (used to re-state stage 1 in stage 2)."""
+        inst = self.instance
+        busy = max((inst.configs[q].time_units for q, n in run_counts.items() if n), default=0)
+        k = sum(inst.configs[q].size * n for q, n in run_counts.items())
+        return busy + inst.fusion_fixed_units + inst.fusion_per_submodel_units * k

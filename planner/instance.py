@@ -1,0 +1,124 @@
+"""Prepares a Problem for the solver: device types, per-device configurations, integer costs.
+
+Devices with identical figures are interchangeable, so the solver counts how many devices of each
+type run each configuration (a multiset of up to `max_per_device` keep ratios that fits the
+device's memory) instead of deciding per device: no symmetric copies of the same plan, and a model
+whose size depends on the number of distinct device types, not on the number of devices or classes.
+All float-to-integer conversion goes through `planner.scaling`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations_with_replacement
+
+from planner.checker import submodel_latency
+from planner.problem import Problem
+from planner.scaling import budget_to_units, seconds_to_units
+
+
+@dataclass(frozen=True)
+class DeviceType:
+    """Devices with identical figures (the aggregator is always a type of its own)."""
+
+    index: int
+    devices: tuple[str, ...]
+    is_aggregator: bool
+
+
+@dataclass(frozen=True)
+class Configuration:
+    """What one device of a type runs: a sorted tuple of profile-row indices."""
+
+    type_index: int
+    rows: tuple[int, ...]
+    time_units: int
+    mem_bytes: int
+
+    @property
+    def size(self) -> int:
+        return len(self.rows)
+
+
+@dataclass(frozen=True)
+class Instance:
+    """Everything the CP-SAT model needs, as integers."""
+
+    num_classes: int
+    types: tuple[DeviceType, ...]
+    configs: tuple[Configuration, ...]
+    row_capacity: tuple[int, ...]          # per profile row, under the loss budget
+    row_mem_bytes: tuple[int, ...]
+    fusion_fixed_units: int
+    fusion_per_submodel_units: int
+    latency_budget_units: int | None
+    loss_levels: tuple[float, ...]         # distinct losses allowed by the budget, ascending
+    level_capacity: tuple[tuple[int, ...], ...]  # [level][row]: capacity with loss <= level
+
+    @property
+    def max_submodels(self) -> int:
+        return min(self.num_classes, sum(len(t.devices) * max(
+            (c.size for c in self.configs if c.type_index == t.index), default=0)
+            for t in self.types))
+
+
+def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
+                     use_loss_budget: bool = True, use_latency_budget: bool = True) -> Instance:
+    """Build the integer instance; the flags drop constraints to find which one binds."""
+    aggregator = problem.aggregator_name
+    loss_budget = problem.loss_budget if use_loss_budget else None
+    capacity = tuple(row.capacity_within(loss_budget) for row in problem.profile)
+    usable = [i for i, cap in enumerate(capacity) if cap > 0]
+
+    groups: dict[tuple, list[str]] = {}
+    for d in problem.devices:
+        key = (d.name == aggregator, d.mem_bytes, d.flops_per_s, d.overhead_s, d.link_bytes_per_s)
+        if d.name == aggregator:
+            key = key + (d.name,)
+        groups.setdefault(key, []).append(d.name)
+    types = tuple(DeviceType(index=i, devices=tuple(names), is_aggregator=key[0])
+                  for i, (key, names) in enumerate(groups.items()))
+
+    max_slots = min(problem.max_per_device, problem.num_classes)
+    configs: list[Configuration] = []
+    for t in types:
+        device = problem.device(t.devices[0])
+        mem_limit = device.mem_bytes - (problem.fusion.mem_bytes if t.is_aggregator else 0)
+        row_units = {i: seconds_to_units(submodel_latency(problem.profile[i], device,
+                                                          t.is_aggregator).total_s)
+                     for i in usable}
+        for size in range(1, max_slots + 1):
+            for rows in combinations_with_replacement(usable, size):
+                mem = sum(problem.profile[i].mem_bytes for i in rows)
+                if not unlimited_memory and mem > mem_limit:
+                    continue
+                if not unlimited_memory and mem_limit < 0:
+                    continue
+                configs.append(Configuration(t.index, rows, sum(row_units[i] for i in rows), mem))
+
+    agg = problem.device(aggregator)
+    levels = sorted({loss for row in problem.profile for _, loss in row.loss_steps
+                     if loss_budget is None or loss <= loss_budget})
+    level_capacity = tuple(tuple(row.capacity_within(level) for row in problem.profile)
+                           for level in levels)
+    budget = problem.latency_budget_s if use_latency_budget else None
+    return Instance(
+        num_classes=problem.num_classes,
+        types=types,
+        configs=tuple(configs),
+        row_capacity=capacity,
+        row_mem_bytes=tuple(row.mem_bytes for row in problem.profile),
+        fusion_fixed_units=seconds_to_units(problem.fusion.flops_fixed / agg.flops_per_s),
+        fusion_per_submodel_units=seconds_to_units(
+            problem.fusion.flops_per_submodel / agg.flops_per_s),
+        latency_budget_units=None if budget is None else budget_to_units(budget),
+        loss_levels=tuple(levels),
+        level_capacity=level_capacity,
+    )
+
+
+def aggregator_fits(problem: Problem, unlimited_memory: bool) -> bool:
+    """The fusion head alone must fit the aggregator's memory."""
+    if unlimited_memory:
+        return True
+    return problem.fusion.mem_bytes <= problem.device(problem.aggregator_name).mem_bytes

@@ -1,0 +1,117 @@
+"""The deployment plan file: what runs where, what it costs, and how good the solver proved it.
+
+Written by `edvit solve` / `edvit plan`, read by `vit_ops` (materialisation) and the runtime. The
+JSON Schema is exported by `edvit schema`. Times are seconds, memory bytes, compute FLOPs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.vit_shape import PruneCounts, ViTShape
+
+PLAN_SCHEMA_VERSION = 1
+
+Status = Literal["optimal", "feasible", "infeasible", "unknown"]
+Binding = Literal["capacity", "memory", "loss_budget", "latency_budget"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LatencyBreakdown(_Strict):
+    """Latency of one sub-model on its device: compute + overhead + communication."""
+
+    compute_s: float
+    overhead_s: float
+    comm_s: float = Field(description="sending the features to the aggregator (0 on it)")
+    total_s: float
+
+
+class SubModelPlan(_Strict):
+    """One class-specific sub-model and where it runs."""
+
+    device: str
+    ratio: float
+    classes: list[int] = Field(description="class ids this sub-model serves")
+    class_names: list[str] | None = None
+    counts: PruneCounts | None = Field(
+        default=None, description="heads / MLP units / channels kept (absent for bare problems)")
+    params: int | None = Field(default=None, description="backbone parameters, from the profile")
+    flops: int
+    mem_bytes: int
+    feat_bytes: int
+    loss_pp: float = Field(description="accuracy-loss proxy L(ratio, len(classes)), points")
+    latency: LatencyBreakdown
+
+
+class FusionPlan(_Strict):
+    """The fusion head on the aggregator."""
+
+    device: str
+    flops: int
+    mem_bytes: int
+    latency_s: float
+
+
+class SolverReport(_Strict):
+    """What the solver proved, and with which settings."""
+
+    status: Status
+    makespan_s: float | None = Field(description="objective of the returned plan")
+    bound_s: float | None = Field(description="best proven lower bound on the makespan")
+    gap: float | None = Field(description="(makespan - bound) / makespan; 0 = proven optimal")
+    secondary: str
+    secondary_value: float | int | None = None
+    secondary_proven: bool = Field(
+        default=True, description="False when the secondary objective is a heuristic's value")
+    wall_time_s: float
+    time_limit_s: float
+    seed: int
+    workers: int
+    ortools_version: str
+
+
+class GreedyBaseline(_Strict):
+    """The paper-style greedy plan on the same input, for comparison."""
+
+    makespan_s: float | None = Field(description="None when the greedy finds no valid plan")
+    ratio: float | None = None
+    num_submodels: int = 0
+    note: str
+
+
+class ModelInfo(_Strict):
+    """Which model the plan splits (absent for bare low-level problems)."""
+
+    shape: ViTShape
+    profile_source: str = Field(description="'builtin:<arch>' or the profile file used")
+    class_names: list[str] | None = None
+
+
+class Plan(_Strict):
+    """A deployment plan."""
+
+    schema_version: Literal[1] = PLAN_SCHEMA_VERSION
+    name: str
+    num_classes: int
+    status: Status
+    makespan_s: float | None
+    submodels: list[SubModelPlan] = Field(default_factory=list)
+    fusion: FusionPlan | None = None
+    device_times_s: dict[str, float] = Field(
+        default_factory=dict, description="busy time of every used device (sum of its sub-models)")
+    loss_budget: float | None = None
+    latency_budget_s: float | None = None
+    binding: Binding | None = Field(default=None, description="for infeasible plans")
+    explanation: str = Field(default="", description="a sentence a person understands")
+    solver: SolverReport
+    greedy: GreedyBaseline | None = None
+    model: ModelInfo | None = None
+
+    @property
+    def num_submodels(self) -> int:
+        return len(self.submodels)

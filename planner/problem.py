@@ -1,0 +1,183 @@
+"""The low-level planning problem: devices with measured capabilities, one profile row per keep ratio.
+
+This is the format of `../shared/planning/` (see the README there and ours): `edvit solve` reads it,
+`edvit plan --emit-problem` writes it. Every field keeps exactly the documented meaning; units are
+in the names. Validation happens here, so the solver receives fully prepared data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from planner.errors import InputError
+from planner.validation import raise_validation_error
+
+Secondary = Literal["none", "memory", "max_loss", "similarity"]
+
+
+class Device(BaseModel):
+    """One device as the solver sees it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1)
+    mem_bytes: int = Field(gt=0)
+    flops_per_s: float = Field(gt=0)
+    overhead_s: float = Field(ge=0)
+    link_bytes_per_s: float = Field(gt=0)
+
+
+class ProfileRow(BaseModel):
+    """Costs of a sub-model at one keep ratio, and its accuracy-loss step table."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(gt=0, le=1)
+    flops: int = Field(gt=0)
+    mem_bytes: int = Field(gt=0)
+    feat_bytes: int = Field(gt=0)
+    loss_steps: list[tuple[int, float]] = Field(
+        description="[[g_max, loss_pp], ...], g_max increasing, loss non-decreasing")
+
+    @field_validator("loss_steps")
+    @classmethod
+    def _monotone_steps(cls, steps: list[tuple[int, float]]) -> list[tuple[int, float]]:
+        for i, (g_max, loss) in enumerate(steps):
+            if g_max < 1:
+                raise ValueError(f"g_max must be >= 1, got {g_max}")
+            if loss < 0:
+                raise ValueError(f"loss must be >= 0, got {loss}")
+            if i and g_max <= steps[i - 1][0]:
+                raise ValueError(f"g_max must increase, got {steps[i - 1][0]} then {g_max}")
+            if i and loss < steps[i - 1][1]:
+                raise ValueError(f"loss must not decrease, got {steps[i - 1][1]} then {loss}")
+        return steps
+
+    @property
+    def capacity(self) -> int:
+        """Largest group this ratio can serve (0: unusable)."""
+        return self.loss_steps[-1][0] if self.loss_steps else 0
+
+    def loss(self, group_size: int) -> float | None:
+        """L(r, g): loss of the first step with g <= g_max; None beyond capacity."""
+        for g_max, loss in self.loss_steps:
+            if group_size <= g_max:
+                return loss
+        return None
+
+    def capacity_within(self, loss_budget: float | None) -> int:
+        """Largest group servable with loss <= loss_budget (0 when even one class exceeds it)."""
+        if loss_budget is None:
+            return self.capacity
+        fitting = [g_max for g_max, loss in self.loss_steps if loss <= loss_budget]
+        return max(fitting, default=0)
+
+
+class Fusion(BaseModel):
+    """Cost of the fusion head on the aggregator."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flops_fixed: int = Field(ge=0)
+    flops_per_submodel: int = Field(ge=0)
+    mem_bytes: int = Field(ge=0)
+
+
+class Problem(BaseModel):
+    """A planning problem (the documented "problem" format)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "problem"
+    num_classes: int = Field(gt=0)
+    max_per_device: int = Field(default=1, gt=0)
+    aggregator: str | None = None
+    latency_budget_s: float | None = Field(default=None, gt=0)
+    loss_budget: float | None = Field(default=None, ge=0)
+    secondary: Secondary = "memory"
+    fusion: Fusion
+    profile: list[ProfileRow] = Field(min_length=1)
+    devices: list[Device] = Field(min_length=1)
+    similarity: list[list[int]] | None = None
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> "Problem":
+        names = [d.name for d in self.devices]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"device names must be unique; repeated: {dupes}")
+        ratios = [row.ratio for row in self.profile]
+        if len(set(ratios)) != len(ratios):
+            raise ValueError(f"profile ratios must be unique, got {ratios}")
+        if self.aggregator is not None and self.aggregator not in names:
+            raise ValueError(f"aggregator {self.aggregator!r} is not a device; devices: {names}")
+        if self.similarity is not None:
+            self._check_similarity()
+        if self.secondary == "similarity" and self.similarity is None:
+            raise ValueError("secondary 'similarity' needs a similarity matrix")
+        return self
+
+    def _check_similarity(self) -> None:
+        c = self.num_classes
+        sim = self.similarity
+        if len(sim) != c or any(len(row) != c for row in sim):
+            raise ValueError(f"similarity must be a {c} x {c} matrix")
+        for i in range(c):
+            for j in range(i + 1, c):
+                if sim[i][j] != sim[j][i]:
+                    raise ValueError(
+                        f"similarity is not symmetric: [{i}][{j}]={sim[i][j]} but "
+                        f"[{j}][{i}]={sim[j][i]}")
+
+    @property
+    def aggregator_name(self) -> str:
+        """The named aggregator, or the fastest device (largest flops_per_s, ties: first listed)."""
+        if self.aggregator is not None:
+            return self.aggregator
+        best = self.devices[0]
+        for device in self.devices[1:]:
+            if device.flops_per_s > best.flops_per_s:
+                best = device
+        return best.name
+
+    def device(self, name: str) -> Device:
+        for d in self.devices:
+            if d.name == name:
+                return d
+        raise KeyError(name)
+
+    def row(self, ratio: float) -> ProfileRow:
+        for row in self.profile:
+            if abs(row.ratio - ratio) < 1e-12:
+                return row
+        raise KeyError(ratio)
+
+
+def problem_from_dict(data: object, source: str = "<problem>") -> Problem:
+    """Validate a parsed YAML/JSON document as a Problem, or raise one InputError naming the field."""
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping at the top level", file=source,
+                         value=type(data).__name__)
+    try:
+        return Problem.model_validate(data)
+    except ValidationError as exc:
+        raise_validation_error(exc, source)
+
+
+def load_problem(path: str | Path) -> Problem:
+    """Read a problem YAML (or JSON) file."""
+    from planner.files import read_yaml
+
+    return problem_from_dict(read_yaml(path), str(path))
+
+
+def dump_problem(problem: Problem) -> str:
+    """The problem as YAML text in the documented layout."""
+    data = problem.model_dump(mode="json")
+    for row in data["profile"]:
+        row["loss_steps"] = [list(step) for step in row["loss_steps"]]
+    return yaml.safe_dump(data, sort_keys=False)

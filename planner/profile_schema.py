@@ -1,0 +1,96 @@
+"""The profile file: measured costs of a ViT's pruned variants, one row per keep ratio.
+
+`profiler` writes it (`edvit profile`), the planner reads it (`edvit plan --profile`). Units are in
+the field names. MACs and FLOPs are never mixed: FLOPs = 2 x MACs (one multiply-accumulate is two
+floating-point operations), and the planner only ever uses `flops`.
+
+Memory the planner charges a sub-model with is `mem_bytes = param_bytes + act_bytes`: weights at the
+profiled dtype plus the peak activation memory of one inference at batch 1. The runtime's own
+footprint (interpreter, libraries) is a property of the device, not of the variant, and is charged
+once per device from the device catalog (`runtime_overhead_bytes`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from planner.vit_shape import PruneCounts, ViTShape
+
+PROFILE_SCHEMA_VERSION = 1
+
+LossSteps = list[tuple[int, float]]
+
+
+class LatencyStats(BaseModel):
+    """Host latency of one inference at batch 1, from `torch.utils.benchmark`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    median_s: float = Field(gt=0)
+    iqr_s: float = Field(ge=0, description="interquartile range of the repeats")
+    repeats: int = Field(gt=0)
+    threads: int = Field(gt=0, description="torch intra-op threads, pinned while timing")
+
+
+class VariantProfile(BaseModel):
+    """Costs of one pruned variant (one keep ratio)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ratio: float = Field(gt=0, le=1)
+    counts: PruneCounts
+    params: int = Field(gt=0, description="parameters of the backbone (no classifier head)")
+    macs: int = Field(gt=0, description="multiply-accumulates of one inference at batch 1")
+    flops: int = Field(gt=0, description="2 x macs")
+    param_bytes: int = Field(gt=0)
+    act_bytes: int = Field(ge=0, description="peak activation bytes of one inference, batch 1")
+    mem_bytes: int = Field(gt=0, description="param_bytes + act_bytes")
+    feat_bytes: int = Field(gt=0, description="bytes of the feature vector sent to the aggregator")
+    host_latency: LatencyStats | None = None
+    loss_steps: LossSteps | None = Field(
+        default=None,
+        description="measured accuracy-loss step table [[g_max, loss_pp], ...]; "
+                    "None = the planner's default rule")
+
+    @property
+    def host_latency_s(self) -> float | None:
+        return self.host_latency.median_s if self.host_latency else None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "VariantProfile":
+        if self.flops != 2 * self.macs:
+            raise ValueError(f"flops ({self.flops}) must be 2 x macs ({self.macs})")
+        if self.mem_bytes != self.param_bytes + self.act_bytes:
+            raise ValueError("mem_bytes must be param_bytes + act_bytes")
+        return self
+
+
+class ModelProfile(BaseModel):
+    """All profiled variants of one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = PROFILE_SCHEMA_VERSION
+    shape: ViTShape
+    dtype: Literal["fp32", "fp16", "int8"] = "fp32"
+    variants: list[VariantProfile] = Field(min_length=1)
+    skipped_ops: dict[str, int] = Field(
+        default_factory=dict,
+        description="ops fvcore could not count, with how often they occur")
+    tool_versions: dict[str, str] = Field(default_factory=dict)
+    host: dict[str, str] = Field(default_factory=dict, description="where latency was measured")
+
+    @model_validator(mode="after")
+    def _unique_ratios(self) -> "ModelProfile":
+        ratios = [v.ratio for v in self.variants]
+        if len(set(ratios)) != len(ratios):
+            raise ValueError(f"ratios must be unique, got {ratios}")
+        return self
+
+    def variant(self, ratio: float) -> VariantProfile:
+        for v in self.variants:
+            if abs(v.ratio - ratio) < 1e-9:
+                return v
+        raise KeyError(ratio)

@@ -1,0 +1,160 @@
+"""`solve(problem) -> Plan`: the planner's entry point.
+
+Stage 1 proves the minimal makespan T*; stage 2 optimises the secondary objective among plans within
+a relative 1e-9 of T*; the result is decoded into sub-models, re-scored by the plain-Python checker
+and returned with the solver's proof (status, bound, gap) and the greedy baseline beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import ortools
+
+from planner.binding import find_binding
+from planner.checker import MAKESPAN_REL_TOL, Placement, score_plan, submodel_latency
+from planner.cpsat_model import ConfigurationModel, SolverConfig
+from planner.decode import contiguous_classes, group_sizes, place_submodels
+from planner.greedy import greedy_plan
+from planner.instance import aggregator_fits, prepare_instance
+from planner.plan_schema import (FusionPlan, GreedyBaseline, LatencyBreakdown, Plan, SolverReport,
+                                 SubModelPlan)
+from planner.problem import Problem
+from planner.scaling import units_to_seconds
+from planner.similarity import EXACT_MAX_CLASSES, cluster_by_similarity, solve_similarity_exact
+
+log = logging.getLogger(__name__)
+
+
+def solve(problem: Problem, config: SolverConfig | None = None) -> Plan:
+    """Optimal (or best found within the time limit) plan for `problem`."""
+    config = config or SolverConfig()
+    started = time.perf_counter()
+
+    def remaining() -> float:
+        return config.time_limit_s - (time.perf_counter() - started)
+
+    instance = prepare_instance(problem)
+    stage1 = None
+    if aggregator_fits(problem, unlimited_memory=False):
+        stage1 = ConfigurationModel(instance).solve(config, remaining())
+    if stage1 is None or stage1.status == "infeasible":
+        binding, sentence = find_binding(problem, config, max(remaining(), 1.0))
+        return _infeasible_plan(problem, config, binding, sentence,
+                                time.perf_counter() - started)
+    if stage1.status not in ("optimal", "feasible"):
+        return _unknown_plan(problem, config, time.perf_counter() - started)
+
+    best = stage1.objective
+    cap = best + int(best * MAKESPAN_REL_TOL) if stage1.status == "optimal" else best
+    secondary_proven = stage1.status == "optimal"
+    placements: list[Placement]
+    if problem.secondary == "similarity":
+        placements, secondary_proven = _similarity_plan(problem, instance, stage1, cap, config,
+                                                        remaining(), secondary_proven)
+    else:
+        run_counts, capacities = stage1.run_counts, instance.row_capacity
+        if problem.secondary in ("memory", "max_loss"):
+            stage2_model = ConfigurationModel(instance, makespan_cap_units=cap,
+                                              objective=problem.secondary)
+            stage2_model.add_hint(stage1.run_counts)
+            stage2 = stage2_model.solve(config, max(remaining(), 0.05))
+            if stage2.status in ("optimal", "feasible"):
+                run_counts = stage2.run_counts
+                if stage2.level is not None:
+                    capacities = instance.level_capacity[stage2.level]
+            secondary_proven = secondary_proven and stage2.status == "optimal"
+        placed = place_submodels(instance, run_counts)
+        rows = [row for _, row in placed]
+        sizes = group_sizes(problem, rows, capacities)
+        placements = [Placement(device, problem.profile[row].ratio, tuple(classes))
+                      for (device, row), classes in zip(placed, contiguous_classes(sizes))]
+
+    status = "optimal" if stage1.status == "optimal" else "feasible"
+    bound = units_to_seconds(stage1.bound)
+    return _assemble_plan(problem, config, placements, status, bound, secondary_proven,
+                          time.perf_counter() - started)
+
+
+def _similarity_plan(problem, instance, stage1, cap, config, time_left, proven):
+    if problem.num_classes <= EXACT_MAX_CLASSES:
+        status, _, _, found = solve_similarity_exact(
+            problem, cap, config, time_left, instance.fusion_fixed_units,
+            instance.fusion_per_submodel_units, instance.row_capacity)
+        if found:
+            placements = [Placement(d, problem.profile[r].ratio, tuple(cls))
+                          for d, r, cls in found]
+            return placements, proven and status == "optimal"
+    placed = place_submodels(instance, stage1.run_counts)
+    sizes = group_sizes(problem, [row for _, row in placed], instance.row_capacity)
+    groups = cluster_by_similarity(problem.similarity, sizes)
+    placements = [Placement(device, problem.profile[row].ratio, tuple(classes))
+                  for (device, row), classes in zip(placed, groups)]
+    return placements, False
+
+
+def _report(problem, config, status, makespan, bound, secondary_value, proven, wall):
+    gap = None
+    if makespan is not None and bound is not None:
+        gap = 0.0 if status == "optimal" else max(0.0, (makespan - bound) / makespan)
+    return SolverReport(
+        status=status, makespan_s=makespan, bound_s=bound, gap=gap,
+        secondary=problem.secondary, secondary_value=secondary_value, secondary_proven=proven,
+        wall_time_s=wall, time_limit_s=config.time_limit_s, seed=config.seed,
+        workers=config.workers, ortools_version=ortools.__version__)
+
+
+def _greedy_baseline(problem: Problem) -> GreedyBaseline:
+    result = greedy_plan(problem)
+    return GreedyBaseline(
+        makespan_s=result.score.makespan_s if result.score else None, ratio=result.ratio,
+        num_submodels=len(result.placements), note=result.note)
+
+
+def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> Plan:
+    score = score_plan(problem, placements)
+    if not score.valid:  # the checker is the specification: a solver bug must not reach users
+        raise RuntimeError("solver returned an invalid plan: " + "; ".join(score.violations))
+    aggregator = problem.aggregator_name
+    submodels = []
+    for p, cost in zip(placements, score.costs):
+        row = problem.row(p.ratio)
+        submodels.append(SubModelPlan(
+            device=p.device, ratio=p.ratio, classes=list(p.classes), flops=row.flops,
+            mem_bytes=row.mem_bytes, feat_bytes=row.feat_bytes, loss_pp=cost.loss_pp,
+            latency=LatencyBreakdown(compute_s=cost.compute_s, overhead_s=cost.overhead_s,
+                                     comm_s=cost.comm_s, total_s=cost.total_s)))
+    fusion_flops = problem.fusion.flops_fixed + len(placements) * problem.fusion.flops_per_submodel
+    secondary_value = score.secondary_value(problem.secondary)
+    makespan = score.makespan_s
+    bound = min(bound, makespan)
+    explanation = (f"{len(submodels)} sub-model(s) on {len(score.device_times_s)} device(s); "
+                   f"makespan {makespan * 1e3:.2f} ms "
+                   f"({'proven optimal' if status == 'optimal' else 'best found, not proven'}).")
+    return Plan(
+        name=problem.name, num_classes=problem.num_classes, status=status, makespan_s=makespan,
+        submodels=submodels,
+        fusion=FusionPlan(device=aggregator, flops=fusion_flops, mem_bytes=problem.fusion.mem_bytes,
+                          latency_s=score.fusion_s),
+        device_times_s=score.device_times_s, loss_budget=problem.loss_budget,
+        latency_budget_s=problem.latency_budget_s, explanation=explanation,
+        solver=_report(problem, config, status, makespan, bound, secondary_value, proven, wall),
+        greedy=_greedy_baseline(problem))
+
+
+def _infeasible_plan(problem, config, binding, sentence, wall) -> Plan:
+    return Plan(
+        name=problem.name, num_classes=problem.num_classes, status="infeasible", makespan_s=None,
+        loss_budget=problem.loss_budget, latency_budget_s=problem.latency_budget_s,
+        binding=binding, explanation=f"Infeasible ({binding}): {sentence}",
+        solver=_report(problem, config, "infeasible", None, None, None, True, wall),
+        greedy=_greedy_baseline(problem))
+
+
+def _unknown_plan(problem, config, wall) -> Plan:
+    return Plan(
+        name=problem.name, num_classes=problem.num_classes, status="unknown", makespan_s=None,
+        explanation=f"No plan found within the time limit of {config.time_limit_s} s.",
+        solver=_report(problem, config, "unknown", None, None, None, False, wall),
+        greedy=_greedy_baseline(problem))

@@ -1,0 +1,30 @@
+"""Turns pydantic's validation errors into one InputError naming file, field and value."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from planner.errors import InputError
+
+
+def raise_validation_error(exc: ValidationError, source: str) -> NoReturn:
+    """Raise the first error of `exc` as an InputError (the user fixes one thing at a time)."""
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first.get("loc", ())) or None
+    message = first.get("msg", "invalid value")
+    message = message.removeprefix("Value error, ")
+    value = first.get("input")
+    if first.get("type") == "missing":
+        value = None
+        message = "required field is missing"
+    elif first.get("type") == "extra_forbidden":
+        message = "unknown field"
+        value = None
+    elif isinstance(value, (dict, list)):
+        value = None  # whole sections are too long to echo; the field path says where
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    raise InputError(message, file=source, field=field, value=value) from None

@@ -1,0 +1,68 @@
+"""Shapes of a ViT and of its pruned variants, as plain data (no torch).
+
+`ViTShape` is the architecture of the full model; `PruneCounts` is how many heads, MLP hidden units
+and residual (embedding) channels a pruned variant keeps, per block. Plans, profiles and
+materialised models all carry `PruneCounts`, never only a ratio: "0.34 of 3 heads" means different
+things to different rounding rules. The one function that turns a keep ratio into counts is
+`vit_ops.counts.counts_for_ratio`; everyone calls it (the planner only reads counts from profiles).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class ViTShape(BaseModel):
+    """Architecture of a (timm-style) Vision Transformer classifier."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: str = Field(description="timm architecture name, or a custom label")
+    img_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    in_chans: int = Field(default=3, gt=0)
+    embed_dim: int = Field(gt=0)
+    depth: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0, description="channels per attention head")
+    mlp_hidden: int = Field(gt=0, description="hidden units of each block's MLP")
+    num_classes: int = Field(gt=0)
+    class_token: bool = True
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_patches + (1 if self.class_token else 0)
+
+    @model_validator(mode="after")
+    def _patch_divides_image(self) -> "ViTShape":
+        if self.img_size % self.patch_size:
+            raise ValueError(
+                f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
+        return self
+
+
+class PruneCounts(BaseModel):
+    """Integer counts a pruned variant keeps.
+
+    `embed_dim` is the residual stream width shared by all blocks; `heads` and `mlp_hidden` hold one
+    entry per block. `head_dim` is never pruned (heads are removed whole).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    embed_dim: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    heads: list[int] = Field(description="attention heads kept, per block")
+    mlp_hidden: list[int] = Field(description="MLP hidden units kept, per block")
+
+    @model_validator(mode="after")
+    def _blocks_agree(self) -> "PruneCounts":
+        if len(self.heads) != len(self.mlp_hidden):
+            raise ValueError("heads and mlp_hidden must list the same number of blocks")
+        if any(h < 1 for h in self.heads) or any(m < 1 for m in self.mlp_hidden):
+            raise ValueError("every block keeps at least one head and one MLP unit")
+        return self
