@@ -79,6 +79,10 @@ class ConfigurationModel:
             self.used.append(self.model.new_bool_var(f"used[{label}]"))
         horizon = max((c.time_units for c in inst.configs), default=0)
         self.busy = self.model.new_int_var(0, horizon, "busiest_device_time")
+        # order encoding of the busiest device's time: busy_at_least[j] <=> busy >= times[j]
+        self.times = sorted({c.time_units for c in inst.configs})
+        self.busy_at_least = [self.model.new_bool_var(f"busy_at_least[{t}]")
+                              for t in self.times]
         self.num_submodels = self.model.new_int_var(0, inst.num_classes, "num_submodels")
         self.makespan = self.model.new_int_var(
             0, horizon + inst.fusion_fixed_units + inst.num_classes * inst.fusion_per_submodel_units,
@@ -94,7 +98,14 @@ class ConfigurationModel:
             count = len(inst.types[config.type_index].devices)
             m.add(self.run[q] <= count * self.used[q])
             m.add(self.run[q] >= self.used[q])
-            m.add(self.busy >= config.time_units).only_enforce_if(self.used[q])
+        index_of_time = {t: j for j, t in enumerate(self.times)}
+        for q, config in enumerate(inst.configs):
+            m.add_implication(self.used[q], self.busy_at_least[index_of_time[config.time_units]])
+        for j in range(1, len(self.times)):
+            m.add_implication(self.busy_at_least[j], self.busy_at_least[j - 1])
+        if self.times:
+            m.add(self.busy == sum((self.times[j] - (self.times[j - 1] if j else 0))
+                                   * self.busy_at_least[j] for j in range(len(self.times))))
         m.add(self.num_submodels == sum(c.size * self.run[q] for q, c in enumerate(inst.configs)))
         m.add(self.num_submodels >= 1)
         m.add(self.makespan == self.busy + inst.fusion_fixed_units

@@ -92,15 +92,14 @@ def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
                 mem = sum(problem.profile[i].mem_bytes for i in rows)
                 if not unlimited_memory and mem > mem_limit:
                     continue
-                if not unlimited_memory and mem_limit < 0:
-                    continue
                 configs.append(Configuration(t.index, rows, sum(row_units[i] for i in rows), mem))
 
-    agg = problem.device(aggregator)
     levels = sorted({loss for row in problem.profile for _, loss in row.loss_steps
                      if loss_budget is None or loss <= loss_budget})
     level_capacity = tuple(tuple(row.capacity_within(level) for row in problem.profile)
                            for level in levels)
+    configs = drop_dominated(configs, capacity, level_capacity)
+    agg = problem.device(aggregator)
     budget = problem.latency_budget_s if use_latency_budget else None
     return Instance(
         num_classes=problem.num_classes,
@@ -122,3 +121,32 @@ def aggregator_fits(problem: Problem, unlimited_memory: bool) -> bool:
     if unlimited_memory:
         return True
     return problem.fusion.mem_bytes <= problem.device(problem.aggregator_name).mem_bytes
+
+
+def drop_dominated(configs: list[Configuration], capacity: tuple[int, ...],
+                   level_capacity: tuple[tuple[int, ...], ...]) -> list[Configuration]:
+    """Remove configurations no optimal plan needs, for every objective.
+
+    q is dominated by q' on the same device type when q' is no slower, hosts no more sub-models,
+    uses no more memory and serves at least as many classes at every loss level: swapping q for q'
+    never breaks a constraint and never worsens the makespan, memory or worst loss. (Similarity
+    plans do not use configurations.)
+    """
+    def signature(c: Configuration) -> tuple:
+        caps = [sum(capacity[i] for i in c.rows)]
+        caps += [sum(level[i] for i in c.rows) for level in level_capacity]
+        return (c.time_units, c.size, c.mem_bytes, tuple(-x for x in caps))
+
+    kept: list[Configuration] = []
+    by_type: dict[int, list[tuple[tuple, Configuration]]] = {}
+    for c in configs:
+        by_type.setdefault(c.type_index, []).append((signature(c), c))
+    for entries in by_type.values():
+        entries.sort(key=lambda e: e[0])
+        survivors: list[tuple] = []
+        for sig, c in entries:
+            if any(all(a <= b for a, b in zip(other, sig)) for other in survivors):
+                continue  # an earlier (lexicographically smaller) config is at least as good
+            survivors.append(sig)
+            kept.append(c)
+    return kept

@@ -35,6 +35,7 @@ class SubModelPlan(_Strict):
     """One class-specific sub-model and where it runs."""
 
     device: str
+    device_kind: str | None = Field(default=None, description="catalog kind (inventory plans)")
     ratio: float
     classes: list[int] = Field(description="class ids this sub-model serves")
     class_names: list[str] | None = None

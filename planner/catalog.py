@@ -1,0 +1,78 @@
+"""Device kinds: capabilities as data (YAML), kept apart from counts (an inventory).
+
+The built-in catalog is `planner/catalog/devices.yaml`; an inventory may add kinds of its own
+(inline or from a file written by `edvit calibrate`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from planner.errors import InputError
+from planner.files import read_yaml
+from planner.units import parse_bytes
+from planner.validation import raise_validation_error
+
+CATALOG_PATH = Path(__file__).parent / "catalog" / "devices.yaml"
+
+
+class DeviceKind(BaseModel):
+    """What one device of a kind can do."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = ""
+    mem_bytes: int = Field(gt=0, description="physical memory; accepts units, e.g. 4GiB")
+    runtime_overhead_bytes: int = Field(
+        default=0, ge=0, description="memory the OS and runtime take; accepts units")
+    flops_per_s: float = Field(gt=0, description="effective FLOP/s on ViT inference")
+    overhead_s: float = Field(ge=0, description="fixed cost of one inference")
+    link_bytes_per_s: float = Field(gt=0, description="effective bandwidth to the aggregator")
+    cost_usd: float | None = Field(default=None, ge=0)
+
+    @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value):
+        if value == 0:
+            return 0
+        return parse_bytes(value)
+
+    @property
+    def usable_mem_bytes(self) -> int:
+        return self.mem_bytes - self.runtime_overhead_bytes
+
+
+class Catalog(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = 1
+    kinds: dict[str, DeviceKind]
+
+
+@lru_cache(maxsize=1)
+def builtin_catalog() -> Catalog:
+    return load_catalog(CATALOG_PATH)
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    data = read_yaml(path)
+    try:
+        return Catalog.model_validate(data)
+    except ValidationError as exc:
+        raise_validation_error(exc, str(path))
+
+
+def lookup_kind(name: str, extra: dict[str, DeviceKind] | None = None, *, source: str | None = None,
+                field: str = "kind") -> DeviceKind:
+    """A kind from the inventory's own kinds first, then the built-in catalog."""
+    if extra and name in extra:
+        return extra[name]
+    kinds = builtin_catalog().kinds
+    if name in kinds:
+        return kinds[name]
+    known = sorted(kinds) + sorted(extra or {})
+    raise InputError(f"unknown device kind; known kinds: {', '.join(known)}", file=source,
+                     field=field, value=name)

@@ -1,0 +1,268 @@
+"""The inventory a user writes (devices by kind, the model, budgets) and its compilation to a Problem.
+
+An inventory names devices by kind from the catalog (or kinds of its own, e.g. from
+`edvit calibrate`), with counts and optional overrides; the model by timm arch; budgets and the
+objective. `compile_inventory` turns it into the low-level `Problem` with a profile (a file from
+`edvit profile`, else the built-in one for the arch) and the default loss rule where the profile
+has no measured loss table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from planner.catalog import DeviceKind, lookup_kind
+from planner.errors import InputError, ProfileMismatchError
+from planner.files import read_yaml
+from planner.loss_rule import default_loss_steps
+from planner.problem import Device, Fusion, Problem, ProfileRow, Secondary
+from planner.profile_schema import ModelProfile
+from planner.profiles import builtin_profile, load_profile
+from planner.units import parse_bytes
+from planner.validation import raise_validation_error
+
+INVENTORY_SCHEMA_VERSION = 1
+FLOAT_BYTES = 4
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceEntry(_Strict):
+    """`count` devices of one kind, optionally with figures overridden."""
+
+    kind: str
+    count: int = Field(default=1, ge=0)
+    name: str | None = Field(default=None, description="name prefix; default: the kind")
+    mem_bytes: int | None = Field(default=None, gt=0, description="accepts units, e.g. 4GiB")
+    runtime_overhead_bytes: int | None = Field(default=None, ge=0)
+    flops_per_s: float | None = Field(default=None, gt=0)
+    overhead_s: float | None = Field(default=None, ge=0)
+    link_bytes_per_s: float | None = Field(default=None, gt=0)
+    cost_usd: float | None = Field(default=None, ge=0)
+
+    @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value):
+        return value if value in (None, 0) else parse_bytes(value)
+
+    def resolve(self, base: DeviceKind) -> DeviceKind:
+        """The kind's figures with this entry's overrides applied."""
+        overrides = {k: v for k, v in self.model_dump().items()
+                     if k in DeviceKind.model_fields and v is not None}
+        return base.model_copy(update=overrides)
+
+
+class ModelSpec(_Strict):
+    arch: str = Field(description="timm architecture name, e.g. vit_base_patch16_224")
+    num_classes: int = Field(gt=0)
+    class_names: list[str] | None = None
+    profile: str | None = Field(default=None, description="profile JSON from `edvit profile`")
+
+    @model_validator(mode="after")
+    def _names_match(self) -> "ModelSpec":
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names lists {len(self.class_names)} names for "
+                             f"{self.num_classes} classes")
+        return self
+
+
+class Budgets(_Strict):
+    latency_s: float | None = Field(default=None, gt=0, description="upper bound on the makespan")
+    loss_pp: float | None = Field(
+        default=1.0, ge=0, description="upper bound on every sub-model's accuracy loss (points)")
+
+
+class SolverSettings(_Strict):
+    time_limit_s: float = Field(default=30.0, gt=0)
+    seed: int = 0
+    workers: int = Field(default=1, ge=1)
+
+
+class KindFile(_Strict):
+    file: str = Field(description="YAML file with one device kind, e.g. from `edvit calibrate`")
+
+
+class Inventory(_Strict):
+    """What a user writes: `edvit plan INVENTORY.yaml`."""
+
+    schema_version: Literal[1] = INVENTORY_SCHEMA_VERSION
+    name: str = "inventory"
+    model: ModelSpec
+    devices: list[DeviceEntry] = Field(min_length=1)
+    kinds: dict[str, DeviceKind | KindFile] = Field(default_factory=dict)
+    ratios: list[float] | None = Field(default=None, description="default: all profiled ratios")
+    max_per_device: int = Field(default=1, gt=0)
+    budgets: Budgets = Budgets()
+    secondary: Secondary = "memory"
+    aggregator: str | None = Field(default=None, description="device name; default: fastest")
+    fusion_hidden: int = Field(default=256, gt=0, description="hidden units of the fusion MLP")
+    similarity: str | None = Field(default=None, description="YAML/JSON file with a C x C matrix")
+    solver: SolverSettings = SolverSettings()
+
+
+@dataclass(frozen=True)
+class CompiledInventory:
+    """An inventory turned into a problem, with what is needed to annotate the plan."""
+
+    problem: Problem
+    profile: ModelProfile
+    profile_source: str
+    device_kinds: dict[str, str]            # device name -> kind name
+    device_figures: dict[str, DeviceKind]   # device name -> figures, overrides applied
+    class_names: list[str] | None
+    inventory: Inventory
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    data = read_yaml(path)
+    return inventory_from_dict(data, str(path))
+
+
+def inventory_from_dict(data: object, source: str = "<inventory>") -> Inventory:
+    if not isinstance(data, dict):
+        raise InputError("expected a mapping at the top level", file=source)
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as exc:
+        raise_validation_error(exc, source)
+
+
+def _resolve_kinds(inv: Inventory, base_dir: Path, source: str) -> dict[str, DeviceKind]:
+    kinds: dict[str, DeviceKind] = {}
+    for name, kind in inv.kinds.items():
+        if isinstance(kind, KindFile):
+            path = (base_dir / kind.file) if not Path(kind.file).is_absolute() else Path(kind.file)
+            data = read_yaml(path)
+            if not isinstance(data, dict):
+                raise InputError("expected a mapping", file=str(path))
+            data = {k: v for k, v in data.items() if k != "name"}
+            try:
+                kind = DeviceKind.model_validate(data)
+            except ValidationError as exc:
+                raise_validation_error(exc, str(path))
+        kinds[name] = kind
+    return kinds
+
+
+def expand_devices(inv: Inventory, kinds: dict[str, DeviceKind], source: str
+                   ) -> list[tuple[str, str, DeviceKind]]:
+    """(device name, kind name, figures) for every device, named `<prefix>-<i>`."""
+    devices, taken = [], set()
+    for e, entry in enumerate(inv.devices):
+        base = lookup_kind(entry.kind, kinds, source=source, field=f"devices.{e}.kind")
+        figures = entry.resolve(base)
+        if figures.usable_mem_bytes <= 0:
+            raise InputError("runtime overhead leaves no memory for models", file=source,
+                             field=f"devices.{e}", value=entry.kind)
+        prefix = entry.name or entry.kind
+        for i in range(entry.count):
+            name = f"{prefix}-{i}"
+            if name in taken:
+                raise InputError("two devices get the same name; give entries distinct `name`s",
+                                 file=source, field=f"devices.{e}.name", value=name)
+            taken.add(name)
+            devices.append((name, entry.kind, figures))
+    if not devices:
+        raise InputError("the inventory has no device (all counts are 0)", file=source,
+                         field="devices")
+    return devices
+
+
+def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
+                      base_dir: Path | None = None,
+                      profile_path: str | Path | None = None) -> CompiledInventory:
+    """Turn an inventory into a Problem (see the module docstring)."""
+    base_dir = base_dir or Path(".")
+    profile, profile_source = _profile_for(inv, base_dir, source, profile_path)
+    variants = _chosen_variants(inv, profile, source)
+    kinds = _resolve_kinds(inv, base_dir, source)
+    devices = expand_devices(inv, kinds, source)
+
+    names = [name for name, _, _ in devices]
+    if inv.aggregator is not None and inv.aggregator not in names:
+        raise InputError(f"aggregator is not a device of the inventory (devices: "
+                         f"{', '.join(names[:8])}{'...' if len(names) > 8 else ''})",
+                         file=source, field="aggregator", value=inv.aggregator)
+    c = inv.model.num_classes
+    rows = [ProfileRow(ratio=v.ratio, flops=v.flops, mem_bytes=v.mem_bytes,
+                       feat_bytes=v.feat_bytes,
+                       loss_steps=v.loss_steps if v.loss_steps is not None
+                       else default_loss_steps(v.ratio, c))
+            for v in variants]
+    problem_devices = [Device(name=name, mem_bytes=fig.usable_mem_bytes,
+                              flops_per_s=fig.flops_per_s, overhead_s=fig.overhead_s,
+                              link_bytes_per_s=fig.link_bytes_per_s)
+                       for name, _, fig in devices]
+    max_submodels = min(c, len(devices) * inv.max_per_device)
+    fusion = fusion_cost(max(v.feat_bytes for v in variants) // FLOAT_BYTES, inv.fusion_hidden,
+                         c, max_submodels)
+    similarity = _load_similarity(inv, base_dir, source) if inv.similarity else None
+    try:
+        problem = Problem(
+            name=inv.name, num_classes=c, max_per_device=inv.max_per_device,
+            aggregator=inv.aggregator, latency_budget_s=inv.budgets.latency_s,
+            loss_budget=inv.budgets.loss_pp, secondary=inv.secondary, fusion=fusion,
+            profile=rows, devices=problem_devices, similarity=similarity)
+    except ValidationError as exc:
+        raise_validation_error(exc, source)
+    return CompiledInventory(
+        problem=problem, profile=profile, profile_source=profile_source,
+        device_kinds={name: kind for name, kind, _ in devices},
+        device_figures={name: fig for name, _, fig in devices},
+        class_names=inv.model.class_names, inventory=inv)
+
+
+def fusion_cost(feat_dim: int, hidden: int, num_classes: int, max_submodels: int) -> Fusion:
+    """Fusion MLP: concat(K features of feat_dim) -> hidden -> C (FLOPs = 2 x MACs)."""
+    params = max_submodels * feat_dim * hidden + hidden + hidden * num_classes + num_classes
+    return Fusion(flops_fixed=2 * hidden * num_classes, flops_per_submodel=2 * feat_dim * hidden,
+                  mem_bytes=FLOAT_BYTES * params)
+
+
+def _profile_for(inv: Inventory, base_dir: Path, source: str,
+                 profile_path: str | Path | None) -> tuple[ModelProfile, str]:
+    if profile_path is not None:
+        profile, where = load_profile(profile_path), str(profile_path)
+    elif inv.model.profile is not None:
+        path = Path(inv.model.profile)
+        path = path if path.is_absolute() else base_dir / path
+        profile, where = load_profile(path), str(path)
+    else:
+        return builtin_profile(inv.model.arch, source=source), f"builtin:{inv.model.arch}"
+    if profile.shape.arch != inv.model.arch:
+        raise ProfileMismatchError(
+            f"profile {where} is for arch {profile.shape.arch!r}, the inventory names "
+            f"{inv.model.arch!r}", file=source, field="model.arch", value=inv.model.arch)
+    return profile, where
+
+
+def _chosen_variants(inv: Inventory, profile: ModelProfile, source: str):
+    if inv.ratios is None:
+        return sorted(profile.variants, key=lambda v: -v.ratio)
+    chosen = []
+    for i, ratio in enumerate(inv.ratios):
+        try:
+            chosen.append(profile.variant(ratio))
+        except KeyError:
+            raise InputError(
+                f"ratio is not in the profile (profiled: {[v.ratio for v in profile.variants]})",
+                file=source, field=f"ratios.{i}", value=ratio) from None
+    return chosen
+
+
+def _load_similarity(inv: Inventory, base_dir: Path, source: str) -> list[list[int]]:
+    path = Path(inv.similarity)
+    path = path if path.is_absolute() else base_dir / path
+    data = read_yaml(path)
+    if isinstance(data, dict):
+        data = data.get("similarity")
+    if not isinstance(data, list) or not all(isinstance(r, list) for r in data):
+        raise InputError("expected a C x C matrix (list of lists of integers)", file=str(path),
+                         field="similarity")
+    return data

@@ -1,0 +1,80 @@
+"""Solver behaviour beyond the golden instances: determinism, time limits, what it proves."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from planner.checker import Placement, score_plan
+from planner.cpsat_model import SolverConfig
+from planner.problem import Device, load_problem
+from planner.solve import solve
+from tests.conftest import PLANNING
+
+P09 = PLANNING / "instances" / "p09_c1000_d24_random.yaml"
+
+
+def mixed_fleet(num_devices: int, seed: int, max_per_device: int = 1):
+    """p09's profile on a random heterogeneous fleet (every device has its own figures)."""
+    base = load_problem(P09)
+    rng = random.Random(seed)
+    kinds = [(750_000_000, 3e9, 0.02, 5e6), (3_000_000_000, 1e10, 0.01, 1.25e7),
+             (3_000_000_000, 5e10, 0.03, 1.25e7)]
+    devices = []
+    for i in range(num_devices):
+        mem, flops, overhead, link = rng.choice(kinds)
+        devices.append(Device(name=f"dev-{i}", mem_bytes=int(mem * rng.uniform(0.9, 1.1)),
+                              flops_per_s=flops * rng.uniform(0.8, 1.2), overhead_s=overhead,
+                              link_bytes_per_s=link))
+    return base.model_copy(update={"devices": devices, "max_per_device": max_per_device,
+                                   "name": f"mixed-{num_devices}-{seed}"})
+
+
+def test_same_input_and_seed_give_the_same_plan():
+    problem = mixed_fleet(32, seed=3)
+    first = solve(problem, SolverConfig(time_limit_s=20, seed=7))
+    second = solve(problem, SolverConfig(time_limit_s=20, seed=7))
+    assert first.submodels == second.submodels
+    assert first.makespan_s == second.makespan_s
+
+
+def test_large_heterogeneous_fleet_is_proven_optimal():
+    plan = solve(mixed_fleet(64, seed=1), SolverConfig(time_limit_s=20))
+    assert plan.status == "optimal" and plan.solver.gap == 0.0
+    assert plan.solver.bound_s == pytest.approx(plan.makespan_s, rel=1e-9)
+
+
+def test_optimal_plan_is_never_worse_than_greedy():
+    for seed in range(3):
+        problem = mixed_fleet(12, seed=seed)
+        plan = solve(problem, SolverConfig(time_limit_s=20))
+        assert plan.greedy.makespan_s is not None
+        assert plan.makespan_s <= plan.greedy.makespan_s * (1 + 1e-9)
+
+
+def test_plan_is_valid_under_the_checker_and_partitions_the_classes():
+    problem = mixed_fleet(16, seed=5, max_per_device=2)
+    plan = solve(problem, SolverConfig(time_limit_s=20))
+    placements = [Placement(s.device, s.ratio, tuple(s.classes)) for s in plan.submodels]
+    assert score_plan(problem, placements).valid
+    assert sorted(c for s in plan.submodels for c in s.classes) == list(range(1000))
+
+
+def test_time_limit_too_short_returns_best_plan_with_bound_and_gap():
+    problem = mixed_fleet(64, seed=2, max_per_device=3)
+    plan = solve(problem, SolverConfig(time_limit_s=0.05))
+    assert plan.status in ("feasible", "optimal", "unknown")
+    assert plan.solver.wall_time_s < 5.0
+    if plan.status == "feasible":
+        assert plan.solver.bound_s <= plan.makespan_s
+        assert 0.0 <= plan.solver.gap <= 1.0
+
+
+def test_similarity_groups_similar_classes_together():
+    problem = load_problem(PLANNING / "instances" / "p03_similarity.yaml")
+    plan = solve(problem)
+    groups = [set(s.classes) for s in plan.submodels]
+    sim = problem.similarity
+    within = sum(sim[i][j] for g in groups for i in g for j in g if i < j)
+    assert within == plan.solver.secondary_value
