@@ -13,6 +13,7 @@ matter (see `planner.decode`); similarity plans use `planner.similarity`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
@@ -168,7 +169,8 @@ class ConfigurationModel:
             run_counts = {q: solver.value(v) for q, v in enumerate(self.run) if solver.value(v)}
             if self.objective != "feasibility":
                 objective = int(round(solver.objective_value))
-                bound = int(round(solver.best_objective_bound))
+        if self.objective != "feasibility" and status != "infeasible":
+            bound = int(math.ceil(solver.best_objective_bound - 1e-6))
             if self.objective == "max_loss":
                 level = next(j for j, lv in enumerate(self.level) if solver.value(lv))
         log.info("stage %s: %s objective=%s bound=%s in %.3f s", self.objective, status,
@@ -182,3 +184,7 @@ class ConfigurationModel:
         busy = max((inst.configs[q].time_units for q, n in run_counts.items() if n), default=0)
         k = sum(inst.configs[q].size * n for q, n in run_counts.items())
         return busy + inst.fusion_fixed_units + inst.fusion_per_submodel_units * k
+
+    def within_budget(self, run_counts: dict[int, int]) -> bool:
+        budget = self.instance.latency_budget_units
+        return budget is None or self.makespan_of(run_counts) <= budget

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import ortools
 
@@ -17,6 +18,7 @@ from planner.checker import MAKESPAN_REL_TOL, Placement, score_plan, submodel_la
 from planner.cpsat_model import ConfigurationModel, SolverConfig
 from planner.decode import contiguous_classes, group_sizes, place_submodels
 from planner.greedy import greedy_plan
+from planner.heuristic import covering_plan, makespan_lower_bound
 from planner.instance import aggregator_fits, prepare_instance
 from planner.plan_schema import (FusionPlan, GreedyBaseline, LatencyBreakdown, Plan, SolverReport,
                                  SubModelPlan)
@@ -38,7 +40,22 @@ def solve(problem: Problem, config: SolverConfig | None = None) -> Plan:
     instance = prepare_instance(problem)
     stage1 = None
     if aggregator_fits(problem, unlimited_memory=False):
-        stage1 = ConfigurationModel(instance).solve(config, remaining())
+        model = ConfigurationModel(instance)
+        fallback = covering_plan(instance)
+        if fallback is not None and not model.within_budget(fallback):
+            fallback = None
+        if fallback is not None:
+            model.add_hint(fallback)
+        stage1 = model.solve(config, remaining())
+        if stage1.status == "unknown" and fallback is not None:
+            # the time limit ended before CP-SAT's first plan: return the covering plan, unproven
+            stage1 = replace(stage1, status="feasible", run_counts=fallback,
+                             objective=model.makespan_of(fallback))
+        if stage1.status == "feasible":
+            bound = max(stage1.bound or 0, makespan_lower_bound(instance))
+            # a relaxation bound that meets the plan proves it optimal, whoever found the plan
+            stage1 = replace(stage1, bound=bound,
+                             status="optimal" if bound >= stage1.objective else "feasible")
     if stage1 is None or stage1.status == "infeasible":
         binding, sentence = find_binding(problem, config, max(remaining(), 1.0))
         return _infeasible_plan(problem, config, binding, sentence,
@@ -72,7 +89,7 @@ def solve(problem: Problem, config: SolverConfig | None = None) -> Plan:
                       for (device, row), classes in zip(placed, contiguous_classes(sizes))]
 
     status = "optimal" if stage1.status == "optimal" else "feasible"
-    bound = units_to_seconds(stage1.bound)
+    bound = units_to_seconds(stage1.bound) if stage1.bound is not None else None
     return _assemble_plan(problem, config, placements, status, bound, secondary_proven,
                           time.perf_counter() - started)
 
@@ -128,7 +145,7 @@ def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> 
     fusion_flops = problem.fusion.flops_fixed + len(placements) * problem.fusion.flops_per_submodel
     secondary_value = score.secondary_value(problem.secondary)
     makespan = score.makespan_s
-    bound = min(bound, makespan)
+    bound = min(bound, makespan) if bound is not None else None
     explanation = (f"{len(submodels)} sub-model(s) on {len(score.device_times_s)} device(s); "
                    f"makespan {makespan * 1e3:.2f} ms "
                    f"({'proven optimal' if status == 'optimal' else 'best found, not proven'}).")

@@ -1,0 +1,126 @@
+"""Planner scale and quality benchmark: prints a table.
+
+1. Time to a proven optimum at C = 1000 classes on D = 64 heterogeneous devices (every device its own
+   figures: Pi 3 / Pi 4 / Jetson Nano class, +-20% FLOP/s, +-10% memory), 1-3 sub-models per device,
+   median over repeats, on the cores this machine has.
+2. On 20 random mixed fleets (C in {10, 100, 1000}, D in 4..32): greedy makespan / optimal makespan.
+3. The time limit is honoured: a limit too short to prove optimality returns the best plan found.
+
+Profiles are the ViT-B/16 rows of the shared planning instances (p07 for C=10, p08 for C=100, p09 for
+C=1000), so the figures are comparable with the golden tests.
+
+    python benchmarks/planner_bench.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+from pathlib import Path
+
+from planner.cpsat_model import SolverConfig
+from planner.problem import Device, Problem, load_problem
+from planner.solve import solve
+
+INSTANCES = Path(__file__).resolve().parents[1] / "tests" / "data" / "planning" / "instances"
+BASE = {10: "p07_c10_d6_random", 100: "p08_c100_d16_random", 1000: "p09_c1000_d24_random"}
+KINDS = {  # mem_bytes, flops_per_s, overhead_s, link_bytes_per_s
+    "pi3": (750_000_000, 3e9, 0.02, 5e6),
+    "pi4": (3_000_000_000, 1e10, 0.01, 1.25e7),
+    "nano": (3_000_000_000, 5e10, 0.03, 1.25e7),
+}
+
+
+def random_fleet(num_classes: int, num_devices: int, seed: int, max_per_device: int = 1,
+                 jitter: bool = True) -> Problem:
+    base = load_problem(INSTANCES / f"{BASE[num_classes]}.yaml")
+    rng = random.Random(seed)
+    devices = []
+    for i in range(num_devices):
+        kind = rng.choice(sorted(KINDS))
+        mem, flops, overhead, link = KINDS[kind]
+        if jitter:
+            mem, flops = int(mem * rng.uniform(0.9, 1.1)), flops * rng.uniform(0.8, 1.2)
+        devices.append(Device(name=f"{kind}-{i}", mem_bytes=mem, flops_per_s=flops,
+                              overhead_s=overhead, link_bytes_per_s=link))
+    return base.model_copy(update={"name": f"c{num_classes}-d{num_devices}-s{seed}",
+                                   "devices": devices, "max_per_device": max_per_device,
+                                   "latency_budget_s": None})
+
+
+def bench_scale(repeats: int) -> None:
+    print("\n## Proven optimum at C=1000, D=64 heterogeneous devices "
+          f"(median of {repeats}, {os.cpu_count()} cores, 1 CP-SAT worker)")
+    print(f"| {'fleet':<22} | {'slots':>5} | {'status':>8} | {'gap':>5} | {'makespan ms':>11} "
+          f"| {'median s':>8} | {'max s':>6} | {'target':>7} |")
+    print(f"|{'-' * 24}|{'-' * 7}|{'-' * 10}|{'-' * 7}|{'-' * 13}|{'-' * 10}|{'-' * 8}|{'-' * 9}|")
+    for seed in (1, 2):
+        for slots in (1, 2, 3):
+            problem = random_fleet(1000, 64, seed=seed, max_per_device=slots)
+            times, plan = [], None
+            for _ in range(repeats):
+                started = time.perf_counter()
+                plan = solve(problem, SolverConfig(time_limit_s=60))
+                times.append(time.perf_counter() - started)
+            median = statistics.median(times)
+            ok = plan.status == "optimal" and median < 2.0
+            print(f"| {'mixed seed ' + str(seed):<22} | {slots:>5} | {plan.status:>8} | "
+                  f"{plan.solver.gap:>5.1%} | {plan.makespan_s * 1e3:>11.1f} | {median:>8.3f} | "
+                  f"{max(times):>6.3f} | {'< 2 s ' + ('ok' if ok else 'MISS'):>7} |")
+
+
+def bench_greedy() -> None:
+    print("\n## Greedy (paper-style) vs optimal makespan on 20 random mixed fleets")
+    rng = random.Random(2024)
+    rows, ratios = [], []
+    for i in range(20):
+        c = (10, 100, 1000)[i % 3]
+        d = rng.randint(4, 32)
+        plan = solve(random_fleet(c, d, seed=100 + i), SolverConfig(time_limit_s=60))
+        greedy = plan.greedy.makespan_s
+        ratio = greedy / plan.makespan_s if greedy else float("nan")
+        if greedy:
+            ratios.append(ratio)
+        rows.append((c, d, plan.status, plan.makespan_s, greedy, ratio, plan.solver.wall_time_s))
+    print(f"| {'C':>5} | {'D':>3} | {'status':>8} | {'optimal ms':>10} | {'greedy ms':>10} "
+          f"| {'greedy/opt':>10} | {'solve s':>7} |")
+    print(f"|{'-' * 7}|{'-' * 5}|{'-' * 10}|{'-' * 12}|{'-' * 12}|{'-' * 12}|{'-' * 9}|")
+    for c, d, status, opt, greedy, ratio, wall in rows:
+        shown = f"{greedy * 1e3:>10.1f}" if greedy else f"{'none':>10}"
+        print(f"| {c:>5} | {d:>3} | {status:>8} | {opt * 1e3:>10.1f} | {shown} | {ratio:>10.2f} "
+              f"| {wall:>7.3f} |")
+    print(f"\ngreedy/optimal over {len(ratios)} fleets with a greedy plan: "
+          f"min {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
+          f"max {max(ratios):.2f}x")
+
+
+def bench_time_limit() -> None:
+    print("\n## Time limit honoured (C=1000, D=64, 3 slots per device)")
+    print(f"| {'limit s':>7} | {'wall s':>7} | {'status':>8} | {'makespan ms':>11} | "
+          f"{'bound ms':>9} | {'gap':>6} |")
+    print(f"|{'-' * 9}|{'-' * 9}|{'-' * 10}|{'-' * 13}|{'-' * 11}|{'-' * 8}|")
+    problem = random_fleet(1000, 64, seed=7, max_per_device=3)
+    for limit in (0.05, 0.2, 1.0, 10.0):
+        started = time.perf_counter()
+        plan = solve(problem, SolverConfig(time_limit_s=limit))
+        wall = time.perf_counter() - started
+        ms = f"{plan.makespan_s * 1e3:>11.1f}" if plan.makespan_s else f"{'-':>11}"
+        bound = f"{plan.solver.bound_s * 1e3:>9.1f}" if plan.solver.bound_s else f"{'-':>9}"
+        gap = f"{plan.solver.gap:>6.1%}" if plan.solver.gap is not None else f"{'-':>6}"
+        print(f"| {limit:>7.2f} | {wall:>7.3f} | {plan.status:>8} | {ms} | {bound} | {gap} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    bench_scale(args.repeats)
+    bench_greedy()
+    bench_time_limit()
+
+
+if __name__ == "__main__":
+    main()
