@@ -179,10 +179,10 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
                       profile_path: str | Path | None = None) -> CompiledInventory:
     """Turn an inventory into a Problem (see the module docstring)."""
     base_dir = base_dir or Path(".")
-    profile, profile_source = _profile_for(inv, base_dir, source, profile_path)
-    variants = _chosen_variants(inv, profile, source)
     kinds = _resolve_kinds(inv, base_dir, source)
     devices = expand_devices(inv, kinds, source)
+    profile, profile_source = _profile_for(inv, base_dir, source, profile_path)
+    variants = _chosen_variants(inv, profile, source)
 
     names = [name for name, _, _ in devices]
     if inv.aggregator is not None and inv.aggregator not in names:

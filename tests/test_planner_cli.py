@@ -1,0 +1,129 @@
+"""The command line as a user meets it: exit codes, JSON output, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import PLANNING
+
+INSTANCES = PLANNING / "instances"
+
+
+def edvit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=120)
+
+
+def test_solve_json_reports_an_optimal_plan(tmp_path):
+    out = tmp_path / "plan.json"
+    result = edvit("solve", str(INSTANCES / "p07_c10_d6_random.yaml"), "--json", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "optimal"
+    assert summary["gap"] == 0.0
+    assert summary["makespan_s"] == pytest.approx(0.562363190764433, rel=1e-6)
+    assert sorted(c for s in summary["submodels"] for c in s["classes"]) == list(range(10))
+    plan = json.loads(out.read_text())
+    assert plan["schema_version"] == 1 and plan["solver"]["ortools_version"]
+    assert plan["greedy"]["makespan_s"] >= plan["makespan_s"]
+
+
+def test_solve_infeasible_exits_3_with_binding():
+    result = edvit("solve", str(INSTANCES / "p13_loss_infeasible.yaml"), "--json")
+    assert result.returncode == 3
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "infeasible" and summary["binding"] == "loss_budget"
+
+
+def _problem(**changes) -> dict:
+    data = yaml.safe_load((INSTANCES / "p03_similarity.yaml").read_text())
+    data.update(changes)
+    return data
+
+
+def _device(i, **changes):
+    data = yaml.safe_load((INSTANCES / "p03_similarity.yaml").read_text())["devices"][i]
+    data.update(changes)
+    return data
+
+
+BAD_PROBLEMS = {
+    "unknown_field": (_problem(colour="red"), "colour", "unknown field"),
+    "missing_field": ({k: v for k, v in _problem().items() if k != "fusion"}, "fusion",
+                      "required"),
+    "zero_memory": (_problem(devices=[_device(0, mem_bytes=0), _device(1)]),
+                    "devices.0.mem_bytes", "greater than 0"),
+    "negative_flops": (_problem(devices=[_device(0, flops_per_s=-1.0), _device(1)]),
+                       "devices.0.flops_per_s", "greater than 0"),
+    "aggregator_not_a_device": (_problem(aggregator="ghost"), "aggregator", "ghost"),
+    "asymmetric_similarity": (
+        _problem(similarity=[[0, 1, 0, 0, 0, 0], [2, 0, 0, 0, 0, 0]] + [[0] * 6] * 4),
+        "similarity", "not symmetric"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_PROBLEMS))
+def test_bad_problem_gives_one_line_and_exit_2(tmp_path, case):
+    data, field, fragment = BAD_PROBLEMS[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    result = edvit("solve", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert str(path) in lines[0] and field in lines[0] and fragment in lines[0]
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("num_classes: 4\ndevices: [\n  - {name: a\n")
+    result = edvit("solve", str(path))
+    assert result.returncode == 2
+    assert "broken.yaml" in result.stderr and "line" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_device_kind_in_inventory(tmp_path):
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"arch": "vit_base_patch16_224", "num_classes": 10},
+        "devices": [{"kind": "pi4b-4gb", "count": 2}, {"kind": "commodore-64", "count": 1}]}))
+    result = edvit("plan", str(path))
+    assert result.returncode == 2
+    assert "devices.1.kind" in result.stderr and "commodore-64" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_output_written_atomically_and_not_over_a_directory(tmp_path):
+    result = edvit("solve", str(INSTANCES / "p01_pair_memory.yaml"), "--out", str(tmp_path))
+    assert result.returncode == 2 and "directory" in result.stderr
+
+
+def test_schema_command_exports_plan_schema():
+    result = edvit("schema")
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "Plan" and "submodels" in schema["properties"]
+
+
+def test_devices_lists_the_catalog():
+    result = edvit("devices", "--json")
+    kinds = json.loads(result.stdout)
+    for kind in ("pi3b+", "pi4b-2gb", "pi4b-4gb", "pi4b-8gb", "pi5", "pizero2w", "jetson-nano",
+                 "jetson-orin-nano", "x86-host"):
+        assert kinds[kind]["flops_per_s"] > 0 and kinds[kind]["mem_bytes"] > 0
+
+
+def test_import_planner_does_not_import_torch():
+    code = ("import sys, planner, planner.cli, planner.inventory, planner.solve; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
