@@ -22,10 +22,12 @@ EXACT_MAX_CLASSES = 40
 
 def solve_similarity_exact(problem: Problem, makespan_cap_units: int, config: SolverConfig,
                            time_limit_s: float, fusion_fixed_units: int,
-                           fusion_per_submodel_units: int, capacities: tuple[int, ...]):
+                           fusion_per_submodel_units: int, capacities: tuple[int, ...],
+                           hint: list[tuple[str, int, list[int]]] | None = None):
     """Max intra-group similarity among plans with makespan <= cap.
 
-    Returns (status, value, bound, placements) with placements = [(device, row, classes)].
+    `hint` (placements of a known plan) warm-starts the search. Returns (status, value, bound,
+    placements) with placements = [(device, row, classes)].
     """
     m = cp_model.CpModel()
     C = problem.num_classes
@@ -81,6 +83,19 @@ def solve_similarity_exact(problem: Problem, makespan_cap_units: int, config: So
                 m.add_bool_or([member[i, k].Not(), member[j, k].Not(), both])
                 terms.append(sim[i][j] * both)
     m.maximize(sum(terms))
+    if hint:
+        slot_of, next_slot = {}, {}
+        for device_name, row, classes in hint:
+            s = next_slot.get(device_name, 0)
+            next_slot[device_name] = s + 1
+            k = next(i for i, (d, ds) in enumerate(slots) if d.name == device_name and ds == s)
+            slot_of[k] = (row, set(classes))
+        for k in range(len(slots)):
+            row, classes = slot_of.get(k, (None, set()))
+            for r in usable:
+                m.add_hint(pick[k, r], r == row)
+            for c in range(C):
+                m.add_hint(member[c, k], c in classes)
 
     solver = cp_model.CpSolver()
     solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 
 import ortools
@@ -29,8 +30,15 @@ from planner.similarity import EXACT_MAX_CLASSES, cluster_by_similarity, solve_s
 log = logging.getLogger(__name__)
 
 
-def solve(problem: Problem, config: SolverConfig | None = None) -> Plan:
-    """Optimal (or best found within the time limit) plan for `problem`."""
+def solve(problem: Problem, config: SolverConfig | None = None,
+          hint: Sequence[tuple[str, float]] | None = None) -> Plan:
+    """Optimal (or best found within the time limit) plan for `problem`.
+
+    `hint`: (device name, keep ratio) of every sub-model of a similar plan, e.g. a neighbouring
+    what-if scenario's; when it is a complete plan here, stage 1 starts from it instead of the
+    covering heuristic. It can change which of several equally good plans comes back, never the
+    optimum.
+    """
     config = config or SolverConfig()
     started = time.perf_counter()
 
@@ -44,8 +52,9 @@ def solve(problem: Problem, config: SolverConfig | None = None) -> Plan:
         fallback = covering_plan(instance)
         if fallback is not None and not model.within_budget(fallback):
             fallback = None
-        if fallback is not None:
-            model.add_hint(fallback)
+        start = _counts_of_hint(problem, instance, model, hint) if hint else None
+        if start is not None or fallback is not None:
+            model.add_hint(start if start is not None else fallback)
         stage1 = model.solve(config, remaining())
         if stage1.status == "unknown" and fallback is not None:
             # the time limit ended before CP-SAT's first plan: return the covering plan, unproven
@@ -94,21 +103,49 @@ def solve(problem: Problem, config: SolverConfig | None = None) -> Plan:
                           time.perf_counter() - started)
 
 
+def _counts_of_hint(problem, instance, model, hint) -> dict[int, int] | None:
+    """Run counts of `hint` (device, ratio) pairs on this instance, or None if not a complete plan."""
+    type_of = {d: t.index for t in instance.types for d in t.devices}
+    rows_of = {ratio: i for i, ratio in enumerate(row.ratio for row in problem.profile)}
+    config_of = {(c.type_index, c.rows): q for q, c in enumerate(instance.configs)}
+    per_device: dict[str, list[int]] = {}
+    for device, ratio in hint:
+        if device not in type_of or ratio not in rows_of:
+            return None
+        per_device.setdefault(device, []).append(rows_of[ratio])
+    counts: dict[int, int] = {}
+    for device, rows in per_device.items():
+        q = config_of.get((type_of[device], tuple(sorted(rows))))
+        if q is None:
+            return None
+        counts[q] = counts.get(q, 0) + 1
+    covered = sum(instance.row_capacity[i] for rows in per_device.values() for i in rows)
+    if covered < instance.num_classes or len(hint) > instance.num_classes:
+        return None
+    return counts if model.within_budget(counts) else None
+
+
 def _similarity_plan(problem, instance, stage1, cap, config, time_left, proven):
-    if problem.num_classes <= EXACT_MAX_CLASSES:
-        status, _, _, found = solve_similarity_exact(
-            problem, cap, config, time_left, instance.fusion_fixed_units,
-            instance.fusion_per_submodel_units, instance.row_capacity)
-        if found:
-            placements = [Placement(d, problem.profile[r].ratio, tuple(cls))
-                          for d, r, cls in found]
-            return placements, proven and status == "optimal"
+    """Similarity plan: clustering on the stage-1 sizes, improved by the exact model when small."""
     placed = place_submodels(instance, stage1.run_counts)
     sizes = group_sizes(problem, [row for _, row in placed], instance.row_capacity)
     groups = cluster_by_similarity(problem.similarity, sizes)
-    placements = [Placement(device, problem.profile[row].ratio, tuple(classes))
-                  for (device, row), classes in zip(placed, groups)]
-    return placements, False
+    heuristic = [(device, row, classes) for (device, row), classes in zip(placed, groups)]
+    best, exact_proven = heuristic, False
+    if problem.num_classes <= EXACT_MAX_CLASSES:
+        status, _, _, found = solve_similarity_exact(
+            problem, cap, config, time_left, instance.fusion_fixed_units,
+            instance.fusion_per_submodel_units, instance.row_capacity, hint=heuristic)
+        if found and _similarity_of(problem, found) >= _similarity_of(problem, heuristic):
+            best = found
+        exact_proven = status == "optimal"
+    placements = [Placement(d, problem.profile[r].ratio, tuple(cls)) for d, r, cls in best]
+    return placements, proven and exact_proven
+
+
+def _similarity_of(problem, placements) -> int:
+    sim = problem.similarity
+    return sum(sim[i][j] for _, _, cls in placements for a, i in enumerate(cls) for j in cls[a + 1:])
 
 
 def _report(problem, config, status, makespan, bound, secondary_value, proven, wall):

@@ -78,3 +78,29 @@ def test_similarity_groups_similar_classes_together():
     sim = problem.similarity
     within = sum(sim[i][j] for g in groups for i in g for j in g if i < j)
     assert within == plan.solver.secondary_value
+
+
+def test_clustering_recovers_planted_groups():
+    from planner.similarity import cluster_by_similarity
+
+    rng = random.Random(0)
+    labels = [c // 10 for c in range(40)]
+    rng.shuffle(labels)
+    sim = [[(8 if labels[i] == labels[j] else rng.randint(0, 3)) if i != j else 0
+            for j in range(40)] for i in range(40)]
+    sim = [[max(sim[i][j], sim[j][i]) if labels[i] != labels[j] else 8 for j in range(40)]
+           for i in range(40)]
+    groups = cluster_by_similarity(sim, [10, 10, 10, 10])
+    assert sorted(len(g) for g in groups) == [10, 10, 10, 10]
+    assert all(len({labels[c] for c in g}) == 1 for g in groups)
+
+
+def test_large_similarity_problem_keeps_optimal_makespan_and_reports_heuristic():
+    problem = load_problem(PLANNING / "instances" / "p08_c100_d16_random.yaml")
+    c = problem.num_classes
+    sim = [[(5 if i // 25 == j // 25 else 0) if i != j else 0 for j in range(c)] for i in range(c)]
+    plain = solve(problem)
+    plan = solve(problem.model_copy(update={"secondary": "similarity", "similarity": sim}))
+    assert plan.makespan_s == pytest.approx(plain.makespan_s, rel=1e-9)
+    assert plan.solver.secondary_proven is False
+    assert plan.solver.secondary_value == 4 * 5 * (25 * 24 // 2)  # the four planted blocks
