@@ -14,6 +14,8 @@ from planner.plan_inventory import plan_inventory
 from planner.plan_schema import Plan
 from planner.problem import Problem, load_problem
 from planner.solve import solve
+from planner.whatif import WhatIfResult, what_if
 
 __all__ = ["EdvitError", "InputError", "Inventory", "Plan", "Problem", "SolverConfig",
-           "compile_inventory", "load_inventory", "load_problem", "plan_inventory", "solve"]
+           "WhatIfResult", "compile_inventory", "load_inventory", "load_problem", "plan_inventory",
+           "solve", "what_if"]

@@ -104,7 +104,7 @@ def solve(problem: Problem, config: SolverConfig | None = None,
 
 
 def _counts_of_hint(problem, instance, model, hint) -> dict[int, int] | None:
-    """Run counts of `hint` (device, ratio) pairs on this instance, or None if not a complete plan."""
+    """Run counts of the `hint` (device, ratio) pairs here, or None if they are no complete plan."""
     type_of = {d: t.index for t in instance.types for d in t.devices}
     rows_of = {ratio: i for i, ratio in enumerate(row.ratio for row in problem.profile)}
     config_of = {(c.type_index, c.rows): q for q, c in enumerate(instance.configs)}
