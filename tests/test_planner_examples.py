@@ -1,0 +1,104 @@
+"""`edvit plan` on the shipped example inventories, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from planner.inventory import compile_inventory, inventory_from_dict
+from planner.plan_inventory import plan_inventory
+from planner.profiles import builtin_archs, builtin_profile
+from tests.test_planner_cli import edvit
+
+EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+
+
+def test_there_are_at_least_three_examples():
+    assert len(EXAMPLES) >= 3
+
+
+def test_builtin_profiles_cover_the_standard_vits():
+    assert {"vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
+            "vit_large_patch16_224"} <= set(builtin_archs())
+    base = builtin_profile("vit_base_patch16_224")
+    flops = [v.flops for v in sorted(base.variants, key=lambda v: v.ratio)]
+    assert flops == sorted(flops)  # smaller ratios are cheaper
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_plans_are_optimal_and_self_contained(path, tmp_path):
+    out = tmp_path / "plan.json"
+    result = edvit("plan", str(path), "--json", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "optimal"
+    plan = json.loads(out.read_text())
+    assert plan["model"]["shape"]["arch"] == yaml.safe_load(path.read_text())["model"]["arch"]
+    for sm in plan["submodels"]:
+        counts = sm["counts"]
+        assert counts["embed_dim"] >= 1 and len(counts["heads"]) == plan["model"]["shape"]["depth"]
+        assert sm["params"] > 0 and sm["device_kind"]
+        assert sm["latency"]["total_s"] == pytest.approx(
+            sm["latency"]["compute_s"] + sm["latency"]["overhead_s"] + sm["latency"]["comm_s"])
+    assert plan["greedy"]["makespan_s"] >= plan["makespan_s"]
+
+
+def test_emitted_problem_solves_to_the_same_makespan(tmp_path):
+    inventory = EXAMPLES[0]
+    problem_path = tmp_path / "problem.yaml"
+    planned = edvit("plan", str(inventory), "--json", "--emit-problem", str(problem_path))
+    solved = edvit("solve", str(problem_path), "--json")
+    assert planned.returncode == solved.returncode == 0
+    assert json.loads(solved.stdout)["makespan_s"] == pytest.approx(
+        json.loads(planned.stdout)["makespan_s"], rel=1e-12)
+
+
+def test_plan_carries_class_names_and_counts_from_the_profile():
+    inv = inventory_from_dict({
+        "model": {"arch": "vit_tiny_patch16_224", "num_classes": 3, "class_names": ["a", "b", "c"]},
+        "devices": [{"kind": "pi4b-4gb", "count": 3}], "budgets": {"loss_pp": 0.0}})
+    plan = plan_inventory(inv)
+    profile = builtin_profile("vit_tiny_patch16_224")
+    for sm in plan.submodels:
+        assert sm.class_names == [["a", "b", "c"][c] for c in sm.classes]
+        assert sm.counts == profile.variant(sm.ratio).counts
+    assert plan.model.shape.num_classes == 3
+
+
+def test_profile_for_another_arch_is_refused(tmp_path):
+    profile = builtin_profile("vit_tiny_patch16_224")
+    path = tmp_path / "tiny.json"
+    path.write_text(profile.model_dump_json())
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump({"model": {"arch": "vit_base_patch16_224", "num_classes": 10,
+                                             "profile": "tiny.json"},
+                                   "devices": [{"kind": "pi5", "count": 2}]}))
+    result = edvit("plan", str(inv))
+    assert result.returncode == 2
+    assert "vit_tiny_patch16_224" in result.stderr and "model.arch" in result.stderr
+
+
+def test_profile_from_another_schema_version_is_refused(tmp_path):
+    data = json.loads(builtin_profile("vit_tiny_patch16_224").model_dump_json())
+    data["schema_version"] = 99
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(yaml.safe_dump({"model": {"arch": "vit_tiny_patch16_224", "num_classes": 10},
+                                   "devices": [{"kind": "pi5", "count": 2}]}))
+    result = edvit("plan", str(inv), "--profile", str(path))
+    assert result.returncode == 2 and "schema_version=99" in result.stderr
+
+
+def test_calibrated_kind_file_is_usable(tmp_path):
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump({
+        "name": "board", "mem_bytes": 2_000_000_000, "flops_per_s": 2e10, "overhead_s": 0.005,
+        "link_bytes_per_s": 1e7, "runtime_overhead_bytes": 200_000_000}))
+    inv = inventory_from_dict({
+        "model": {"arch": "vit_small_patch16_224", "num_classes": 10},
+        "kinds": {"board": {"file": "board.yaml"}},
+        "devices": [{"kind": "board", "count": 2}]})
+    compiled = compile_inventory(inv, base_dir=tmp_path)
+    assert [d.mem_bytes for d in compiled.problem.devices] == [1_800_000_000] * 2
