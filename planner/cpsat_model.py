@@ -45,9 +45,20 @@ class StageResult:
     wall_time_s: float
 
 
-_STATUS = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible",
+STATUS_NAMES = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible",
            cp_model.INFEASIBLE: "infeasible", cp_model.MODEL_INVALID: "invalid",
            cp_model.UNKNOWN: "unknown"}
+
+
+def make_solver(config: SolverConfig, time_limit_s: float) -> cp_model.CpSolver:
+    """A CP-SAT solver with every parameter that changes results set explicitly."""
+    solver = cp_model.CpSolver()
+    params = solver.parameters
+    params.max_time_in_seconds = max(time_limit_s, 0.01)
+    params.num_workers = config.workers
+    params.random_seed = config.seed
+    params.log_search_progress = config.log_search
+    return solver
 
 
 class ConfigurationModel:
@@ -154,13 +165,8 @@ class ConfigurationModel:
             self.model.add_hint(self.used[q], count > 0)
 
     def solve(self, config: SolverConfig, time_limit_s: float) -> StageResult:
-        solver = cp_model.CpSolver()
-        params = solver.parameters
-        params.max_time_in_seconds = max(time_limit_s, 0.01)
-        params.num_workers = config.workers
-        params.random_seed = config.seed
-        params.log_search_progress = config.log_search
-        status = _STATUS[solver.solve(self.model)]
+        solver = make_solver(config, time_limit_s)
+        status = STATUS_NAMES[solver.solve(self.model)]
         has_solution = status in ("optimal", "feasible")
         objective = bound = None
         run_counts: dict[int, int] = {}

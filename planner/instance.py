@@ -55,12 +55,6 @@ class Instance:
     loss_levels: tuple[float, ...]         # distinct losses allowed by the budget, ascending
     level_capacity: tuple[tuple[int, ...], ...]  # [level][row]: capacity with loss <= level
 
-    @property
-    def max_submodels(self) -> int:
-        return min(self.num_classes, sum(len(t.devices) * max(
-            (c.size for c in self.configs if c.type_index == t.index), default=0)
-            for t in self.types))
-
 
 def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
                      use_loss_budget: bool = True, use_latency_budget: bool = True) -> Instance:

@@ -13,9 +13,9 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from planner.checker import submodel_latency
-from planner.cpsat_model import SolverConfig, _STATUS
+from planner.cpsat_model import STATUS_NAMES, SolverConfig, make_solver
 from planner.problem import Problem
-from planner.scaling import seconds_to_units
+from planner.scaling import budget_to_units, seconds_to_units
 
 EXACT_MAX_CLASSES = 40
 
@@ -59,12 +59,10 @@ def solve_similarity_exact(problem: Problem, makespan_cap_units: int, config: So
         for a, b in zip(ks, ks[1:]):  # fill a device's slots in order
             m.add(sum(pick[a, r] for r in usable) >= sum(pick[b, r] for r in usable))
     num_submodels = sum(pick.values())
-    m.add(busy + fusion_fixed_units + fusion_per_submodel_units * num_submodels
-          <= makespan_cap_units)
+    limit = makespan_cap_units
     if problem.latency_budget_s is not None:
-        from planner.scaling import budget_to_units
-        m.add(busy + fusion_fixed_units + fusion_per_submodel_units * num_submodels
-              <= budget_to_units(problem.latency_budget_s))
+        limit = min(limit, budget_to_units(problem.latency_budget_s))
+    m.add(busy + fusion_fixed_units + fusion_per_submodel_units * num_submodels <= limit)
 
     member = {(c, k): m.new_bool_var(f"class[{c}]_in[{k}]") for c in range(C)
               for k in range(len(slots))}
@@ -97,11 +95,8 @@ def solve_similarity_exact(problem: Problem, makespan_cap_units: int, config: So
             for c in range(C):
                 m.add_hint(member[c, k], c in classes)
 
-    solver = cp_model.CpSolver()
-    solver.parameters.max_time_in_seconds = max(time_limit_s, 0.01)
-    solver.parameters.num_workers = config.workers
-    solver.parameters.random_seed = config.seed
-    status = _STATUS[solver.solve(m)]
+    solver = make_solver(config, time_limit_s)
+    status = STATUS_NAMES[solver.solve(m)]
     if status not in ("optimal", "feasible"):
         return status, None, None, []
     placements = []
