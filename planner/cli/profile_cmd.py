@@ -1,0 +1,150 @@
+"""`edvit profile` (costs of a ViT's pruned variants), `edvit calibrate` (this machine's figures).
+
+`edvit profile --arch ARCH --num-classes C --ratios 1,0.5,...` writes a profile JSON the planner
+reads (`edvit plan --profile`); `--measure` adds host latency. `edvit calibrate` times a few
+variants on this machine and writes a device-kind YAML an inventory can include (`kinds:`).
+Both import torch only inside `run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+DEFAULT_RATIOS = "1,0.75,0.5,0.375,0.25,0.125"
+
+
+def register(subparsers) -> None:
+    profile = subparsers.add_parser(
+        "profile", help="FLOPs, memory (and host latency) of a ViT's pruned variants",
+        description=__doc__.splitlines()[0])
+    profile.add_argument("--arch", required=True,
+                         help="timm architecture, e.g. vit_small_patch16_224")
+    profile.add_argument("--num-classes", type=int, required=True, metavar="C")
+    profile.add_argument("--ratios", default=DEFAULT_RATIOS,
+                         help=f"comma-separated keep ratios in (0, 1] (default {DEFAULT_RATIOS})")
+    profile.add_argument("--img-size", type=int, metavar="N", help="input size (default: arch's)")
+    profile.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32",
+                         help="parameter storage type for param_bytes (default fp32)")
+    profile.add_argument("--measure", action="store_true",
+                         help="also time each variant on this host (torch.utils.benchmark)")
+    profile.add_argument("--threads", type=int, help="intra-op threads while timing "
+                         "(default: torch's current count)")
+    profile.add_argument("--no-cache", action="store_true",
+                         help="ignore and do not fill the cache ($EDVIT_CACHE_DIR or "
+                              "~/.cache/edvit/profiles)")
+    profile.add_argument("--out", metavar="PROFILE.json", help="write the profile here")
+    profile.add_argument("--json", action="store_true", help="print the profile JSON on stdout")
+    profile.set_defaults(func=run)
+
+    calibrate = subparsers.add_parser(
+        "calibrate", help="time a few ViT variants here and fit this device's latency figures",
+        description="Fit latency = flops / flops_per_s + overhead_s on this machine and write a "
+                    "device kind (YAML) for an inventory's `kinds:`.")
+    calibrate.add_argument("--out", metavar="DEVICE.yaml", help="write the device kind here")
+    calibrate.add_argument("--name", default=None, help="device kind name (default: host name)")
+    calibrate.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    calibrate.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                           help="wall: elapsed time (default); cpu: the thread's CPU time, for a "
+                                "busy machine (needs --threads 1)")
+    calibrate.add_argument("--link-bytes-per-s", type=float, default=1.25e7,
+                           help="bandwidth to the aggregator; not measured (default 1.25e7 = "
+                                "100 Mbit/s)")
+    calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
+    calibrate.set_defaults(func=run_calibrate)
+
+
+def parse_ratios(text: str) -> list[float]:
+    """'1,0.5,0.25' -> [1.0, 0.5, 0.25]; anything else is an InputError on --ratios."""
+    from planner.errors import InputError
+
+    ratios = []
+    for part in text.split(","):
+        try:
+            ratios.append(float(part))
+        except ValueError:
+            raise InputError("not a number", field="--ratios", value=part.strip()) from None
+    for ratio in ratios:
+        if not 0 < ratio <= 1:
+            raise InputError("keep ratio must be in (0, 1]", field="--ratios", value=ratio)
+    return ratios
+
+
+def run(args: argparse.Namespace) -> int:
+    from planner.cli.common import check_output_path, print_json, progress_bar
+    from planner.errors import InputError
+    from planner.files import write_json_atomic
+
+    ratios = parse_ratios(args.ratios)
+    if args.threads is not None and args.threads < 1:
+        raise InputError("must be >= 1", field="--threads", value=args.threads)
+    out = check_output_path(args.out) if args.out else None
+
+    from profiler.cache import ProfileCache
+    from profiler.model_profile import profile_model
+    from vit_ops.shapes import shape_for_arch
+
+    shape = shape_for_arch(args.arch, args.num_classes, args.img_size)
+    cache = None if args.no_cache else ProfileCache()
+    with progress_bar(f"profile {args.arch}", enabled=not args.json) as progress:
+        profile = profile_model(shape, ratios, dtype=args.dtype, measure=args.measure,
+                                threads=args.threads, cache=cache, progress=progress)
+    data = profile.model_dump(mode="json")
+    if out is not None:
+        write_json_atomic(out, data)
+    if args.json:
+        print_json(data)
+        return 0
+    print(f"{'ratio':>6} {'embed':>5} {'heads':>5} {'mlp':>5} {'GFLOPs':>8} {'params':>10} "
+          f"{'mem MiB':>8} {'feat B':>7} {'host ms':>9}")
+    for v in profile.variants:
+        latency = (f"{v.host_latency.median_s * 1e3:>9.2f}" if v.host_latency else f"{'-':>9}")
+        print(f"{v.ratio:>6g} {v.counts.embed_dim:>5} {v.counts.heads[0]:>5} "
+              f"{v.counts.mlp_hidden[0]:>5} {v.flops / 1e9:>8.3f} {v.params:>10,} "
+              f"{v.mem_bytes / 2**20:>8.1f} {v.feat_bytes:>7} {latency}")
+    if profile.skipped_ops:
+        print("not counted by fvcore (element-wise): "
+              + ", ".join(f"{op} x{n}" for op, n in profile.skipped_ops.items()))
+    if out is not None:
+        print(f"wrote {out}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from planner.cli.common import check_output_path, print_json, progress_bar
+    from planner.errors import InputError
+    from planner.files import write_text_atomic
+
+    if args.threads is not None and args.threads < 1:
+        raise InputError("must be >= 1", field="--threads", value=args.threads)
+    if args.link_bytes_per_s <= 0:
+        raise InputError("must be > 0", field="--link-bytes-per-s", value=args.link_bytes_per_s)
+    if args.clock == "cpu" and args.threads != 1:
+        raise InputError("--clock cpu needs --threads 1", field="--threads", value=args.threads)
+    out = check_output_path(args.out) if args.out else None
+
+    from profiler.calibrate import calibrate_host, device_entry_yaml
+
+    with progress_bar("calibrate", enabled=not args.json) as progress:
+        result = calibrate_host(name=args.name, threads=args.threads, clock=args.clock,
+                                link_bytes_per_s=args.link_bytes_per_s, progress=progress)
+    if out is not None:
+        write_text_atomic(out, device_entry_yaml(result))
+    if args.json:
+        print_json(result.model_dump(mode="json"))
+        return 0
+    entry = result.device
+    print(f"device {entry.name}: flops_per_s {entry.flops_per_s:.4g}  overhead_s "
+          f"{entry.overhead_s:.4g}  mem_bytes {entry.mem_bytes}  runtime_overhead_bytes "
+          f"{entry.runtime_overhead_bytes}  (threads {result.threads}, {result.clock} clock)")
+    traffic = result.traffic
+    print(f"traffic model: flops_per_s {traffic.flops_per_s:.4g}  weight_bytes_per_s "
+          f"{traffic.weight_bytes_per_s:.4g}  overhead_per_block_s "
+          f"{traffic.overhead_per_block_s:.4g}")
+    print(f"{'variant':<24} {'GFLOPs':>8} {'measured ms':>12} {'planner ms':>11} "
+          f"{'traffic ms':>11}")
+    for s in result.samples:
+        print(f"{s.label:<24} {s.flops / 1e9:>8.3f} {s.latency_s * 1e3:>12.2f} "
+              f"{s.predicted_s * 1e3:>11.2f} {s.traffic_predicted_s * 1e3:>11.2f}")
+    if out is not None:
+        print(f"wrote {out}")
+    return 0

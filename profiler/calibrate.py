@@ -1,0 +1,249 @@
+"""`edvit calibrate`: measure this machine's latency figures and write them as a device kind.
+
+Three pruned ViT-S variants are timed here in interleaved rounds (drift and background load hit
+every variant alike; a round's time is the median of a few timed blocks, a variant's latency the
+median over rounds): r = 1 and r = 0.125 at 224 px (0.3 to 9 GFLOPs) and r = 1 at 112 px (50
+tokens: few FLOPs per weight read). The planner's model `latency_s = flops / flops_per_s +
+overhead_s` is fitted to the two 224 px variants (the size of the built-in profiles), the traffic
+model of `profiler.latency_model` (adds weight-bytes and per-block terms) to all three.
+
+The device kind written carries the planner's figures, the machine's memory (`mem_bytes`), the
+resident memory of Python + torch before any model is built (`runtime_overhead_bytes`) and the
+link bandwidth to the aggregator, which calibration cannot measure and takes from the caller
+(`link_bytes_per_s`); the traffic model's figures and the data are YAML comments (and `--json`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+from typing import Callable
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.profile_schema import LatencyStats
+from planner.vit_shape import ViTShape
+from profiler.latency import Clock, default_threads, measure_latency
+from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
+from profiler.model_profile import (example_input, host_description, profile_model,
+                                    runnable_backbone, tool_versions)
+from vit_ops.counts import counts_for_ratio
+from vit_ops.shapes import shape_for_arch
+
+ProgressCallback = Callable[[int, int, str], None]
+
+# (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
+# from on small devices; the 112 px one separates weight traffic from arithmetic.
+CALIBRATION_VARIANTS: tuple[tuple[str, int, float], ...] = (
+    ("vit_small_patch16_224", 224, 1.0),
+    ("vit_small_patch16_224", 224, 0.125),
+    ("vit_small_patch16_224", 112, 1.0),
+)
+
+
+class DeviceEntry(BaseModel):
+    """A device kind as the planner's inventory reads it (`kinds: {NAME: {file: ...}}`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str = ""
+    mem_bytes: int = Field(gt=0)
+    runtime_overhead_bytes: int = Field(ge=0)
+    flops_per_s: float = Field(gt=0)
+    overhead_s: float = Field(ge=0)
+    link_bytes_per_s: float = Field(gt=0)
+
+
+class TimedVariant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    arch: str
+    img_size: int
+    ratio: float
+    depth: int
+    flops: int
+    weight_bytes: int = Field(description="fp32 parameter bytes, read once per inference")
+    latency: LatencyStats
+
+    @property
+    def latency_s(self) -> float:
+        return self.latency.median_s
+
+
+class CalibrationSample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    img_size: int
+    flops: int
+    weight_bytes: int
+    latency_s: float
+    iqr_s: float
+    predicted_s: float = Field(description="by the planner's model (device kind figures)")
+    traffic_predicted_s: float = Field(description="by the traffic model")
+
+
+class TrafficFigures(BaseModel):
+    """The traffic model's figures (see profiler.latency_model); inf = term dropped by the fit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    flops_per_s: float
+    weight_bytes_per_s: float
+    overhead_per_block_s: float
+
+
+class CalibrationResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    device: DeviceEntry
+    traffic: TrafficFigures
+    threads: int
+    clock: str
+    rounds: int
+    samples: list[CalibrationSample]
+    host: dict[str, str]
+    tool_versions: dict[str, str]
+
+
+def _variant_costs(shape: ViTShape, ratio: float) -> tuple[int, int]:
+    """(FLOPs, fp32 parameter bytes) of one variant from the (cached) profiler."""
+    from profiler.cache import ProfileCache
+
+    variant = profile_model(shape, [ratio], cache=ProfileCache()).variants[0]
+    return variant.flops, variant.param_bytes
+
+
+def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None = None,
+                  rounds: int = 5, repeats_per_round: int = 3, clock: Clock = "wall",
+                  progress: ProgressCallback | None = None) -> list[TimedVariant]:
+    """Latency of each (shape, ratio) on this machine, measured in interleaved rounds."""
+    threads = threads or default_threads()
+    built = []
+    for shape, ratio in variants:
+        model = runnable_backbone(shape, counts_for_ratio(shape, ratio), random_weights=True)
+        built.append((shape, ratio, model, example_input(shape), _variant_costs(shape, ratio)))
+    per_round: list[list[float]] = [[] for _ in built]
+    total = rounds * len(built)
+    for r in range(rounds):
+        for i, (shape, ratio, model, image, _) in enumerate(built):
+            stats = measure_latency(model, image, threads=threads, repeats=repeats_per_round,
+                                    warmup=2 if r == 0 else 1, clock=clock)
+            per_round[i].append(stats.median_s)
+            if progress is not None:
+                progress(r * len(built) + i + 1, total, f"{shape.arch} r={ratio:g}")
+    timed = []
+    for (shape, ratio, _, _, (flops, weight_bytes)), times in zip(built, per_round):
+        quartiles = statistics.quantiles(times, n=4, method="inclusive")
+        timed.append(TimedVariant(
+            label=_label(shape, ratio), arch=shape.arch, img_size=shape.img_size, ratio=ratio,
+            depth=shape.depth, flops=flops, weight_bytes=weight_bytes,
+            latency=LatencyStats(median_s=statistics.median(times),
+                                 iqr_s=quartiles[2] - quartiles[0], repeats=rounds,
+                                 threads=threads)))
+    return timed
+
+
+def fit_planner_model(timed: list[TimedVariant]) -> LatencyFit:
+    """The planner's two figures, fitted on the variants at the first one's input size.
+
+    The planner's model has no term for the token count, so it is fitted at one input size (224 px
+    for the default variants, the size of the built-in profiles).
+    """
+    chosen = [t for t in timed if t.img_size == timed[0].img_size]
+    return fit_latency([t.flops for t in chosen], [t.latency_s for t in chosen])
+
+
+def fit_traffic_model(timed: list[TimedVariant]) -> TrafficFit:
+    return fit_traffic([t.flops for t in timed], [t.weight_bytes for t in timed],
+                       [t.depth for t in timed], [t.latency_s for t in timed])
+
+
+def calibrate_host(name: str | None = None, *, threads: int | None = None,
+                   link_bytes_per_s: float = 1.25e7,
+                   variants: tuple[tuple[str, int, float], ...] = CALIBRATION_VARIANTS,
+                   rounds: int = 5, clock: Clock = "wall",
+                   progress: ProgressCallback | None = None) -> CalibrationResult:
+    """Time `variants` here, fit the latency models, describe this machine as a device kind.
+
+    `clock="cpu"` (one thread only) times the thread's CPU time: use it on a busy machine.
+    """
+    runtime_bytes = resident_bytes()  # before any model exists: Python + torch + libraries
+    threads = threads or default_threads()
+    shapes = [(shape_for_arch(arch, 1000, img_size=img), ratio) for arch, img, ratio in variants]
+    timed = time_variants(shapes, threads=threads, rounds=rounds, clock=clock,
+                          progress=progress)
+    fit = fit_planner_model(timed)
+    traffic = fit_traffic_model(timed)
+    host = host_description(threads)
+    entry = DeviceEntry(
+        name=name or platform.node() or "this-host",
+        description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock, "
+                     f"torch {host['torch']}"),
+        mem_bytes=physical_memory_bytes(), runtime_overhead_bytes=runtime_bytes,
+        flops_per_s=fit.flops_per_s, overhead_s=fit.overhead_s,
+        link_bytes_per_s=link_bytes_per_s)
+    samples = [CalibrationSample(
+        label=t.label, img_size=t.img_size, flops=t.flops, weight_bytes=t.weight_bytes,
+        latency_s=t.latency_s,
+        iqr_s=t.latency.iqr_s, predicted_s=fit.predict_s(t.flops),
+        traffic_predicted_s=traffic.predict_s(t.flops, t.weight_bytes, t.depth))
+        for t in timed]
+    return CalibrationResult(
+        device=entry, threads=threads, clock=clock, rounds=rounds, samples=samples, host=host,
+        tool_versions=tool_versions(),
+        traffic=TrafficFigures(flops_per_s=traffic.flops_per_s,
+                               weight_bytes_per_s=traffic.weight_bytes_per_s,
+                               overhead_per_block_s=traffic.overhead_per_block_s))
+
+
+def device_entry_yaml(result: CalibrationResult) -> str:
+    """The device kind as YAML, with the calibration data as comments."""
+    lines = ["# Device kind written by `edvit calibrate`; include it in an inventory with",
+             "#   kinds: {MY_KIND: {file: THIS_FILE}}",
+             "# latency_s = flops / flops_per_s + overhead_s, fitted on the "
+             f"{result.samples[0].img_size} px variants."]
+    t = result.traffic
+    lines.append("# traffic model: latency_s = flops / flops_per_s + weight_bytes / "
+                 "weight_bytes_per_s + depth * overhead_per_block_s with")
+    lines.append(f"#   flops_per_s {t.flops_per_s:.6g}, weight_bytes_per_s "
+                 f"{t.weight_bytes_per_s:.6g}, overhead_per_block_s {t.overhead_per_block_s:.6g}")
+    lines.append("# variant                       flops      weight bytes   measured ms   "
+                 "planner ms   traffic ms")
+    for s in result.samples:
+        lines.append(f"#   {s.label:<24} {s.flops:>13,} {s.weight_bytes:>13,} "
+                     f"{s.latency_s * 1e3:>12.3f} {s.predicted_s * 1e3:>12.3f} "
+                     f"{s.traffic_predicted_s * 1e3:>12.3f}")
+    lines.append(f"# threads {result.threads}, {result.clock} clock, rounds {result.rounds}, torch "
+                 f"{result.tool_versions.get('torch')}; link_bytes_per_s is given, not measured")
+    body = yaml.safe_dump(result.device.model_dump(mode="json"), sort_keys=False)
+    return "\n".join(lines) + "\n" + body
+
+
+def physical_memory_bytes() -> int:
+    """Total physical memory of this machine."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 1
+
+
+def resident_bytes() -> int:
+    """Resident memory of this process now (Linux), else its peak so far."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if platform.system() == "Darwin" else peak * 1024
+
+
+def _label(shape: ViTShape, ratio: float) -> str:
+    name = shape.arch.removesuffix("_patch16_224")
+    size = "" if shape.img_size == 224 else f"@{shape.img_size}"
+    return f"{name}{size} r={ratio:g}"

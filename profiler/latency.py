@@ -1,0 +1,65 @@
+"""Host latency of one inference at batch 1, timed with `torch.utils.benchmark`.
+
+The intra-op thread count is pinned for the whole measurement (warm-up included) and recorded;
+each repeat times a block of back-to-back calls long enough to swamp timer resolution, and the
+result is the median and interquartile range over the repeats.
+
+Clock: "wall" (default) is elapsed time, what a user waits. "cpu" is the calling thread's CPU time,
+valid with one thread only (PyTorch then computes in the calling thread): on a machine shared with
+other jobs it measures what the inference costs without the time spent descheduled, i.e. the
+latency the same machine would show unloaded. Calibration on a busy host uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Literal
+
+import torch
+
+from planner.errors import InputError
+from planner.profile_schema import LatencyStats
+
+Clock = Literal["wall", "cpu"]
+
+
+def default_threads() -> int:
+    """Intra-op threads used when none are asked for: torch's current setting."""
+    return torch.get_num_threads()
+
+
+def measure_latency(model: torch.nn.Module, example: torch.Tensor, *, threads: int | None = None,
+                    repeats: int = 7, warmup: int = 2, min_block_s: float = 0.05,
+                    clock: Clock = "wall") -> LatencyStats:
+    """Median and IQR of `model(example)` time in seconds over `repeats` timed blocks."""
+    threads = threads or default_threads()
+    if clock not in ("wall", "cpu"):
+        raise InputError("clock must be 'wall' or 'cpu'", field="clock", value=clock)
+    if clock == "cpu" and threads != 1:
+        raise InputError("the cpu clock needs threads=1 (it times the calling thread)",
+                         field="threads", value=threads)
+    # Imported here: torch.utils.benchmark pulls in cpp_extension, which logs a CUDA notice on
+    # CPU-only hosts; commands that do not time anything should not print it.
+    import torch.utils.benchmark as benchmark
+
+    model.eval()
+    timer = benchmark.Timer(stmt="model(x)", globals={"model": model, "x": example},
+                            num_threads=threads,
+                            timer=time.thread_time if clock == "cpu" else time.perf_counter)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(example)
+        first = timer.timeit(1).median
+        number = max(1, math.ceil(min_block_s / max(first, 1e-9)))
+        with torch.no_grad():
+            times = [timer.timeit(number).median for _ in range(repeats)]
+    finally:
+        torch.set_num_threads(previous)
+    quartiles = statistics.quantiles(times, n=4, method="inclusive")
+    return LatencyStats(median_s=statistics.median(times), iqr_s=quartiles[2] - quartiles[0],
+                        repeats=repeats, threads=threads)
