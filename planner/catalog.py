@@ -31,6 +31,10 @@ class DeviceKind(BaseModel):
     flops_per_s: float = Field(gt=0, description="effective FLOP/s on ViT inference")
     overhead_s: float = Field(ge=0, description="fixed cost of one inference")
     link_bytes_per_s: float = Field(gt=0, description="effective bandwidth to the aggregator")
+    weight_bytes_per_s: float | None = Field(
+        default=None, gt=0, description="rate of reading weights (calibrated traffic model)")
+    overhead_per_block_s: float = Field(
+        default=0.0, ge=0, description="dispatch cost per transformer block (traffic model)")
     cost_usd: float | None = Field(default=None, ge=0)
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")

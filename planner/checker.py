@@ -59,10 +59,17 @@ class PlanScore:
 
 
 def submodel_latency(row: ProfileRow, device: Device, on_aggregator: bool) -> SubModelCost:
-    """flops/flops_per_s + overhead_s + feat_bytes/link_bytes_per_s (no link term on the aggregator)."""
+    """flops/flops_per_s + overhead_s + feat_bytes/link_bytes_per_s (no link term on the aggregator).
+
+    Extension: when the device has `weight_bytes_per_s` and the row `param_bytes`, compute time also
+    holds param_bytes / weight_bytes_per_s (reading the weights once per inference).
+    """
+    compute = row.flops / device.flops_per_s
+    if device.weight_bytes_per_s is not None and row.param_bytes is not None:
+        compute += row.param_bytes / device.weight_bytes_per_s
     comm = 0.0 if on_aggregator else row.feat_bytes / device.link_bytes_per_s
-    return SubModelCost(compute_s=row.flops / device.flops_per_s, overhead_s=device.overhead_s,
-                        comm_s=comm, mem_bytes=row.mem_bytes, loss_pp=None)
+    return SubModelCost(compute_s=compute, overhead_s=device.overhead_s, comm_s=comm,
+                        mem_bytes=row.mem_bytes, loss_pp=None)
 
 
 def fusion_latency(problem: Problem, num_submodels: int) -> float:

@@ -44,6 +44,8 @@ class DeviceEntry(_Strict):
     flops_per_s: float | None = Field(default=None, gt=0)
     overhead_s: float | None = Field(default=None, ge=0)
     link_bytes_per_s: float | None = Field(default=None, gt=0)
+    weight_bytes_per_s: float | None = Field(default=None, gt=0)
+    overhead_per_block_s: float | None = Field(default=None, ge=0)
     cost_usd: float | None = Field(default=None, ge=0)
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")
@@ -191,13 +193,16 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
                          file=source, field="aggregator", value=inv.aggregator)
     c = inv.model.num_classes
     rows = [ProfileRow(ratio=v.ratio, flops=v.flops, mem_bytes=v.mem_bytes,
-                       feat_bytes=v.feat_bytes,
+                       feat_bytes=v.feat_bytes, param_bytes=v.param_bytes,
                        loss_steps=v.loss_steps if v.loss_steps is not None
                        else default_loss_steps(v.ratio, c))
             for v in variants]
+    depth = profile.shape.depth
     problem_devices = [Device(name=name, mem_bytes=fig.usable_mem_bytes,
-                              flops_per_s=fig.flops_per_s, overhead_s=fig.overhead_s,
-                              link_bytes_per_s=fig.link_bytes_per_s)
+                              flops_per_s=fig.flops_per_s,
+                              overhead_s=fig.overhead_s + depth * fig.overhead_per_block_s,
+                              link_bytes_per_s=fig.link_bytes_per_s,
+                              weight_bytes_per_s=fig.weight_bytes_per_s)
                        for name, _, fig in devices]
     max_submodels = min(c, len(devices) * inv.max_per_device)
     fusion = fusion_cost(max(v.feat_bytes for v in variants) // FLOAT_BYTES, inv.fusion_hidden,

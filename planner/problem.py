@@ -29,6 +29,10 @@ class Device(BaseModel):
     flops_per_s: float = Field(gt=0)
     overhead_s: float = Field(ge=0)
     link_bytes_per_s: float = Field(gt=0)
+    weight_bytes_per_s: float | None = Field(
+        default=None, gt=0,
+        description="extension: rate of reading weights; with a row's param_bytes adds "
+                    "param_bytes / weight_bytes_per_s to compute time (absent: no such term)")
 
 
 class ProfileRow(BaseModel):
@@ -40,6 +44,8 @@ class ProfileRow(BaseModel):
     flops: int = Field(gt=0)
     mem_bytes: int = Field(gt=0)
     feat_bytes: int = Field(gt=0)
+    param_bytes: int | None = Field(
+        default=None, gt=0, description="extension: weight bytes read once per inference")
     loss_steps: list[tuple[int, float]] = Field(
         description="[[g_max, loss_pp], ...], g_max increasing, loss non-decreasing")
 
@@ -180,4 +186,9 @@ def dump_problem(problem: Problem) -> str:
     data = problem.model_dump(mode="json")
     for row in data["profile"]:
         row["loss_steps"] = [list(step) for step in row["loss_steps"]]
+        if row["param_bytes"] is None:
+            del row["param_bytes"]
+    for device in data["devices"]:
+        if device["weight_bytes_per_s"] is None:
+            del device["weight_bytes_per_s"]
     return yaml.safe_dump(data, sort_keys=False)

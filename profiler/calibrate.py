@@ -7,14 +7,18 @@ tokens: few FLOPs per weight read). The planner's model `latency_s = flops / flo
 overhead_s` is fitted to the two 224 px variants (the size of the built-in profiles), the traffic
 model of `profiler.latency_model` (adds weight-bytes and per-block terms) to all three.
 
-The device kind written carries the planner's figures, the machine's memory (`mem_bytes`), the
-resident memory of Python + torch before any model is built (`runtime_overhead_bytes`) and the
-link bandwidth to the aggregator, which calibration cannot measure and takes from the caller
-(`link_bytes_per_s`); the traffic model's figures and the data are YAML comments (and `--json`).
+The device kind written carries the traffic model's figures (`flops_per_s`, `weight_bytes_per_s`,
+`overhead_per_block_s`, with `overhead_s` 0), which the planner evaluates and which predicts
+held-out variants of other sizes far better than the two-term model (benchmarks/profiler_bench.py);
+the machine's memory (`mem_bytes`), the resident memory of Python + torch before any model is built
+(`runtime_overhead_bytes`) and the link bandwidth to the aggregator, which calibration cannot
+measure and takes from the caller (`link_bytes_per_s`). The two-term fit and the data are YAML
+comments (and `--json`).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -56,6 +60,8 @@ class DeviceEntry(BaseModel):
     flops_per_s: float = Field(gt=0)
     overhead_s: float = Field(ge=0)
     link_bytes_per_s: float = Field(gt=0)
+    weight_bytes_per_s: float | None = Field(default=None, gt=0)
+    overhead_per_block_s: float = Field(default=0.0, ge=0)
 
 
 class TimedVariant(BaseModel):
@@ -84,8 +90,8 @@ class CalibrationSample(BaseModel):
     weight_bytes: int
     latency_s: float
     iqr_s: float
-    predicted_s: float = Field(description="by the planner's model (device kind figures)")
-    traffic_predicted_s: float = Field(description="by the traffic model")
+    predicted_s: float = Field(description="by the two-term model (flops + constant)")
+    traffic_predicted_s: float = Field(description="by the traffic model (the device kind's)")
 
 
 class TrafficFigures(BaseModel):
@@ -186,7 +192,10 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
         description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock, "
                      f"torch {host['torch']}"),
         mem_bytes=physical_memory_bytes(), runtime_overhead_bytes=runtime_bytes,
-        flops_per_s=fit.flops_per_s, overhead_s=fit.overhead_s,
+        flops_per_s=traffic.flops_per_s, overhead_s=0.0,
+        weight_bytes_per_s=(traffic.weight_bytes_per_s
+                            if math.isfinite(traffic.weight_bytes_per_s) else None),
+        overhead_per_block_s=traffic.overhead_per_block_s,
         link_bytes_per_s=link_bytes_per_s)
     samples = [CalibrationSample(
         label=t.label, img_size=t.img_size, flops=t.flops, weight_bytes=t.weight_bytes,
@@ -206,15 +215,12 @@ def device_entry_yaml(result: CalibrationResult) -> str:
     """The device kind as YAML, with the calibration data as comments."""
     lines = ["# Device kind written by `edvit calibrate`; include it in an inventory with",
              "#   kinds: {MY_KIND: {file: THIS_FILE}}",
-             "# latency_s = flops / flops_per_s + overhead_s, fitted on the "
-             f"{result.samples[0].img_size} px variants."]
-    t = result.traffic
-    lines.append("# traffic model: latency_s = flops / flops_per_s + weight_bytes / "
-                 "weight_bytes_per_s + depth * overhead_per_block_s with")
-    lines.append(f"#   flops_per_s {t.flops_per_s:.6g}, weight_bytes_per_s "
-                 f"{t.weight_bytes_per_s:.6g}, overhead_per_block_s {t.overhead_per_block_s:.6g}")
-    lines.append("# variant                       flops      weight bytes   measured ms   "
-                 "planner ms   traffic ms")
+             "# latency_s = flops / flops_per_s + weight_bytes / weight_bytes_per_s",
+             "#             + depth * overhead_per_block_s  (the traffic model, fitted on all",
+             "# variants below; the two-term model flops / flops_per_s + overhead_s, fitted on the",
+             f"# {result.samples[0].img_size} px variants, is shown for comparison)"]
+    lines.append("# variant                       flops      weight bytes   measured ms  "
+                 "two-term ms   traffic ms")
     for s in result.samples:
         lines.append(f"#   {s.label:<24} {s.flops:>13,} {s.weight_bytes:>13,} "
                      f"{s.latency_s * 1e3:>12.3f} {s.predicted_s * 1e3:>12.3f} "

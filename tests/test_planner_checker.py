@@ -85,3 +85,13 @@ def test_similarity_sum_counts_pairs_within_groups():
     problem = make_problem(secondary="similarity", similarity=sim)
     score = score_plan(problem, [Placement("fast", 1.0, (0, 1)), Placement("slow", 1.0, (2, 3))])
     assert score.similarity_sum == 5 + 7
+
+
+def test_weight_traffic_extension_adds_param_bytes_over_rate():
+    devices = [{**DEVICES[0], "weight_bytes_per_s": 50.0}, DEVICES[1]]
+    profile = [{**PROFILE[0], "param_bytes": 100}, PROFILE[1]]
+    problem = make_problem(devices=devices, profile=profile)
+    score = score_plan(problem, [Placement("fast", 1.0, (0, 1, 2)), Placement("slow", 0.5, (3,))])
+    # fast: 200/100 + 100/50 + 0.5 ; slow has no rate and row 0.5 no param_bytes: unchanged
+    assert score.device_times_s["fast"] == pytest.approx(4.5)
+    assert score.device_times_s["slow"] == pytest.approx(13.0)

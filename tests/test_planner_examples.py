@@ -102,3 +102,22 @@ def test_calibrated_kind_file_is_usable(tmp_path):
         "devices": [{"kind": "board", "count": 2}]})
     compiled = compile_inventory(inv, base_dir=tmp_path)
     assert [d.mem_bytes for d in compiled.problem.devices] == [1_800_000_000] * 2
+
+
+def test_calibrated_traffic_model_reaches_the_plan(tmp_path):
+    """A kind with the traffic model's figures: latency = flops/F + param_bytes/W + depth x b."""
+    (tmp_path / "board.yaml").write_text(yaml.safe_dump({
+        "mem_bytes": "4GiB", "flops_per_s": 2e10, "overhead_s": 0.0, "link_bytes_per_s": 1e7,
+        "weight_bytes_per_s": 5e9, "overhead_per_block_s": 0.001}))
+    inv = inventory_from_dict({
+        "model": {"arch": "vit_small_patch16_224", "num_classes": 10},
+        "kinds": {"board": {"file": "board.yaml"}},
+        "devices": [{"kind": "board", "count": 3}]})
+    compiled = compile_inventory(inv, base_dir=tmp_path)
+    plan = plan_inventory(inv.model_copy(update={"kinds": {
+        "board": compiled.device_figures["board-0"]}}))
+    profile = builtin_profile("vit_small_patch16_224")
+    for sm in plan.submodels:
+        v = profile.variant(sm.ratio)
+        assert sm.latency.compute_s == pytest.approx(v.flops / 2e10 + v.param_bytes / 5e9)
+        assert sm.latency.overhead_s == pytest.approx(12 * 0.001)

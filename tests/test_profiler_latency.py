@@ -96,7 +96,9 @@ def test_calibration_writes_a_device_kind_the_planner_reads(monkeypatch, tmp_pat
     data = yaml.safe_load(device_entry_yaml(result))
     assert data["name"] == "bench-host" and data["link_bytes_per_s"] == 1e8
     assert set(data) == {"name", "description", "mem_bytes", "runtime_overhead_bytes",
-                         "flops_per_s", "overhead_s", "link_bytes_per_s"}
+                         "flops_per_s", "overhead_s", "link_bytes_per_s", "weight_bytes_per_s",
+                         "overhead_per_block_s"}
     kind = DeviceKind.model_validate({k: v for k, v in data.items() if k != "name"})
-    assert kind.flops_per_s > 1e8 and kind.overhead_s >= 0
+    assert kind.flops_per_s == pytest.approx(result.traffic.flops_per_s)
+    assert kind.overhead_per_block_s == pytest.approx(result.traffic.overhead_per_block_s)
     assert 0 < kind.runtime_overhead_bytes < kind.mem_bytes

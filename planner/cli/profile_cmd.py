@@ -38,8 +38,9 @@ def register(subparsers) -> None:
 
     calibrate = subparsers.add_parser(
         "calibrate", help="time a few ViT variants here and fit this device's latency figures",
-        description="Fit latency = flops / flops_per_s + overhead_s on this machine and write a "
-                    "device kind (YAML) for an inventory's `kinds:`.")
+        description="Fit latency = flops / flops_per_s + weight_bytes / weight_bytes_per_s + "
+                    "depth x overhead_per_block_s on this machine and write a device kind (YAML) "
+                    "for an inventory's `kinds:`.")
     calibrate.add_argument("--out", metavar="DEVICE.yaml", help="write the device kind here")
     calibrate.add_argument("--name", default=None, help="device kind name (default: host name)")
     calibrate.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
@@ -133,14 +134,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         print_json(result.model_dump(mode="json"))
         return 0
     entry = result.device
-    print(f"device {entry.name}: flops_per_s {entry.flops_per_s:.4g}  overhead_s "
-          f"{entry.overhead_s:.4g}  mem_bytes {entry.mem_bytes}  runtime_overhead_bytes "
-          f"{entry.runtime_overhead_bytes}  (threads {result.threads}, {result.clock} clock)")
-    traffic = result.traffic
-    print(f"traffic model: flops_per_s {traffic.flops_per_s:.4g}  weight_bytes_per_s "
-          f"{traffic.weight_bytes_per_s:.4g}  overhead_per_block_s "
-          f"{traffic.overhead_per_block_s:.4g}")
-    print(f"{'variant':<24} {'GFLOPs':>8} {'measured ms':>12} {'planner ms':>11} "
+    print(f"device {entry.name}: flops_per_s {entry.flops_per_s:.4g}  weight_bytes_per_s "
+          f"{entry.weight_bytes_per_s or float('inf'):.4g}  overhead_per_block_s "
+          f"{entry.overhead_per_block_s:.4g}  mem_bytes {entry.mem_bytes}  "
+          f"runtime_overhead_bytes {entry.runtime_overhead_bytes}  (threads {result.threads}, "
+          f"{result.clock} clock)")
+    print(f"{'variant':<24} {'GFLOPs':>8} {'measured ms':>12} {'two-term ms':>11} "
           f"{'traffic ms':>11}")
     for s in result.samples:
         print(f"{s.label:<24} {s.flops / 1e9:>8.3f} {s.latency_s * 1e3:>12.2f} "
