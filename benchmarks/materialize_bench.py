@@ -1,0 +1,133 @@
+"""What the split costs: accuracy, size and latency of materialised sub-models (issue 4 targets).
+
+    python benchmarks/materialize_bench.py [--base DIR] [--work DIR] [--skip-kl] [--threads N]
+
+1. digits, 4 sub-models (classes 0-2, 3-5, 6-7, 8-9 at keep ratio 0.5): base vs fused accuracy
+   (target: within 1.0 point), size reduction of the largest sub-model, and per sub-model the
+   measured latency speed-up at batch 1 against its FLOPs reduction (target >= 0.7x).
+2. Importance estimators on the digits base: rank agreement (Spearman) of the Fisher (2nd-order
+   Taylor) estimate with the exact ablation KL, per unit kind, and their wall times.
+3. ViT-B/16-shaped model (random weights), 10 classes split over 4 sub-models at keep ratio 0.25:
+   size reduction, latency speed-up against FLOPs reduction.
+Latency: torch.utils.benchmark via profiler.latency, threads pinned (printed), median of repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from planner.vit_shape import ViTShape
+from profiler.flops import count_macs
+from profiler.latency import measure_latency
+from profiler.model_profile import example_input, runnable_backbone
+from vit_ops.base_model import DIGITS_FIT, DIGITS_SHAPE, load_base, save_base, train_base
+from vit_ops.counts import counts_for_ratio, full_counts
+from vit_ops.data import load_data
+from vit_ops.demo import manual_plan
+from vit_ops.evaluate import evaluate_deployment
+from vit_ops.importance import score_importance
+from vit_ops.materialize import materialize
+
+GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+
+
+def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def digits_table(base_dir: Path | None, work: Path, threads: int) -> None:
+    splits = load_data("digits", img_size=DIGITS_SHAPE.img_size)
+    if base_dir is None:
+        t0 = time.perf_counter()
+        base = train_base(splits, DIGITS_SHAPE, DIGITS_FIT)
+        print(f"trained digits base in {time.perf_counter() - t0:.1f} s")
+        base_dir = save_base(base, work / "base", force=True)
+    base = load_base(str(base_dir))
+    plan = manual_plan(DIGITS_SHAPE, GROUPS, [0.5] * 4)
+    t0 = time.perf_counter()
+    materialize(plan, base, splits, work / "deploy", force=True)
+    build_s = time.perf_counter() - t0
+    ev = evaluate_deployment(work / "deploy", splits, threads=threads, repeats=9)
+    print(f"\n## digits, 4 sub-models at r=0.5 (materialise {build_s:.1f} s, threads={ev.threads})")
+    print(f"base accuracy {100 * ev.base_accuracy:.2f} %   fused accuracy "
+          f"{100 * ev.fused_accuracy:.2f} %   difference {ev.fused_minus_base_pp:+.2f} pp "
+          f"(target >= -1.0)   [{ev.test_images} test images]")
+    largest = max(ev.submodels, key=lambda s: s.params)
+    print(f"largest sub-model: {largest.params} params vs base {ev.base_params}: "
+          f"{largest.size_reduction:.2f}x smaller")
+    print(f"{'device':>9} {'classes':>10} {'acc %':>6} {'params':>7} {'plan':>7} "
+          f"{'lat ms':>7} {'base ms':>7} {'speedup':>7} {'FLOPs red':>9} {'ratio':>6}")
+    for s in ev.submodels:
+        print(f"{s.device:>9} {str(s.classes):>10} {100 * s.accuracy:6.1f} {s.params:7d} "
+              f"{s.predicted_params:7d} {1e3 * s.latency_s:7.3f} {1e3 * s.base_latency_s:7.3f} "
+              f"{s.speedup:7.2f} {s.flops_reduction:9.2f} {s.speedup / s.flops_reduction:6.2f}")
+
+
+def importance_table(base_dir: Path, images: int = 64) -> None:
+    base = load_base(str(base_dir))
+    splits = load_data("digits", img_size=DIGITS_SHAPE.img_size)
+    classes = GROUPS[0]
+    x = splits.train.of_classes(classes).images[:images]
+    t0 = time.perf_counter()
+    fisher = score_importance(base.model, x, classes, "fisher")
+    fisher_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    exact = score_importance(base.model, x, classes, "kl")
+    exact_s = time.perf_counter() - t0
+    print(f"\n## importance on digits base, classes {classes}, {images} calibration images")
+    print(f"fisher {fisher_s:.2f} s, exact KL {exact_s:.2f} s ({exact_s / fisher_s:.0f}x slower)")
+    print(f"{'units':>8} {'n':>5} {'spearman':>9} {'median F/2 / KL':>16}")
+    for name, f, k in (("heads", torch.cat(fisher.heads), torch.cat(exact.heads)),
+                       ("mlp", torch.cat(fisher.mlp), torch.cat(exact.mlp)),
+                       ("embed", fisher.embed, exact.embed)):
+        ratio = float((f / k.clamp_min(1e-12)).median())
+        print(f"{name:>8} {f.numel():5d} {_spearman(f, k):9.3f} {ratio:16.2f}")
+
+
+def vit_b_table(threads: int, ratio: float = 0.25) -> None:
+    shape = ViTShape(arch="vit_base_patch16_224", img_size=224, patch_size=16, embed_dim=768,
+                     depth=12, num_heads=12, head_dim=64, mlp_hidden=3072, num_classes=10)
+    x = example_input(shape)
+    full = runnable_backbone(shape, full_counts(shape))
+    full_params = sum(p.numel() for p in full.parameters())
+    full_flops = 2 * count_macs(full, x).macs
+    full_lat = measure_latency(full, x, threads=threads, repeats=5)
+    counts = counts_for_ratio(shape, ratio)
+    sub = runnable_backbone(shape, counts)
+    params = sum(p.numel() for p in sub.parameters())
+    flops = 2 * count_macs(sub, x).macs
+    lat = measure_latency(sub, x, threads=threads, repeats=5)
+    print(f"\n## ViT-B/16 shape, random weights, 10 classes over 4 sub-models at r={ratio} "
+          f"(threads={threads})")
+    print(f"{'model':>10} {'params':>11} {'GFLOPs':>7} {'lat ms':>8} {'iqr ms':>7}")
+    print(f"{'base':>10} {full_params:11d} {full_flops / 1e9:7.2f} {1e3 * full_lat.median_s:8.2f} "
+          f"{1e3 * full_lat.iqr_s:7.2f}")
+    print(f"{'sub-model':>10} {params:11d} {flops / 1e9:7.2f} {1e3 * lat.median_s:8.2f} "
+          f"{1e3 * lat.iqr_s:7.2f}")
+    speedup, reduction = full_lat.median_s / lat.median_s, full_flops / flops
+    print(f"size reduction {full_params / params:.1f}x, FLOPs reduction {reduction:.1f}x, "
+          f"latency speed-up {speedup:.1f}x (ratio {speedup / reduction:.2f}, target >= 0.7)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--base", type=Path, help="digits base from train-base (else trained)")
+    parser.add_argument("--work", type=Path, help="working directory (default: a temp dir)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--skip-kl", action="store_true", help="skip the exact-KL comparison")
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="materialize_bench."))
+    digits_table(args.base, work, args.threads)
+    if not args.skip_kl:
+        importance_table(args.base or work / "base")
+    vit_b_table(args.threads)
+
+
+if __name__ == "__main__":
+    main()

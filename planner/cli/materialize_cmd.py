@@ -1,0 +1,225 @@
+"""`edvit train-base`, `edvit materialize`, `edvit evaluate`, `edvit demo`: from a plan to deployed
+class-specific sub-models, and what the split costs in accuracy, size and latency.
+
+torch and vit_ops are imported inside the functions that run the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from planner.cli.common import print_json, progress_bar
+
+DEFAULT_BASE_DIR = "edvit-base"
+DEFAULT_DEMO_DIR = "edvit-demo"
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train-base", help="train the small digits ViT (or one on an image folder) from scratch",
+        description="Train a small ViT from scratch; writes DIR/model.safetensors + DIR/model.json.")
+    train.add_argument("--data", default="digits",
+                       help="'digits' (built in, default) or an image folder (one sub-folder per "
+                            "class)")
+    train.add_argument("--out", default=DEFAULT_BASE_DIR, metavar="DIR",
+                       help=f"output directory (default: {DEFAULT_BASE_DIR})")
+    train.add_argument("--epochs", type=int, help="training epochs (default: 40)")
+    train.add_argument("--seed", type=int, default=0, help="seed of init, order, augmentation")
+    train.add_argument("--force", action="store_true", help="replace a non-empty DIR")
+    train.add_argument("--json", action="store_true", help="print the model spec as JSON")
+    train.set_defaults(func=run_train_base)
+
+    mat = subparsers.add_parser(
+        "materialize", help="build the plan's pruned sub-models and fusion head",
+        description="Class-wise importance, structural pruning to the plan's counts, fine-tuning "
+                    "with distillation, fusion head, safetensors + JSON + ONNX in DEPLOY_DIR.")
+    mat.add_argument("plan", metavar="PLAN.json")
+    mat.add_argument("--base", required=True, metavar="MODEL",
+                     help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
+    mat.add_argument("--data", required=True, help="'digits' or an image folder")
+    mat.add_argument("--out", required=True, metavar="DEPLOY_DIR")
+    mat.add_argument("--force", action="store_true", help="replace an existing DEPLOY_DIR")
+    mat.add_argument("--importance", choices=["fisher", "kl"], default="fisher",
+                     help="fisher: 2nd-order Taylor of the KL (fast, default); kl: exact ablation")
+    mat.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per sub-model")
+    mat.add_argument("--seed", type=int, default=0)
+    mat.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    mat.add_argument("--json", action="store_true", help="print the deployment manifest")
+    mat.set_defaults(func=run_materialize)
+
+    ev = subparsers.add_parser(
+        "evaluate", help="accuracy, size and latency of a deployment against its base model",
+        description="Evaluate DEPLOY_DIR on the held-out split of DATA.")
+    ev.add_argument("deploy_dir", metavar="DEPLOY_DIR")
+    ev.add_argument("--data", required=True, help="'digits' or an image folder")
+    ev.add_argument("--json", action="store_true", help="print one JSON object")
+    ev.add_argument("--predictions", type=int, default=0, metavar="N",
+                    help="add the fused predicted labels of the first N held-out images")
+    ev.add_argument("--threads", type=int, help="torch threads for latency (default: torch's)")
+    ev.add_argument("--no-latency", action="store_true", help="skip FLOPs and latency")
+    ev.set_defaults(func=run_evaluate)
+
+    demo = subparsers.add_parser(
+        "demo", help="the whole path on digits: train, plan, materialise, evaluate",
+        description="Train the digits base (or reuse DIR/base), plan for an example fleet of four "
+                    "Raspberry Pi 4, materialise into DIR/deploy and print the evaluation.")
+    demo.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR",
+                      help=f"working directory (default: {DEFAULT_DEMO_DIR})")
+    demo.add_argument("--retrain", action="store_true", help="train the base even if DIR has one")
+    demo.add_argument("--json", action="store_true", help="print the evaluation as JSON")
+    demo.add_argument("--predictions", type=int, default=0, metavar="N")
+    demo.set_defaults(func=run_demo)
+
+
+def run_train_base(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vit_ops.base_model import DIGITS_FIT, DIGITS_SHAPE, save_base, train_base
+    from vit_ops.data import DIGITS, load_data
+
+    _positive(args.epochs, "--epochs")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        from planner.errors import InputError
+
+        raise InputError("output exists; pass --force to replace it", field="--out",
+                         value=str(out))
+    if args.data == DIGITS:
+        splits, shape = load_data(DIGITS, img_size=DIGITS_SHAPE.img_size), DIGITS_SHAPE
+    else:
+        splits = load_data(args.data, img_size=DIGITS_SHAPE.img_size * 2)
+        shape = DIGITS_SHAPE.model_copy(update={"arch": "edvit_small_vit",
+                                                "img_size": splits.img_size, "patch_size": 8,
+                                                "num_classes": splits.num_classes})
+    config = DIGITS_FIT.model_copy(update={"seed": args.seed,
+                                           **({"epochs": args.epochs} if args.epochs else {})})
+    with progress_bar("train-base") as progress:
+        base = train_base(splits, shape, config, progress)
+    save_base(base, out, force=args.force)
+    if args.json:
+        print_json(base.spec.model_dump(mode="json"))
+    else:
+        print(f"base model {shape.arch}: test accuracy {100 * base.spec.test_accuracy:.2f} % "
+              f"({len(splits.test)} images) -> {out}")
+    return 0
+
+
+def run_materialize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vit_ops.materialize import MaterializeConfig, materialize
+
+    _positive(args.finetune_epochs, "--finetune-epochs")
+    plan = load_plan(args.plan)
+    base = _load_base_for(args.base, plan)
+    splits = _load_data_for(args.data, base)
+    config = MaterializeConfig(importance=args.importance, export_onnx=not args.no_onnx)
+    update = {"seed": args.seed}
+    if args.finetune_epochs:
+        update["epochs"] = args.finetune_epochs
+    config = config.model_copy(update={"finetune": config.finetune.model_copy(update=update),
+                                       "fusion": config.fusion.model_copy(
+                                           update={"seed": args.seed})})
+    with progress_bar("materialize") as progress:
+        manifest = materialize(plan, base, splits, Path(args.out), config, force=args.force,
+                               progress=progress, plan_source=args.plan)
+    if args.json:
+        print_json(manifest.model_dump(mode="json"))
+    else:
+        print(f"{len(manifest.submodels)} sub-models + fusion head -> {args.out}")
+        for e in manifest.submodels:
+            print(f"  {e.device}: classes {e.classes}, {e.params} params "
+                  f"(plan: {e.predicted_params})")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from vit_ops.data import load_data
+    from vit_ops.deploy import load_manifest
+    from vit_ops.evaluate import evaluate_deployment
+
+    if args.predictions < 0:
+        from planner.errors import InputError
+
+        raise InputError("must be >= 0", field="--predictions", value=args.predictions)
+    _positive(args.threads, "--threads")
+    manifest = load_manifest(args.deploy_dir)
+    splits = load_data(args.data, img_size=manifest.img_size,
+                       expected_classes=manifest.num_classes, class_names=manifest.class_names)
+    with progress_bar("evaluate") as progress:
+        evaluation = evaluate_deployment(args.deploy_dir, splits, predictions=args.predictions,
+                                         measure=not args.no_latency, threads=args.threads,
+                                         progress=progress)
+    _report(evaluation, args.json)
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vit_ops.demo import run_demo as demo
+
+    with progress_bar("demo") as progress:
+        evaluation = demo(Path(args.out), retrain=args.retrain, progress=progress,
+                          predictions=args.predictions)
+    _report(evaluation, args.json)
+    return 0
+
+
+def load_plan(path: str):
+    """A plan file, validated (one InputError naming the field otherwise)."""
+    from pydantic import ValidationError
+
+    from planner.errors import InputError
+    from planner.files import read_json
+    from planner.plan_schema import Plan
+    from planner.validation import raise_validation_error
+
+    raw = read_json(path)
+    if not isinstance(raw, dict):
+        raise InputError("expected a JSON object (a plan from 'edvit plan')", file=path)
+    try:
+        return Plan.model_validate(raw)
+    except ValidationError as exc:
+        raise_validation_error(exc, path)
+
+
+def _load_base_for(source: str, plan):
+    from vit_ops.base_model import load_base
+
+    img_size = plan.model.shape.img_size if plan.model else None
+    return load_base(source, num_classes=plan.num_classes, img_size=img_size)
+
+
+def _load_data_for(data: str, base):
+    from vit_ops.data import load_data
+
+    names = base.spec.class_names if base.spec.fit is not None else None
+    return load_data(data, img_size=base.spec.shape.img_size,
+                     expected_classes=base.spec.shape.num_classes, class_names=names)
+
+
+def _positive(value, flag: str) -> None:
+    if value is not None and value <= 0:
+        from planner.errors import InputError
+
+        raise InputError("must be > 0", field=flag, value=value)
+
+
+def _report(evaluation, as_json: bool) -> None:
+    if as_json:
+        print_json(evaluation.model_dump(mode="json"))
+        return
+    e = evaluation
+    print(f"{e.data}: {e.test_images} held-out images")
+    print(f"  base accuracy  {100 * e.base_accuracy:6.2f} %   {e.base_params} params"
+          + (f"   {1e3 * e.base_latency_s:.3f} ms" if e.base_latency_s else ""))
+    print(f"  fused accuracy {100 * e.fused_accuracy:6.2f} %   ({e.fused_minus_base_pp:+.2f} pp)")
+    for s in e.submodels:
+        latency = (f"   {1e3 * s.latency_s:.3f} ms ({s.speedup:.2f}x faster, "
+                   f"{s.flops_reduction:.2f}x fewer FLOPs)" if s.latency_s else "")
+        print(f"  {s.device:>12}: classes {s.classes}  acc {100 * s.accuracy:6.2f} %  "
+              f"{s.params} params (plan {s.predicted_params}, {s.size_reduction:.1f}x smaller)"
+              + latency)
+    if e.predictions is not None:
+        print(f"  predictions: {e.predictions}")

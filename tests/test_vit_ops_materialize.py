@@ -1,0 +1,191 @@
+"""Materialisation end to end on digits with a tiny ViT: sub-models, fusion, files, CLI errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from planner.cli import main as cli_main
+from planner.errors import InputError
+from planner.vit_shape import ViTShape
+from vit_ops.base_model import load_base, save_base, train_base
+from vit_ops.data import load_data
+from vit_ops.demo import manual_plan
+from vit_ops.deploy import (load_device_submodels, load_fusion, load_manifest, load_submodel)
+from vit_ops.evaluate import evaluate_deployment, fused_predict
+from vit_ops.materialize import MaterializeConfig, materialize
+from vit_ops.training import FitConfig
+
+TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
+                num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)
+GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
+FAST = MaterializeConfig(calibration_images=64,
+                         finetune=FitConfig(epochs=1, lr=1e-3),
+                         fusion=FitConfig(epochs=10, batch_size=128, lr=3e-3, max_shift_px=0))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits", img_size=16)
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, digits):
+    base = train_base(digits, TINY, FitConfig(epochs=3, lr=3e-3))
+    return save_base(base, tmp_path_factory.mktemp("base") / "base")
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory, base_dir, digits):
+    plan = manual_plan(TINY, GROUPS, [0.5, 0.5, 0.75, 0.25], ["pi-a", "pi-b", "pi/c", "pi-a"])
+    out = tmp_path_factory.mktemp("deploy") / "deploy"
+    manifest = materialize(plan, load_base(str(base_dir)), digits, out, FAST)
+    return plan, manifest, out
+
+
+def test_base_model_reloads_strictly_with_the_same_output(base_dir, digits):
+    a, b = load_base(str(base_dir)), load_base(str(base_dir))
+    x = digits.test.images[:8]
+    with torch.no_grad():
+        assert torch.equal(a.model(x), b.model(x))
+    assert a.spec.shape == TINY and 0.1 < a.spec.test_accuracy <= 1.0
+
+
+def test_training_is_deterministic_for_a_seed(digits):
+    shape = TINY.model_copy(update={"depth": 1, "embed_dim": 16, "num_heads": 2, "mlp_hidden": 16})
+    config = FitConfig(epochs=1, seed=3)
+    one, two = train_base(digits, shape, config), train_base(digits, shape, config)
+    for (k, p), (_, q) in zip(one.model.state_dict().items(), two.model.state_dict().items()):
+        assert torch.equal(p, q), k
+
+
+def test_parameter_counts_are_exactly_the_plans(deployment):
+    plan, manifest, out = deployment
+    assert [e.params for e in manifest.submodels] == [sm.params for sm in plan.submodels]
+    sizes = {sub.spec.device: sub.module.backbone_params()
+             for sub in (load_device_submodels(out, "pi-a") + [load_submodel(out, "pi/c")])}
+    assert sizes["pi/c"] == plan.submodels[2].params
+
+
+def test_deployment_reloads_strictly_and_matches_onnx(deployment, digits):
+    _, manifest, out = deployment
+    assert (out / "deployment.json").is_file()
+    on_a = load_device_submodels(out, "pi-a")
+    assert [s.index for s in on_a] == [0, 3]  # a device hosting two sub-models gets both
+    with pytest.raises(InputError, match="hosts 2 sub-models"):
+        load_submodel(out, "pi-a")
+    with pytest.raises(InputError, match="no sub-model on this device"):
+        load_submodel(out, "jetson")
+    sub = load_submodel(out, "pi-b")
+    assert sub.spec.classes == [3, 4, 5] and sub.spec.num_outputs == 4
+    assert sub.spec.onnx_max_abs_diff is not None and sub.spec.onnx_max_abs_diff < 1e-3
+    fusion = load_fusion(out)
+    assert fusion.spec.in_features == [s.spec.feature_dim for s in
+                                       sorted(on_a + [sub, load_submodel(out, "pi/c")],
+                                              key=lambda s: s.index)]
+    import onnxruntime as ort
+
+    x = digits.test.images[:5]
+    session = ort.InferenceSession(str(out / manifest.submodels[1].dir / "model.onnx"),
+                                   providers=["CPUExecutionProvider"])
+    logits, features = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want_logits, want_features = sub.module(x)
+    assert abs(logits - want_logits.numpy()).max() < 1e-3
+    assert abs(features - want_features.numpy()).max() < 1e-3
+
+
+def test_evaluation_reports_every_figure(deployment, digits):
+    _, _, out = deployment
+    ev = evaluate_deployment(out, digits, predictions=7, repeats=2)
+    assert 0 <= ev.fused_accuracy <= 1 and 0 <= ev.base_accuracy <= 1
+    assert ev.fused_accuracy > 0.3  # ten classes: chance is 0.1
+    assert len(ev.predictions) == 7
+    assert all(s.params_match_plan for s in ev.submodels)
+    smallest = min(ev.submodels, key=lambda s: s.params)
+    assert smallest.size_reduction > 4 and smallest.flops_reduction > 2
+    assert all(s.latency_s > 0 and s.base_latency_s > 0 for s in ev.submodels)
+    subs = [load_submodel(out, "pi-b")]
+    assert fused_predict.__name__ and subs  # the loader API serves one device at a time
+
+
+def test_existing_deploy_dir_is_kept_without_force(deployment, base_dir, digits):
+    plan, _, out = deployment
+    before = (out / "deployment.json").read_bytes()
+    with pytest.raises(InputError, match="--force"):
+        materialize(plan, load_base(str(base_dir)), digits, out, FAST)
+    assert (out / "deployment.json").read_bytes() == before
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".deploy.")]
+
+
+def _cli(capsys, *argv):
+    code = cli_main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, capsys, base_dir):
+    plan = manual_plan(TINY, GROUPS, [0.5] * 4)
+    wrong = plan.model_copy(update={"model": plan.model.model_copy(
+        update={"shape": TINY.model_copy(update={"arch": "vit_base_patch16_224"})})})
+    plan_file = tmp_path / "wrong.json"
+    plan_file.write_text(wrong.model_dump_json())
+    out = tmp_path / "deploy"
+    code, _, err = _cli(capsys, "materialize", str(plan_file), "--base", str(base_dir),
+                        "--data", "digits", "--out", str(out))
+    assert code == 2 and "model.shape.arch" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+    ok_plan = tmp_path / "plan.json"
+    ok_plan.write_text(plan.model_dump_json())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((Path(base_dir) / "model.json").read_text())
+    (broken / "model.safetensors").write_bytes(b"not a checkpoint")
+    for base in (str(broken), "vit_tiny_patch16_224:" + str(tmp_path / "missing.safetensors"),
+                 str(tmp_path / "nothing-here")):
+        code, _, err = _cli(capsys, "materialize", str(ok_plan), "--base", base, "--data",
+                            "digits", "--out", str(out))
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+    code, _, err = _cli(capsys, "materialize", str(ok_plan), "--base", str(base_dir), "--data",
+                        str(tmp_path / "no-such-folder"), "--out", str(out))
+    assert code == 2 and "--data" in err
+    eleven = manual_plan(TINY.model_copy(update={"num_classes": 11}), [[0], [1]], [0.5, 0.5])
+    (tmp_path / "eleven.json").write_text(eleven.model_dump_json())
+    code, _, err = _cli(capsys, "materialize", str(tmp_path / "eleven.json"), "--base",
+                        str(base_dir), "--data", "digits", "--out", str(out))
+    assert code == 2 and "classes" in err
+    assert not out.exists()
+
+
+def test_cli_whole_digits_path(tmp_path, capsys):
+    """train-base -> materialize -> evaluate --json, as a user runs it (short training)."""
+    base = tmp_path / "base"
+    code, out, _ = _cli(capsys, "train-base", "--data", "digits", "--out", str(base),
+                        "--epochs", "1", "--seed", "1")
+    assert code == 0 and (base / "model.safetensors").is_file()
+    spec = json.loads((base / "model.json").read_text())
+    plan = manual_plan(ViTShape.model_validate(spec["shape"]), [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]],
+                       [0.5, 0.25])
+    plan_file = tmp_path / "plan.json"
+    plan_file.write_text(plan.model_dump_json())
+    deploy = tmp_path / "deploy"
+    code, _, err = _cli(capsys, "materialize", str(plan_file), "--base", str(base), "--data",
+                        "digits", "--out", str(deploy), "--finetune-epochs", "1", "--no-onnx")
+    assert code == 0, err
+    code, out, err = _cli(capsys, "evaluate", str(deploy), "--data", "digits", "--json",
+                          "--predictions", "4")
+    assert code == 0, err
+    report = json.loads(out)
+    for key in ("base_accuracy", "fused_accuracy", "base_params", "submodels", "predictions"):
+        assert key in report
+    assert len(report["predictions"]) == 4
+    for sub, planned in zip(report["submodels"], plan.submodels):
+        assert sub["device"] == planned.device and sub["classes"] == planned.classes
+        assert sub["params"] == sub["predicted_params"] == planned.params
+        assert sub["latency_s"] > 0 and sub["base_latency_s"] > 0
+    code, _, err = _cli(capsys, "train-base", "--out", str(base), "--epochs", "1")
+    assert code == 2 and "--force" in err

@@ -1,0 +1,255 @@
+"""The deployment directory: what `edvit materialize` writes and runtimes load.
+
+Layout (every model = safetensors weights + JSON spec + ONNX graph; no pickles):
+
+    DEPLOY_DIR/
+      deployment.json              DeploymentManifest: sub-models in fusion-input order, fusion head
+      base/model.safetensors       the unsplit base model (for evaluation against it)
+      base/model.json
+      submodels/<i>-<device>/model.safetensors   SubModel state_dict (backbone.*, head.*)
+      submodels/<i>-<device>/model.json          SubModelSpec
+      submodels/<i>-<device>/model.onnx          images (B,3,H,W) -> logits (B,g+1), features (B,e)
+      fusion/model.safetensors, model.json, model.onnx   features (B, sum e) -> logits (B, C)
+
+Loading API (one process per device loads only its own part):
+
+    load_manifest(deploy_dir) -> DeploymentManifest
+    load_device_submodels(deploy_dir, device) -> list[LoadedSubModel]   all sub-models of a device
+    load_submodel(deploy_dir, device) -> LoadedSubModel                 the device's only sub-model
+    load_fusion(deploy_dir) -> LoadedFusion                             on the aggregator
+    load_deployment_base(deploy_dir) -> LoadedBase
+
+Each loaded sub-model knows its `index`: the slot of its features in the fusion input
+(`manifest.submodels[index]`, widths `fusion.in_features`). All weights load with `strict=True`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from planner.errors import InputError
+from planner.files import read_json, write_json_atomic
+from planner.validation import raise_validation_error
+from planner.vit_shape import PruneCounts, ViTShape
+from vit_ops.base_model import BASE_SPEC_FILE, LoadedBase, load_base, load_weights
+from vit_ops.fusion import FusionHead
+from vit_ops.submodel import SubModel, build_submodel
+
+MANIFEST_FILE = "deployment.json"
+SPEC_FILE = "model.json"
+WEIGHTS_FILE = "model.safetensors"
+ONNX_FILE = "model.onnx"
+DEPLOY_SCHEMA_VERSION = 1
+ONNX_OPSET = 17
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubModelSpec(_Strict):
+    """`model.json` of one sub-model: enough to rebuild its skeleton and load its weights."""
+
+    schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
+    kind: Literal["submodel"] = "submodel"
+    device: str
+    classes: list[int] = Field(description="base class ids, in the order of the first outputs")
+    class_names: list[str]
+    shape: ViTShape = Field(description="the base model's architecture")
+    counts: PruneCounts
+    num_outputs: int = Field(description="len(classes) + 1; the last output is 'other'")
+    feature_dim: int = Field(description="width of the feature vector sent to the aggregator")
+    params: int = Field(description="backbone parameters (the plan's unit), head excluded")
+    head_params: int
+    predicted_params: int | None = Field(description="the plan's prediction for `params`")
+    ratio: float | None = None
+    onnx_max_abs_diff: float | None = Field(
+        default=None, description="max |torch - onnxruntime| on the check batch (logits, features)")
+
+
+class FusionSpec(_Strict):
+    """`model.json` of the fusion head."""
+
+    schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
+    kind: Literal["fusion"] = "fusion"
+    device: str | None = Field(description="the aggregator, from the plan")
+    in_features: list[int]
+    hidden: int
+    num_classes: int
+    params: int
+    onnx_max_abs_diff: float | None = None
+
+
+class SubModelEntry(_Strict):
+    """One sub-model in the manifest (its spec lives in `dir/model.json`)."""
+
+    index: int = Field(description="slot of its features in the fusion input")
+    device: str
+    classes: list[int]
+    dir: str = Field(description="relative to the deployment directory")
+    params: int
+    predicted_params: int | None
+
+
+class DeploymentManifest(_Strict):
+    """`deployment.json`."""
+
+    schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
+    plan_name: str
+    num_classes: int
+    class_names: list[str]
+    data: str = Field(description="data source the deployment was fine-tuned on")
+    img_size: int
+    norm_mean: float
+    norm_std: float
+    base_dir: str = "base"
+    base_params: int = Field(description="backbone parameters of the base model")
+    submodels: list[SubModelEntry]
+    fusion_dir: str = "fusion"
+    fusion_device: str | None
+
+
+@dataclass
+class LoadedSubModel:
+    index: int
+    spec: SubModelSpec
+    module: SubModel
+
+
+@dataclass
+class LoadedFusion:
+    spec: FusionSpec
+    module: FusionHead
+
+
+def submodel_dir_name(index: int, device: str) -> str:
+    """`<i>-<device>` with characters unsafe in file names replaced by '_'."""
+    return f"{index}-{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}"
+
+
+# ---------------------------------------------------------------- writing
+
+def save_submodel(directory: Path, sub: SubModel, spec: SubModelSpec) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in sub.state_dict().items()},
+              str(directory / WEIGHTS_FILE))
+    write_json_atomic(directory / SPEC_FILE, spec.model_dump(mode="json"))
+
+
+def save_fusion(directory: Path, head: FusionHead, spec: FusionSpec) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()},
+              str(directory / WEIGHTS_FILE))
+    write_json_atomic(directory / SPEC_FILE, spec.model_dump(mode="json"))
+
+
+def save_manifest(deploy_dir: Path, manifest: DeploymentManifest) -> None:
+    write_json_atomic(deploy_dir / MANIFEST_FILE, manifest.model_dump(mode="json"))
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]
+                ) -> float:
+    """Export `module` (batch axis dynamic) and return max |torch - onnxruntime| on `example`."""
+    import warnings
+
+    import numpy as np
+    import onnxruntime as ort
+
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["input"], output_names=output_names,
+                          dynamic_axes={name: {0: "batch"} for name in ["input", *output_names]})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": example.numpy()})
+    with torch.no_grad():
+        want = module(example)
+    want = want if isinstance(want, tuple) else (want,)
+    return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))
+
+
+# ---------------------------------------------------------------- reading
+
+def load_manifest(deploy_dir: str | Path) -> DeploymentManifest:
+    path = Path(deploy_dir) / MANIFEST_FILE
+    if not Path(deploy_dir).is_dir():
+        raise InputError("deployment directory not found", file=str(deploy_dir))
+    raw = read_json(path)
+    try:
+        return DeploymentManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise_validation_error(exc, str(path))
+
+
+def load_device_submodels(deploy_dir: str | Path, device: str) -> list[LoadedSubModel]:
+    """Every sub-model placed on `device`, in fusion-input order (InputError if none)."""
+    manifest = load_manifest(deploy_dir)
+    entries = [e for e in manifest.submodels if e.device == device]
+    if not entries:
+        devices = sorted({e.device for e in manifest.submodels})
+        raise InputError(f"no sub-model on this device; devices: {devices}", field="device",
+                         value=device)
+    return [_load_entry(Path(deploy_dir), e) for e in entries]
+
+
+def load_submodel(deploy_dir: str | Path, device: str) -> LoadedSubModel:
+    """The one sub-model of `device` (use `load_device_submodels` when a device hosts several)."""
+    loaded = load_device_submodels(deploy_dir, device)
+    if len(loaded) != 1:
+        raise InputError(f"device hosts {len(loaded)} sub-models; use load_device_submodels",
+                         field="device", value=device)
+    return loaded[0]
+
+
+def load_all_submodels(deploy_dir: str | Path) -> list[LoadedSubModel]:
+    manifest = load_manifest(deploy_dir)
+    return [_load_entry(Path(deploy_dir), e) for e in manifest.submodels]
+
+
+def load_fusion(deploy_dir: str | Path) -> LoadedFusion:
+    manifest = load_manifest(deploy_dir)
+    directory = Path(deploy_dir) / manifest.fusion_dir
+    spec = _read_spec(directory / SPEC_FILE, FusionSpec)
+    with torch.device("meta"):
+        head = FusionHead(spec.in_features, spec.hidden, spec.num_classes)
+    load_weights(head, directory / WEIGHTS_FILE)
+    return LoadedFusion(spec=spec, module=head.eval())
+
+
+def load_deployment_base(deploy_dir: str | Path) -> LoadedBase:
+    manifest = load_manifest(deploy_dir)
+    return load_base(str(Path(deploy_dir) / manifest.base_dir))
+
+
+def _load_entry(deploy_dir: Path, entry: SubModelEntry) -> LoadedSubModel:
+    directory = deploy_dir / entry.dir
+    spec = _read_spec(directory / SPEC_FILE, SubModelSpec)
+    sub = build_submodel(spec.shape, spec.counts, spec.num_outputs, device="meta")
+    load_weights(sub, directory / WEIGHTS_FILE)
+    return LoadedSubModel(index=entry.index, spec=spec, module=sub.eval())
+
+
+def _read_spec(path: Path, cls: type[BaseModel]):
+    raw = read_json(path)
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        raise_validation_error(exc, str(path))
+
+
+__all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
+           "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
+           "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
+           "save_submodel", "save_fusion", "save_manifest", "export_onnx", "submodel_dir_name"]

@@ -1,0 +1,160 @@
+"""Evaluate a deployment directory against its base model on the held-out (test) split.
+
+Reports accuracy (0..1) of the base model, of the fused system, and of each sub-model on its own
+classes (argmax over its classes + "other"; `other_accuracy`: images of the remaining classes sent to
+"other"); parameters and bytes (fp32) of each sub-model's backbone against the base backbone and
+against the plan's prediction; latency at batch 1 on this host (`torch.utils.benchmark`, threads
+pinned and recorded, median of repeats) of each sub-model and of the base, and their FLOPs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from vit_ops.data import DataSplits
+from vit_ops.deploy import load_all_submodels, load_deployment_base, load_fusion, load_manifest
+from vit_ops.submodel import group_labels
+from vit_ops.training import accuracy, predict
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+BYTES_PER_PARAM = 4  # fp32 weights
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SubModelEvaluation(_Strict):
+    device: str
+    classes: list[int]
+    params: int = Field(description="backbone parameters")
+    predicted_params: int | None
+    params_match_plan: bool | None
+    param_bytes: int
+    size_reduction: float = Field(description="base backbone params / sub-model backbone params")
+    flops: int | None = Field(description="sub-model FLOPs at batch 1 (2 x MACs)")
+    flops_reduction: float | None = Field(description="base FLOPs / sub-model FLOPs")
+    accuracy: float = Field(description="on test images of its classes, over classes + other")
+    other_accuracy: float | None = Field(description="test images of other classes -> 'other'")
+    latency_s: float | None
+    latency_iqr_s: float | None
+    base_latency_s: float | None
+    speedup: float | None = Field(description="base_latency_s / latency_s")
+
+
+class Evaluation(_Strict):
+    deploy_dir: str
+    data: str
+    test_images: int
+    threads: int = Field(description="torch intra-op threads used for latency")
+    base_accuracy: float
+    fused_accuracy: float
+    fused_minus_base_pp: float = Field(description="(fused - base) accuracy, percentage points")
+    base_params: int
+    base_param_bytes: int
+    base_flops: int | None
+    base_latency_s: float | None
+    submodels: list[SubModelEvaluation]
+    predictions: list[int] | None = None
+
+
+def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions: int = 0,
+                        measure: bool = True, threads: int | None = None, repeats: int = 7,
+                        progress: ProgressCallback | None = None) -> Evaluation:
+    """Accuracy, size, FLOPs and (if `measure`) latency of the deployment on `splits.test`."""
+    manifest = load_manifest(deploy_dir)
+    base = load_deployment_base(deploy_dir)
+    subs = load_all_submodels(deploy_dir)
+    fusion = load_fusion(deploy_dir)
+    _check_data(manifest, splits)
+    threads = threads or torch.get_num_threads()
+    test = splits.test
+    steps = 2 + len(subs)
+    tick = progress or (lambda done, total, label="": None)
+
+    tick(0, steps, "base")
+    base_logits = predict(base.model, test.images)
+    base_acc = accuracy(base_logits, test.labels)
+    features = torch.cat([predict(lambda x, s=s: s.module(x)[1], test.images) for s in subs], -1)
+    fused_logits = predict(fusion.module, features)
+    fused_acc = accuracy(fused_logits, test.labels)
+    example = test.images[:1]
+    base_flops = _flops(base.model, example) if measure else None
+    base_latency = _latency(base.model, example, threads, repeats) if measure else None
+    base_backbone = manifest.base_params
+    tick(1, steps, "sub-models")
+
+    results = []
+    for i, sub in enumerate(subs):
+        spec = sub.spec
+        mine = test.of_classes(spec.classes)
+        logits = predict(lambda x: sub.module(x)[0], mine.images)
+        own_acc = accuracy(logits, group_labels(mine.labels, spec.classes))
+        others = [c for c in range(manifest.num_classes) if c not in set(spec.classes)]
+        other_acc = None
+        if others:
+            rest = test.of_classes(others)
+            rest_logits = predict(lambda x: sub.module(x)[0], rest.images)
+            other_acc = float((rest_logits.argmax(-1) == len(spec.classes)).float().mean())
+        params = sub.module.backbone_params()
+        flops = _flops(sub.module, example) if measure else None
+        latency = _latency(sub.module, example, threads, repeats) if measure else None
+        results.append(SubModelEvaluation(
+            device=spec.device, classes=spec.classes, params=params,
+            predicted_params=spec.predicted_params,
+            params_match_plan=None if spec.predicted_params is None
+            else params == spec.predicted_params,
+            param_bytes=params * BYTES_PER_PARAM, size_reduction=base_backbone / params,
+            flops=flops, flops_reduction=base_flops / flops if flops else None,
+            accuracy=own_acc, other_accuracy=other_acc,
+            latency_s=latency[0] if latency else None,
+            latency_iqr_s=latency[1] if latency else None,
+            base_latency_s=base_latency[0] if base_latency else None,
+            speedup=base_latency[0] / latency[0] if latency and base_latency else None))
+        tick(2 + i, steps, f"sub-model {i + 1}/{len(subs)}")
+    tick(steps, steps, "done")
+    return Evaluation(
+        deploy_dir=str(deploy_dir), data=splits.source, test_images=len(test), threads=threads,
+        base_accuracy=base_acc, fused_accuracy=fused_acc,
+        fused_minus_base_pp=100.0 * (fused_acc - base_acc), base_params=base_backbone,
+        base_param_bytes=base_backbone * BYTES_PER_PARAM, base_flops=base_flops,
+        base_latency_s=base_latency[0] if base_latency else None, submodels=results,
+        predictions=[int(p) for p in fused_logits.argmax(-1)[:predictions]] if predictions else None)
+
+
+def fused_predict(subs: list, fusion: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Fused logits (N, C) of loaded sub-models (in manifest order) and the fusion head."""
+    features = torch.cat([predict(lambda x, s=s: s.module(x)[1], images) for s in subs], -1)
+    return predict(fusion, features)
+
+
+def _check_data(manifest, splits: DataSplits) -> None:
+    from planner.errors import InputError
+
+    if splits.num_classes != manifest.num_classes:
+        raise InputError(f"data has {splits.num_classes} classes, the deployment "
+                         f"{manifest.num_classes}", field="--data", value=splits.source)
+    if splits.img_size != manifest.img_size:
+        raise InputError(f"data image size {splits.img_size}, the deployment expects "
+                         f"{manifest.img_size}", field="--data", value=splits.source)
+
+
+def _latency(model: torch.nn.Module, example: torch.Tensor, threads: int,
+             repeats: int) -> tuple[float, float]:
+    from profiler.latency import measure_latency
+
+    stats = measure_latency(model, example, threads=threads, repeats=repeats)
+    return stats.median_s, stats.iqr_s
+
+
+def _flops(model: torch.nn.Module, example: torch.Tensor) -> int:
+    from profiler.flops import count_macs
+
+    return 2 * count_macs(model, example).macs

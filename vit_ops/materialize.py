@@ -1,0 +1,222 @@
+"""Turn a plan into a deployment directory: class-specific pruned sub-models and a fusion head.
+
+For every sub-model of the plan, in plan order:
+  1. importance of every unit for its classes (`vit_ops.importance`, calibration images of those
+     classes only);
+  2. structural pruning to exactly the plan's counts (`vit_ops.prune.apply_prune_spec`);
+  3. a head over its classes + "other", fine-tuned with distillation from the base
+     (`vit_ops.submodel`);
+then the fusion head on the frozen sub-models' features (`vit_ops.fusion`), ONNX export of every
+part (checked against onnxruntime) and the manifest (`vit_ops.deploy`).
+
+Everything is written to a staging directory next to DEPLOY_DIR and renamed into place at the end,
+so an existing DEPLOY_DIR is untouched on error and replaced only with `force`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.errors import InputError
+from planner.plan_schema import Plan, SubModelPlan
+from planner.vit_shape import PruneCounts, ViTShape
+from vit_ops.base_model import LoadedBase, replace_dir, save_base
+from vit_ops.counts import counts_for_ratio
+from vit_ops.data import DataSplits
+from vit_ops.deploy import (ONNX_FILE, DeploymentManifest, FusionSpec, SubModelEntry, SubModelSpec,
+                            export_onnx, save_fusion, save_manifest, save_submodel,
+                            submodel_dir_name)
+from vit_ops.fusion import train_fusion
+from vit_ops.importance import Method, score_importance
+from vit_ops.prune import apply_prune_spec
+from vit_ops.submodel import DistillConfig, SubModel, finetune_submodel, submodel_from_pruned
+from vit_ops.training import FitConfig
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+ONNX_CHECK_IMAGES = 4
+ONNX_TOLERANCE = 1e-3
+
+
+class MaterializeConfig(BaseModel):
+    """How sub-models and the fusion head are made (defaults suit the digits demo)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    importance: Method = "fisher"
+    calibration_images: int = Field(default=256, gt=0, description="per sub-model, its classes only")
+    finetune: FitConfig = FitConfig(epochs=15, lr=1.5e-3, weight_decay=0.05, max_shift_px=1)
+    distill: DistillConfig = DistillConfig()
+    fusion: FitConfig = FitConfig(epochs=60, batch_size=128, lr=3e-3, weight_decay=0.01)
+    fusion_hidden: int = Field(default=128, gt=0)
+    export_onnx: bool = True
+
+
+def check_plan(plan: Plan, base: LoadedBase, source: str = "plan") -> list[PruneCounts]:
+    """The counts of every sub-model, after checking the plan fits the base model.
+
+    Raises InputError naming the plan field when the arch, shape or class count differ, or when a
+    sub-model's classes or counts do not fit.
+    """
+    if plan.model is None:
+        raise InputError("plan has no model section (make it with 'edvit plan')", file=source,
+                         field="model")
+    if not plan.submodels:
+        raise InputError("plan has no sub-models (infeasible?)", file=source, field="submodels")
+    shape = base.spec.shape
+    if plan.num_classes != shape.num_classes:
+        raise InputError(f"plan has {plan.num_classes} classes, the base model "
+                         f"{shape.num_classes}", file=source, field="num_classes",
+                         value=plan.num_classes)
+    planned = plan.model.shape
+    for name in ViTShape.model_fields:
+        if getattr(planned, name) != getattr(shape, name):
+            raise InputError(f"plan is for a different model: base has {name}="
+                             f"{getattr(shape, name)!r}", file=source, field=f"model.shape.{name}",
+                             value=getattr(planned, name))
+    counts = []
+    for i, sm in enumerate(plan.submodels):
+        bad = [c for c in sm.classes if not 0 <= c < plan.num_classes]
+        if bad or not sm.classes or len(set(sm.classes)) != len(sm.classes):
+            raise InputError(f"classes must be distinct ids in 0..{plan.num_classes - 1}",
+                             file=source, field=f"submodels.{i}.classes", value=sm.classes)
+        counts.append(sm.counts if sm.counts is not None else counts_for_ratio(shape, sm.ratio))
+    return counts
+
+
+def materialize(plan: Plan, base: LoadedBase, splits: DataSplits, out_dir: Path,
+                config: MaterializeConfig = MaterializeConfig(), force: bool = False,
+                progress: ProgressCallback | None = None, plan_source: str = "plan"
+                ) -> DeploymentManifest:
+    """Build every sub-model and the fusion head of `plan` and write DEPLOY_DIR `out_dir`."""
+    out_dir = Path(out_dir)
+    counts = check_plan(plan, base, plan_source)
+    if splits.num_classes != plan.num_classes:
+        raise InputError(f"data has {splits.num_classes} classes, the plan {plan.num_classes}",
+                         field="--data", value=splits.source)
+    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
+        raise InputError("output exists; pass --force to replace it", field="--out",
+                         value=str(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        manifest = _build(plan, base, splits, counts, staging, config, progress)
+        replace_dir(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneCounts],
+           staging: Path, config: MaterializeConfig, progress: ProgressCallback | None
+           ) -> DeploymentManifest:
+    phases = len(plan.submodels) + 1
+    save_base(base, staging / "base", force=True)
+    base_params = _backbone_params(base.model)
+    example = splits.test.images[:ONNX_CHECK_IMAGES]
+    submodels: list[SubModel] = []
+    entries: list[SubModelEntry] = []
+    for i, (sm, cnt) in enumerate(zip(plan.submodels, counts)):
+        phase = _phase(progress, i, phases, f"sub-model {i + 1}/{len(plan.submodels)} ({sm.device})")
+        sub = build_one_submodel(base, sm.classes, cnt, splits, config, i, phase)
+        params = sub.backbone_params()
+        if sm.params is not None and sm.params != params:
+            raise InputError(f"materialised backbone has {params} parameters, the plan predicts "
+                             f"{sm.params} (plan made from another profile?)",
+                             field=f"submodels.{i}.params", value=sm.params)
+        directory = staging / "submodels" / submodel_dir_name(i, sm.device)
+        spec = _submodel_spec(sm, base, cnt, sub)
+        save_submodel(directory, sub, spec)
+        if config.export_onnx:
+            diff = export_onnx(sub, example, directory / ONNX_FILE, ["logits", "features"])
+            _check_onnx(diff, directory)
+            spec = spec.model_copy(update={"onnx_max_abs_diff": diff})
+            save_submodel(directory, sub, spec)
+        submodels.append(sub)
+        entries.append(SubModelEntry(index=i, device=sm.device, classes=sm.classes,
+                                     dir=str(directory.relative_to(staging)), params=params,
+                                     predicted_params=sm.params))
+    phase = _phase(progress, phases - 1, phases, "fusion head")
+    fusion = train_fusion(submodels, splits.train, plan.num_classes, config.fusion_hidden,
+                          config.fusion, phase)
+    fusion_spec = FusionSpec(device=plan.fusion.device if plan.fusion else None,
+                             in_features=fusion.in_features, hidden=config.fusion_hidden,
+                             num_classes=plan.num_classes,
+                             params=sum(p.numel() for p in fusion.parameters()))
+    save_fusion(staging / "fusion", fusion, fusion_spec)
+    if config.export_onnx:
+        with torch.no_grad():
+            feats = torch.cat([s(example)[1] for s in submodels], dim=-1)
+        diff = export_onnx(fusion, feats, staging / "fusion" / ONNX_FILE, ["logits"])
+        _check_onnx(diff, staging / "fusion")
+        save_fusion(staging / "fusion", fusion,
+                    fusion_spec.model_copy(update={"onnx_max_abs_diff": diff}))
+    manifest = DeploymentManifest(
+        plan_name=plan.name, num_classes=plan.num_classes, class_names=base.spec.class_names,
+        data=splits.source, img_size=splits.img_size, norm_mean=base.spec.norm_mean,
+        norm_std=base.spec.norm_std, base_params=base_params, submodels=entries,
+        fusion_device=fusion_spec.device)
+    save_manifest(staging, manifest)
+    return manifest
+
+
+def build_one_submodel(base: LoadedBase, classes: list[int], counts: PruneCounts,
+                       splits: DataSplits, config: MaterializeConfig, seed_offset: int = 0,
+                       progress: ProgressCallback | None = None) -> SubModel:
+    """Importance on `classes` -> prune to `counts` -> head + "other" -> fine-tune with KD."""
+    calibration = splits.train.of_classes(classes).images[:config.calibration_images]
+    if calibration.shape[0] == 0:
+        raise InputError(f"no training images of classes {classes}", field="--data",
+                         value=splits.source)
+    importance = score_importance(base.model, calibration, classes, config.importance)
+    pruned = apply_prune_spec(base.model, counts, importance, base.spec.shape)
+    torch.manual_seed(config.finetune.seed + seed_offset)
+    sub = submodel_from_pruned(pruned, classes)
+    fit_config = config.finetune.model_copy(update={"seed": config.finetune.seed + seed_offset})
+    finetune_submodel(sub, base.model, classes, splits.train, fit_config, config.distill, progress)
+    return sub.eval()
+
+
+def _submodel_spec(sm: SubModelPlan, base: LoadedBase, counts: PruneCounts,
+                   sub: SubModel) -> SubModelSpec:
+    names = base.spec.class_names
+    return SubModelSpec(device=sm.device, classes=sm.classes,
+                        class_names=[names[c] for c in sm.classes], shape=base.spec.shape,
+                        counts=counts, num_outputs=len(sm.classes) + 1,
+                        feature_dim=sub.feature_dim, params=sub.backbone_params(),
+                        head_params=sum(p.numel() for p in sub.head.parameters()),
+                        predicted_params=sm.params, ratio=sm.ratio)
+
+
+def _backbone_params(model: torch.nn.Module) -> int:
+    head = sum(p.numel() for p in model.head.parameters())
+    return sum(p.numel() for p in model.parameters()) - head
+
+
+def _check_onnx(diff: float, directory: Path) -> None:
+    if not diff <= ONNX_TOLERANCE:
+        raise RuntimeError(f"ONNX export of {directory.name} differs from torch by {diff:.3g} "
+                           f"(> {ONNX_TOLERANCE})")
+
+
+def _phase(progress: ProgressCallback | None, index: int, phases: int, label: str
+           ) -> ProgressCallback | None:
+    """Scale one phase's progress(done, total) into the overall bar (1000 ticks per phase)."""
+    if progress is None:
+        return None
+
+    def update(done: int, total: int, inner: str = "") -> None:
+        progress(index * 1000 + (1000 * done) // max(total, 1), phases * 1000,
+                 f"{label}: {inner}" if inner else label)
+
+    update(0, 1)
+    return update

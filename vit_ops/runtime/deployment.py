@@ -1,0 +1,82 @@
+"""The runtime's view of a deployment directory written by `edvit materialize` (`vit_ops.deploy`).
+
+A device's feature extractor is every sub-model the manifest places on it, in fusion-input order,
+returning their feature vectors concatenated; the fusion head and its input widths come from
+`fusion/model.json`; the held-out images are the test split of the data the deployment was
+fine-tuned on (the same split `edvit evaluate` uses), or of `data` when given.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from planner.errors import InputError
+from planner.files import read_json
+from vit_ops import deploy
+from vit_ops.runtime.source import FeatureSlot
+
+
+class DeviceExtractor(nn.Module):
+    """The sub-models of one device: images (B, C, H, W) -> their features (B, sum of widths)."""
+
+    def __init__(self, submodels: list[nn.Module]) -> None:
+        super().__init__()
+        self.submodels = nn.ModuleList(submodels)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = [sub(images)[1] for sub in self.submodels]
+        return features[0] if len(features) == 1 else torch.cat(features, dim=-1)
+
+
+class VitOpsDeployment:
+    """`DeploymentSource` of a deployment directory (picklable: it holds paths and the manifest)."""
+
+    def __init__(self, deploy_dir: str | Path, data: str | None = None) -> None:
+        self.deploy_dir = Path(deploy_dir)
+        self.name = str(deploy_dir)
+        self.manifest = deploy.load_manifest(self.deploy_dir)
+        self.data = data or self.manifest.data
+        fusion_spec = read_json(self.deploy_dir / self.manifest.fusion_dir / deploy.SPEC_FILE)
+        self.widths = [int(w) for w in fusion_spec.get("in_features", [])]
+        if len(self.widths) != len(self.manifest.submodels):
+            raise InputError(f"fusion head reads {len(self.widths)} feature slots, the manifest "
+                             f"lists {len(self.manifest.submodels)} sub-models",
+                             file=str(self.deploy_dir / self.manifest.fusion_dir / deploy.SPEC_FILE),
+                             field="in_features")
+        base_spec = read_json(self.deploy_dir / self.manifest.base_dir / deploy.BASE_SPEC_FILE)
+        self.in_chans = int(base_spec.get("shape", {}).get("in_chans", 3))
+
+    def slots(self) -> list[FeatureSlot]:
+        entries = sorted(self.manifest.submodels, key=lambda e: e.index)
+        return [FeatureSlot(device=e.device, name=e.dir, width=self.widths[e.index])
+                for e in entries]
+
+    def load_worker(self, device: str) -> nn.Module:
+        loaded = deploy.load_device_submodels(self.deploy_dir, device)
+        return DeviceExtractor([s.module for s in sorted(loaded, key=lambda s: s.index)]).eval()
+
+    def load_fusion(self) -> nn.Module:
+        return deploy.load_fusion(self.deploy_dir).module
+
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.in_chans, self.manifest.img_size, self.manifest.img_size
+
+    def eval_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from vit_ops.data import load_data
+
+        splits = load_data(self.data, img_size=self.manifest.img_size,
+                           expected_classes=self.manifest.num_classes,
+                           class_names=self.manifest.class_names)
+        test = splits.test
+        if not 1 <= n <= len(test):
+            raise InputError(f"the held-out split of {self.data} has {len(test)} images",
+                             field="--images", value=n)
+        return test.images[:n].contiguous(), test.labels[:n].clone()
+
+
+def open_deployment(deploy_dir: str | Path, data: str | None = None) -> VitOpsDeployment:
+    """A deployment directory as a runtime source (InputError if it is not one)."""
+    return VitOpsDeployment(deploy_dir, data)

@@ -1,0 +1,154 @@
+"""Run a whole fleet on this machine (`edvit serve --local`), and run one node of a real fleet
+(`edvit worker`).
+
+`serve_local` hosts the fleet's store and the aggregator in the calling process and starts one
+worker process per device (multiprocessing's forkserver: workers fork from a server that has
+imported torch once, so a fleet starts in a fraction of a second after the first). The launcher
+supervises them: it knows how each one ended, for the failure messages, and on the way out, however
+the run ended, it kills every worker still running (SIGKILL: a hung or stopped process ignores
+politer signals) and reaps it. Local workers also die with the fork server, which dies with the
+calling process, so none outlives a killed launcher either.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from vit_ops.runtime.aggregator import serve_aggregator
+from vit_ops.runtime.rendezvous import Endpoint, open_store
+from vit_ops.runtime.results import RuntimeConfig, ServeResult
+from vit_ops.runtime.source import DeploymentSource, devices_of
+from vit_ops.runtime.worker import check_fleet_size, serve_worker
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+LOOPBACK = "127.0.0.1"
+EXIT_GRACE_S = 2.0
+REAP_TIMEOUT_S = 5.0
+PRELOAD = ["vit_ops.runtime.worker", "vit_ops.runtime.deployment"]
+_PR_SET_PDEATHSIG = 1
+
+
+def serve_local(source: DeploymentSource | str | Path, num_images: int = 100,
+                config: RuntimeConfig | None = None,
+                progress: ProgressCallback | None = None) -> ServeResult:
+    """Serve the first `num_images` held-out images with one local process per device.
+
+    `source` is a deployment directory or a `DeploymentSource`. Raises `WorkerFailedError` naming
+    the devices that failed (unless `config.degraded` lets the run go on) and `InputError` for bad
+    input; no worker process survives the call.
+    """
+    config = config or RuntimeConfig()
+    source = resolve_source(source)
+    world_size = len(devices_of(source)) + 1
+    store = open_store(Endpoint(LOOPBACK, 0), 0, world_size, config.timeout_s)
+    port = store.underlying_store.port
+    with LocalFleet(source, world_size, Endpoint(LOOPBACK, port), config) as fleet:
+        return serve_aggregator(source, store, config, num_images, progress, fleet.exit_status)
+
+
+def run_node(source: DeploymentSource | str | Path, rank: int, world_size: int,
+             endpoint: Endpoint, config: RuntimeConfig, num_images: int = 100,
+             progress: ProgressCallback | None = None) -> ServeResult | int:
+    """One node of a fleet spread over machines: rank 0 returns the run's result, a worker its
+    exit code."""
+    source = resolve_source(source)
+    check_fleet_size(source, rank, world_size)
+    if rank:
+        return serve_worker(source, rank, world_size, endpoint, config)
+    store = open_store(endpoint, 0, world_size, config.timeout_s)
+    return serve_aggregator(source, store, config, num_images, progress)
+
+
+def resolve_source(source: DeploymentSource | str | Path) -> DeploymentSource:
+    if isinstance(source, (str, Path)):
+        from vit_ops.runtime.deployment import open_deployment
+
+        return open_deployment(source)
+    return source
+
+
+class LocalFleet:
+    """The worker processes of a local fleet: started on enter, all gone on exit."""
+
+    def __init__(self, source: DeploymentSource, world_size: int, endpoint: Endpoint,
+                 config: RuntimeConfig) -> None:
+        self.context = multiprocessing.get_context("forkserver")
+        self.context.set_forkserver_preload(PRELOAD)
+        self.processes = {
+            rank: self.context.Process(
+                target=_local_worker_main, name=f"edvit-worker-{rank}", daemon=True,
+                args=(source, rank, world_size, endpoint, config, logging.getLogger().level))
+            for rank in range(1, world_size)}
+
+    def __enter__(self) -> "LocalFleet":
+        try:
+            for process in self.processes.values():
+                process.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.stop(grace_s=EXIT_GRACE_S if exc_type is None else 0.0)
+
+    def exit_status(self, rank: int) -> str | None:
+        """'exited with code N' / 'killed by SIGNAME' once worker `rank` has ended, else None."""
+        process = self.processes[rank]
+        if process.exitcode is None and not process.is_alive():
+            process.join(0)
+        code = process.exitcode
+        if code is None:
+            return None
+        if code < 0:
+            return f"killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+    def stop(self, grace_s: float = 0.0) -> None:
+        """Give workers `grace_s` to exit on their own (after a normal run), then kill and reap
+        the rest."""
+        started = [p for p in self.processes.values() if p.pid is not None]
+        deadline = time.monotonic() + grace_s
+        for process in started:
+            process.join(max(deadline - time.monotonic(), 0))
+        for process in started:
+            if process.is_alive():
+                log.info("killing worker %s (pid %d)", process.name, process.pid)
+                process.kill()
+        for process in started:
+            process.join(REAP_TIMEOUT_S)
+            if process.is_alive():
+                log.error("worker %s (pid %d) did not die", process.name, process.pid)
+
+
+def _local_worker_main(source: DeploymentSource, rank: int, world_size: int, endpoint: Endpoint,
+                       config: RuntimeConfig, log_level: int) -> None:
+    """Entry point of a local worker process."""
+    _die_with_parent()
+    logging.basicConfig(level=log_level or logging.WARNING,
+                        format=f"%(levelname)s rank {rank} %(name)s: %(message)s")
+    sys.exit(serve_worker(source, rank, world_size, endpoint, config))
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent (the fork server) exits."""
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)

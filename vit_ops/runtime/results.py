@@ -1,0 +1,130 @@
+"""Typed settings and results of a distributed run, and the error a failed device raises.
+
+`RuntimeConfig` is what the aggregator and the workers agree on (timeout, threads, batch size,
+degraded mode). `ServeResult` is what a run returns: the predictions of the first N held-out images
+in order, which of them were made without some sub-model (degraded mode), per-request latency
+(median, p95; seconds), throughput (images per second), the share of the aggregator's time spent
+outside compute, the thread settings each process actually ran with, and the devices that failed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from planner.errors import EdvitError
+
+RESULT_SCHEMA_VERSION = 1
+EXIT_DEVICE_FAILED = 4
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RuntimeConfig(_Strict):
+    """How a run behaves; the same object is sent to every process of the fleet."""
+
+    timeout_s: float = Field(default=30.0, gt=0,
+                             description="max wait for each answer of a device")
+    join_timeout_s: float | None = Field(
+        default=None, gt=0, description="max wait for every device to load and join "
+                                        "(None: timeout_s)")
+    threads: int = Field(default=1, ge=1, description="torch intra-op threads of each worker")
+    aggregator_threads: int = Field(default=1, ge=1, description="threads of the fusion head")
+    batch_size: int = Field(default=1, ge=1, description="images per request (1 = latency mode)")
+    degraded: bool = Field(default=False,
+                           description="keep fusing without a failed device (zeros in its slot)")
+    calibrate: bool = Field(default=False,
+                            description="time every sub-model alone (one device at a time) first")
+
+
+    @property
+    def join_limit_s(self) -> float:
+        return self.join_timeout_s if self.join_timeout_s is not None else self.timeout_s
+
+
+class DeviceFailure(_Strict):
+    """A device that stopped answering (or never joined), and why."""
+
+    device: str
+    rank: int
+    reason: str
+    at_image: int | None = Field(
+        default=None, description="index of the first image served without it; None = never joined")
+
+
+class WorkerInfo(_Strict):
+    """What a worker process reported when it joined."""
+
+    device: str
+    rank: int
+    host: str
+    pid: int
+    threads: int = Field(description="torch.get_num_threads() after pinning")
+    interop_threads: int
+    feature_dim: int
+
+
+class ThreadSettings(_Strict):
+    """Threads each process ran with, and the cores of the aggregator's host."""
+
+    aggregator_threads: int
+    worker_threads: dict[str, int] = Field(description="device -> intra-op threads")
+    worker_interop_threads: dict[str, int]
+    aggregator_host_cores: int | None
+
+
+class Calibration(_Strict):
+    """Each sub-model timed alone (devices one at a time, nothing else running) and the fusion head;
+    the critical path an ideal runtime would reach is the slowest device plus the fusion head."""
+
+    alone_latency_s: dict[str, float] = Field(description="device -> median seconds per request")
+    fusion_latency_s: float
+    critical_path_s: float = Field(description="max(alone_latency_s) + fusion_latency_s")
+    latency_ratio: float = Field(description="median end-to-end latency / critical_path_s")
+
+
+class ServeResult(_Strict):
+    """The outcome of one distributed run."""
+
+    schema_version: Literal[1] = RESULT_SCHEMA_VERSION
+    status: Literal["ok", "degraded"]
+    deployment: str
+    num_images: int
+    batch_size: int
+    predictions: list[int] = Field(description="predicted class of the first N held-out images")
+    labels: list[int] = Field(description="true class of the same images")
+    accuracy: float = Field(description="0..1 over the served images")
+    degraded: list[bool] = Field(description="per prediction: made without some sub-model")
+    latency_median_s: float = Field(description="per request: send image -> fused logits")
+    latency_p95_s: float
+    throughput_images_per_s: float
+    communication_share: float = Field(
+        description="share of request time outside compute: sending the input, waiting for and "
+                    "receiving features beyond the slowest worker's compute, (un)packing")
+    compute_median_s: float = Field(description="slowest worker's compute per request (median)")
+    fusion_median_s: float = Field(description="fusion head incl. assembling its input (median)")
+    setup_s: float = Field(description="start, model loading and joining of the fleet")
+    threads: ThreadSettings
+    workers: list[WorkerInfo]
+    failed_devices: list[DeviceFailure] = Field(default_factory=list)
+    calibration: Calibration | None = None
+
+
+class WorkerFailedError(EdvitError):
+    """A device of the fleet died, hung or never joined (and degraded mode was off or useless)."""
+
+    exit_code = EXIT_DEVICE_FAILED
+
+    def __init__(self, failures: list[DeviceFailure], completed_images: int = 0) -> None:
+        names = ", ".join(f"{f.device} (rank {f.rank}): {f.reason}" for f in failures)
+        super().__init__(f"device failed: {names}", field="fleet")
+        self.failures = failures
+        self.completed_images = completed_images
+
+    def report(self) -> dict:
+        """The `--json` object of a failed run."""
+        return {"status": "failed", "completed_images": self.completed_images,
+                "failed_devices": [f.model_dump() for f in self.failures]}

@@ -1,0 +1,91 @@
+"""What the runtime needs from a deployment, as a small protocol.
+
+A `DeploymentSource` says which sub-model feature slots the fusion head reads, in order
+(`slots()`), loads the feature extractor of one device (`load_worker(device)`: images
+(B, C, H, W) float32 -> features (B, sum of that device's slot widths), in slot order), loads the
+fusion head (`load_fusion()`: (B, sum of all widths) -> (B, num_classes) logits), gives the input
+shape (`image_shape()`: C, H, W) and hands out the first N held-out images with their labels
+(`eval_images(n)`: float32 (N, C, H, W), int64 (N,); an InputError when fewer exist). Sources must be picklable: the local
+launcher sends the source itself to every worker process, and each loads only its own device.
+
+`vit_ops.runtime.deployment.VitOpsDeployment` adapts a deployment directory written by
+`edvit materialize`; tests use small stand-in modules.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class FeatureSlot(BaseModel):
+    """One sub-model's features in the fusion head's input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: str
+    name: str = Field(description="the sub-model, for messages")
+    width: int = Field(gt=0, description="feature floats per image")
+
+
+@runtime_checkable
+class DeploymentSource(Protocol):
+    """A deployment the runtime can serve (see the module docstring)."""
+
+    name: str
+
+    def slots(self) -> list[FeatureSlot]: ...
+
+    def load_worker(self, device: str) -> nn.Module: ...
+
+    def load_fusion(self) -> nn.Module: ...
+
+    def eval_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def image_shape(self) -> tuple[int, int, int]: ...
+
+
+def devices_of(source: DeploymentSource) -> list[str]:
+    """Devices in rank order: worker rank r (1-based) serves the r-th device of the slots."""
+    seen: list[str] = []
+    for slot in source.slots():
+        if slot.device not in seen:
+            seen.append(slot.device)
+    return seen
+
+
+def device_columns(slots: list[FeatureSlot]) -> dict[str, torch.Tensor]:
+    """device -> the fusion-input columns its features fill (its slots in order, possibly apart)."""
+    columns: dict[str, list[int]] = {}
+    offset = 0
+    for slot in slots:
+        columns.setdefault(slot.device, []).extend(range(offset, offset + slot.width))
+        offset += slot.width
+    return {device: torch.tensor(cols, dtype=torch.int64) for device, cols in columns.items()}
+
+
+def feature_width(slots: list[FeatureSlot], device: str | None = None) -> int:
+    """Total feature floats per image, of one device or (None) of the fusion input."""
+    return sum(s.width for s in slots if device is None or s.device == device)
+
+
+@torch.no_grad()
+def predict_fused(source: DeploymentSource, images: torch.Tensor,
+                  batch_size: int = 256) -> torch.Tensor:
+    """Logits (N, C) of the whole deployment in this one process: the reference a distributed run
+    must reproduce. Every device's extractor is loaded here, so use it on a host with the memory."""
+    slots = source.slots()
+    columns = device_columns(slots)
+    workers = {device: source.load_worker(device).eval() for device in columns}
+    fusion = source.load_fusion().eval()
+    outputs = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start:start + batch_size]
+        features = torch.zeros(batch.shape[0], feature_width(slots))
+        for device, model in workers.items():
+            features[:, columns[device]] = model(batch)
+        outputs.append(fusion(features))
+    return torch.cat(outputs)

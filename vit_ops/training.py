@@ -1,0 +1,90 @@
+"""The one training loop edvit uses (base model, sub-model fine-tuning, fusion head), and inference.
+
+`fit` runs AdamW with a one-cycle learning-rate schedule over seeded mini-batches (shuffle order and
+augmentation drawn from one `torch.Generator`), so the same inputs and seed give the same weights
+on the same host and thread count. The loss is the caller's: `loss_fn(images, labels) -> scalar`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from pydantic import BaseModel, ConfigDict, Field
+
+from vit_ops.data import Split, augment
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, str], None]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class FitConfig(BaseModel):
+    """Optimisation settings (recorded in the JSON spec of what was trained)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(gt=0)
+    batch_size: int = Field(default=64, gt=0)
+    lr: float = Field(default=3e-3, gt=0, description="peak learning rate of the one-cycle schedule")
+    weight_decay: float = Field(default=0.05, ge=0)
+    warmup_fraction: float = Field(default=0.15, ge=0, lt=1)
+    max_shift_px: int = Field(default=1, ge=0, description="random translation augmentation")
+    seed: int = 0
+
+
+def fit(parameters: list[nn.Parameter], modules: list[nn.Module], split: Split, loss_fn: LossFn,
+        config: FitConfig, progress: ProgressCallback | None = None, label: str = "train") -> float:
+    """Minimise `loss_fn` over `split` for `config.epochs`; returns the last epoch's mean loss.
+
+    `modules` are switched to train mode during the loop and back to eval mode after it.
+    """
+    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    steps_per_epoch = -(-len(split) // config.batch_size)
+    total = config.epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=total, pct_start=config.warmup_fraction)
+    for module in modules:
+        module.train()
+    step, epoch_loss = 0, float("nan")
+    try:
+        for epoch in range(config.epochs):
+            running, seen = 0.0, 0
+            for images, labels in split.batches(config.batch_size, shuffle=True,
+                                                generator=generator):
+                images = augment(images, generator, config.max_shift_px)
+                loss = loss_fn(images, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                running += float(loss.detach()) * labels.shape[0]
+                seen += labels.shape[0]
+                step += 1
+                if progress:
+                    progress(step, total, f"{label} epoch {epoch + 1}/{config.epochs}")
+            epoch_loss = running / max(seen, 1)
+            log.info("%s epoch %d/%d: loss %.4f", label, epoch + 1, config.epochs, epoch_loss)
+    finally:
+        for module in modules:
+            module.eval()
+    return epoch_loss
+
+
+@torch.no_grad()
+def predict(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
+            batch_size: int = 256) -> torch.Tensor:
+    """`fn` applied to `images` in batches (no gradients), concatenated."""
+    outputs = [fn(images[s:s + batch_size]) for s in range(0, images.shape[0], batch_size)]
+    return torch.cat(outputs)
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction (0..1) of rows whose argmax equals the label."""
+    if labels.numel() == 0:
+        return float("nan")
+    return float((logits.argmax(dim=-1) == labels).float().mean())
