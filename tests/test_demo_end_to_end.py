@@ -1,0 +1,46 @@
+"""The README's showcase, as CI runs it: `edvit demo` (train, plan, materialise, evaluate), then
+`edvit serve` of the same deployment over torch.distributed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = subprocess.run([sys.executable, "-m", "planner.cli", "demo", "--out", str(out),
+                             "--json"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_demo_plans_materialises_and_keeps_accuracy(demo):
+    out, report = demo
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["status"] == "optimal" and len(plan["submodels"]) >= 2
+    assert report["base_accuracy"] > 0.9
+    # the split costs little accuracy (the 1-point target is measured by materialize_bench.py)
+    assert report["fused_accuracy"] >= report["base_accuracy"] - 0.03
+    assert len(report["submodels"]) == len(plan["submodels"])
+    for sub in report["submodels"]:
+        assert sub["params"] == sub["predicted_params"] < report["base_params"]
+
+
+def test_serving_the_demo_gives_the_fused_models_predictions(demo):
+    out, _ = demo
+    n = 24
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "evaluate", str(out / "deploy"), "--data", "digits",
+         "--json", "--predictions", str(n), "--no-latency"],
+        capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr
+    served = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "serve", str(out / "deploy"), "--local", "--images",
+         str(n), "--json", "--timeout", "60"], capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout)["predictions"] == json.loads(evaluated.stdout)["predictions"]
