@@ -5,9 +5,10 @@
 Prints three tables (issue 3's targets):
 1. GMACs of vit_tiny/small/base at r = 1 (backbone, as profiled) against an analytic count written
    here and timm's published GMACs (1.26 / 4.6 / 17.6); target within 1 % and 2 %.
-2. Latency prediction on this host, fitted on the three `edvit calibrate` variants (planner model
-   `flops / flops_per_s + overhead_s` on the two at 224 px; traffic model, which adds weight bytes
-   and per-block terms, on all three); each held-out variant (other archs, ratios, image sizes, a
+2. Latency prediction on this host, fitted on the three `edvit calibrate` variants (two-term
+   model `flops / flops_per_s + overhead_s` on the two at 224 px; the traffic model, which adds
+   weight bytes and per-block terms and is what `edvit calibrate` writes and the planner evaluates,
+   on all three); each held-out variant (other archs, ratios, image sizes, a
    custom 32 px ViT; any variant shaped like a fitting one is dropped) measured vs predicted;
    target >= 95 % of >= 10 held-out variants within +-10 %. Latency = median over interleaved rounds.
 3. Wall time to profile 6 ratios of vit_base (FLOPs + memory, no cache); target < 60 s on 2 cores.
@@ -22,7 +23,7 @@ import time
 import torch
 
 from planner.vit_shape import ViTShape
-from profiler.calibrate import (CALIBRATION_VARIANTS, fit_planner_model, fit_traffic_model,
+from profiler.calibrate import (CALIBRATION_VARIANTS, fit_two_term_model, fit_traffic_model,
                                 time_variants)
 from profiler.model_profile import host_description, profile_model
 from vit_ops.counts import counts_for_ratio
@@ -101,28 +102,28 @@ def latency_table(threads: int, rounds: int, quick: bool, clock: str) -> None:
     timed = time_variants(fit_variants + held, threads=threads, rounds=rounds, clock=clock)
     elapsed = time.perf_counter() - start
     fitting = timed[:len(fit_variants)]
-    planner, traffic = fit_planner_model(fitting), fit_traffic_model(fitting)
+    planner, traffic = fit_two_term_model(fitting), fit_traffic_model(fitting)
     host = host_description(threads)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n## Latency prediction on this host ({host['cpu']}, {threads} thread(s), {clock} "
           f"clock, {os.cpu_count()} cores, load average {load}, {rounds} interleaved rounds, "
           f"{elapsed:.0f} s)")
-    print(f"planner model (fit on the {fitting[0].img_size} px calibration variants): "
+    print(f"two-term model (fit on the {fitting[0].img_size} px calibration variants): "
           f"flops_per_s {planner.flops_per_s:.4g}, overhead_s {planner.overhead_s * 1e3:.3f} ms")
-    print(f"traffic model (fit on all {len(fitting)}): flops_per_s {traffic.flops_per_s:.4g}, "
+    print(f"traffic model, the planner's (fit on all {len(fitting)}): flops_per_s {traffic.flops_per_s:.4g}, "
           f"weight_bytes_per_s {traffic.weight_bytes_per_s:.4g}, overhead_per_block_s "
           f"{traffic.overhead_per_block_s * 1e3:.4f} ms")
     print(f"{'variant':<26} {'role':<5} {'GFLOPs':>7} {'weight MB':>9} {'measured ms':>11} "
-          f"{'IQR ms':>7} {'planner ms':>10} {'error':>7} {'traffic ms':>10} {'error':>7}")
-    hits = {"planner": 0, "traffic": 0}
+          f"{'IQR ms':>7} {'2-term ms':>10} {'error':>7} {'traffic ms':>10} {'error':>7}")
+    hits = {"two-term": 0, "traffic (planner's)": 0}
     for i, t in enumerate(timed):
         role = "fit" if i < len(fit_variants) else "held"
         by_planner = planner.predict_s(t.flops)
         by_traffic = traffic.predict_s(t.flops, t.weight_bytes, t.depth)
         e_planner, e_traffic = by_planner / t.latency_s - 1, by_traffic / t.latency_s - 1
         if role == "held":
-            hits["planner"] += abs(e_planner) <= 0.10
-            hits["traffic"] += abs(e_traffic) <= 0.10
+            hits["two-term"] += abs(e_planner) <= 0.10
+            hits["traffic (planner's)"] += abs(e_traffic) <= 0.10
         print(f"{t.label:<26} {role:<5} {t.flops / 1e9:>7.3f} {t.weight_bytes / 1e6:>9.1f} "
               f"{t.latency_s * 1e3:>11.2f} {t.latency.iqr_s * 1e3:>7.2f} "
               f"{by_planner * 1e3:>10.2f} {100 * e_planner:>+6.1f}% "

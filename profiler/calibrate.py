@@ -155,7 +155,7 @@ def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None
     return timed
 
 
-def fit_planner_model(timed: list[TimedVariant]) -> LatencyFit:
+def fit_two_term_model(timed: list[TimedVariant]) -> LatencyFit:
     """The planner's two figures, fitted on the variants at the first one's input size.
 
     The planner's model has no term for the token count, so it is fitted at one input size (224 px
@@ -184,7 +184,7 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
     shapes = [(shape_for_arch(arch, 1000, img_size=img), ratio) for arch, img, ratio in variants]
     timed = time_variants(shapes, threads=threads, rounds=rounds, clock=clock,
                           progress=progress)
-    fit = fit_planner_model(timed)
+    fit = fit_two_term_model(timed)
     traffic = fit_traffic_model(timed)
     host = host_description(threads)
     entry = DeviceEntry(
