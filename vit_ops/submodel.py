@@ -116,7 +116,9 @@ def finetune_submodel(sub: SubModel, base: nn.Module, classes: list[int], train:
             teacher = group_log_probs(base(images) / t, classes)
         logits, _ = sub(images)
         hard = F.cross_entropy(logits, group_labels(labels, classes), weight=weights)
-        soft = F.kl_div(F.log_softmax(logits / t, dim=-1), teacher, log_target=True,
+        # serving every class, the teacher has no "other" bucket: distil the classes alone
+        student = logits if teacher.shape[1] == logits.shape[1] else logits[:, :teacher.shape[1]]
+        soft = F.kl_div(F.log_softmax(student / t, dim=-1), teacher, log_target=True,
                         reduction="batchmean") * t * t
         return distill.hard_weight * hard + (1 - distill.hard_weight) * soft
 

@@ -1,5 +1,6 @@
 """`edvit train-base`, `edvit materialize`, `edvit evaluate`, `edvit demo`: from a plan to deployed
-class-specific sub-models, and what the split costs in accuracy, size and latency.
+class-specific sub-models, and what the split costs in accuracy, size and latency;
+`edvit profile-accuracy`: the same machinery on a grid, measuring the planner's loss step table.
 
 torch and vit_ops are imported inside the functions that run the commands.
 """
@@ -69,6 +70,30 @@ def register(subparsers) -> None:
     demo.add_argument("--json", action="store_true", help="print the evaluation as JSON")
     demo.add_argument("--predictions", type=int, default=0, metavar="N")
     demo.set_defaults(func=run_demo)
+
+    acc = subparsers.add_parser(
+        "profile-accuracy", help="measure the accuracy-loss step table of a profile's ratios",
+        description="Build sub-models as `materialize` does on a grid of (keep ratio, class-group "
+                    "size), measure their accuracy loss against the base on the validation split "
+                    "and write the profile with each variant's measured `loss_steps`.")
+    acc.add_argument("--base", required=True, metavar="MODEL",
+                     help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
+    acc.add_argument("--data", required=True, help="'digits' or an image folder")
+    acc.add_argument("--profile", required=True, metavar="PROFILE.json",
+                     help="profile of the base's architecture (`edvit profile`)")
+    acc.add_argument("--out", required=True, metavar="PROFILE_WITH_LOSS.json",
+                     help="where to write the profile with measured tables (not --profile)")
+    acc.add_argument("--group-sizes", metavar="G1,G2,...",
+                     help="class-group sizes (default: 1,2,3,5,C/2,C within 1..C)")
+    acc.add_argument("--groups-per-size", type=int, default=2, metavar="N",
+                     help="class groups sampled per size (default: 2)")
+    acc.add_argument("--loss-cap-pp", type=float, default=10.0, metavar="PP",
+                     help="cut a ratio's capacity before a size losing more points (default: 10)")
+    acc.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per sub-model "
+                     "(default: materialize's)")
+    acc.add_argument("--seed", type=int, default=0, help="seed of group sampling and fine-tuning")
+    acc.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    acc.set_defaults(func=run_profile_accuracy)
 
 
 def run_train_base(args: argparse.Namespace) -> int:
@@ -164,6 +189,79 @@ def run_demo(args: argparse.Namespace) -> int:
                           predictions=args.predictions)
     _report(evaluation, args.json)
     return 0
+
+
+def run_profile_accuracy(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from planner.cli.common import check_output_path
+    from planner.errors import InputError
+    from planner.files import write_json_atomic
+    from planner.profiles import load_profile
+    from vit_ops.accuracy_table import AccuracyTableConfig, measure_accuracy_table
+    from vit_ops.base_model import load_base
+    from vit_ops.materialize import MaterializeConfig
+
+    _positive(args.finetune_epochs, "--finetune-epochs")
+    _positive(args.groups_per_size, "--groups-per-size")
+    if args.loss_cap_pp < 0:
+        raise InputError("must be >= 0", field="--loss-cap-pp", value=args.loss_cap_pp)
+    out = check_output_path(args.out)
+    if out.resolve() == Path(args.profile).resolve():
+        raise InputError("would overwrite the input profile; write to another file",
+                         field="--out", value=args.out)
+    sizes = None if args.group_sizes is None else _int_list(args.group_sizes, "--group-sizes")
+    profile = load_profile(args.profile)
+    base = load_base(args.base, num_classes=profile.shape.num_classes,
+                     img_size=profile.shape.img_size)
+    splits = _load_data_for(args.data, base)
+    materialize = MaterializeConfig(export_onnx=False)
+    update = {"seed": args.seed}
+    if args.finetune_epochs:
+        update["epochs"] = args.finetune_epochs
+    config = AccuracyTableConfig(
+        group_sizes=sizes, groups_per_size=args.groups_per_size, loss_cap_pp=args.loss_cap_pp,
+        seed=args.seed, materialize=materialize.model_copy(
+            update={"finetune": materialize.finetune.model_copy(update=update)}))
+    with progress_bar("profile-accuracy") as progress:
+        table = measure_accuracy_table(base, splits, profile, config, progress,
+                                       profile_source=args.profile)
+    write_json_atomic(out, table.profile.model_dump(mode="json"))
+    if args.json:
+        data = table.model_dump(mode="json", exclude={"profile"})
+        data["out"] = str(out)
+        data["loss_steps"] = [{"ratio": v.ratio, "loss_steps": v.loss_steps}
+                              for v in table.profile.variants]
+        print_json(data)
+    else:
+        _print_accuracy_table(table, str(out))
+    return 0
+
+
+def _print_accuracy_table(table, out: str) -> None:
+    """Ratio x group size -> measured loss (pp); '*' marks a size beyond the ratio's capacity."""
+    cells = {(c.ratio, c.group_size): c.loss_pp for c in table.measurements}
+    ratios = sorted({c.ratio for c in table.measurements}, reverse=True)
+    groups = max(len(c.groups) for c in table.measurements)
+    print(f"accuracy loss, points (validation split, <= {groups} class group(s) per cell, "
+          f"* = cut by the {table.loss_cap_pp:g} pp cap)")
+    print("ratio  " + "".join(f"{f'g={g}':>8}" for g in table.group_sizes) + "   loss_steps")
+    for r in ratios:
+        steps = table.loss_steps_of(r)
+        capacity = steps[-1][0] if steps else 0
+        row = "".join(f"{cells[(r, g)]:7.2f}" + ("*" if g > capacity else " ")
+                      for g in table.group_sizes)
+        print(f"{r:<6g} {row}   {[list(s) for s in steps]}")
+    print(f"-> {out}")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        from planner.errors import InputError
+
+        raise InputError("expected comma-separated integers", field=flag, value=text) from None
 
 
 def load_plan(path: str):
