@@ -28,7 +28,7 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +39,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.catalog import builtin_catalog
 from planner.cpsat_model import SolverConfig
 from planner.errors import InputError
-from planner.inventory import (CompiledInventory, DeviceEntry, Inventory, compile_inventory,
-                               load_inventory)
+from planner.inventory import (
+    CompiledInventory,
+    DeviceEntry,
+    Inventory,
+    compile_inventory,
+    load_inventory,
+)
 from planner.plan_inventory import solver_config_of
 from planner.plan_schema import Plan
 from planner.problem import Problem
+from planner.progress import ProgressCallback
 from planner.solve import solve
 
 log = logging.getLogger(__name__)
@@ -52,7 +58,6 @@ WHATIF_SCHEMA_VERSION = 1
 CHAIN_LENGTH = 8          # scenarios per warm-started chain segment (fixed: determinism)
 MAKESPAN_REL_TOL = 1e-9   # a makespan within this relative distance of the target meets it
 
-ProgressCallback = Callable[[int, int, str], None]
 ScenarioStatus = Literal["optimal", "feasible", "infeasible", "unknown"]
 
 

@@ -23,21 +23,24 @@ import os
 import platform
 import resource
 import statistics
-from typing import Callable
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.profile_schema import LatencyStats
+from planner.progress import ProgressCallback
 from planner.vit_shape import ViTShape
 from profiler.latency import Clock, default_threads, measure_latency
 from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
-from profiler.model_profile import (example_input, host_description, profile_model,
-                                    runnable_backbone, tool_versions)
+from profiler.model_profile import (
+    example_input,
+    host_description,
+    profile_model,
+    runnable_backbone,
+    tool_versions,
+)
 from vit_ops.counts import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
-
-ProgressCallback = Callable[[int, int, str], None]
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
 # from on small devices; the 112 px one separates weight traffic from arithmetic.

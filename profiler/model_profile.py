@@ -23,12 +23,13 @@ from __future__ import annotations
 import logging
 import platform
 from importlib import metadata
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 
 from planner.errors import InputError
 from planner.profile_schema import ModelProfile, VariantProfile
+from planner.progress import ProgressCallback
 from planner.vit_shape import PruneCounts, ViTShape
 from profiler.cache import ProfileCache, cache_key
 from profiler.flops import count_macs
@@ -42,7 +43,6 @@ logger = logging.getLogger(__name__)
 # Bump when a measurement method changes: it is part of every cache key.
 PROFILER_METHOD_VERSION = 1
 FEATURE_BYTES_PER_ELEMENT = 4  # features travel as fp32
-ProgressCallback = Callable[[int, int, str], None]
 
 
 def check_ratios(ratios: Iterable[float]) -> list[float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
 from planner.profile_schema import ModelProfile
+from planner.progress import ProgressCallback
 from planner.vit_shape import ViTShape
 from vit_ops.base_model import LoadedBase
 from vit_ops.counts import counts_for_ratio
@@ -43,7 +43,6 @@ from vit_ops.training import accuracy, predict
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 LOSS_DECIMALS = 2
 
 

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -22,16 +22,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from planner.errors import InputError
 from planner.files import read_json, write_json_atomic
+from planner.progress import ProgressCallback
 from planner.validation import raise_validation_error
 from planner.vit_shape import ViTShape
 from vit_ops.architecture import build_vit
 from vit_ops.counts import full_counts
-from vit_ops.data import DIGITS, NORM_MEAN, NORM_STD, DataSplits
+from vit_ops.data import NORM_MEAN, NORM_STD, DataSplits
 from vit_ops.training import FitConfig, accuracy, fit, predict
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 BASE_SPEC_FILE = "model.json"
 BASE_WEIGHTS_FILE = "model.safetensors"
 BASE_SCHEMA_VERSION = 1

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
 from planner.files import write_json_atomic, write_text_atomic
-from planner.plan_schema import (LatencyBreakdown, ModelInfo, Plan, SolverReport,
-                                 SubModelPlan)
+from planner.plan_schema import (
+    LatencyBreakdown,
+    ModelInfo,
+    Plan,
+    SolverReport,
+    SubModelPlan,
+)
+from planner.progress import ProgressCallback, phase_progress
 from planner.vit_shape import ViTShape
 from vit_ops.architecture import build_vit
-from vit_ops.base_model import (BASE_SPEC_FILE, DIGITS_FIT, DIGITS_SHAPE, load_base, save_base,
-                                train_base)
+from vit_ops.base_model import (
+    BASE_SPEC_FILE,
+    DIGITS_FIT,
+    DIGITS_SHAPE,
+    load_base,
+    save_base,
+    train_base,
+)
 from vit_ops.counts import counts_for_ratio
 from vit_ops.data import DIGITS, load_data
 from vit_ops.evaluate import Evaluation, evaluate_deployment
@@ -27,7 +38,6 @@ from vit_ops.materialize import MaterializeConfig, materialize
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 DEMO_RATIOS = [1.0, 0.75, 0.5, 0.25]
 DEMO_DEVICES = {"kind": "pi4b-4gb", "count": 4, "name": "pi"}
 
@@ -94,24 +104,13 @@ def run_demo(out_dir: Path, retrain: bool = False, config: MaterializeConfig = M
         base = load_base(str(base_dir))
         log.info("reusing base model %s", base_dir)
     else:
-        base = train_base(splits, DIGITS_SHAPE, DIGITS_FIT, _scaled(progress, 0, 3, "train base"))
+        base = train_base(splits, DIGITS_SHAPE, DIGITS_FIT,
+                          phase_progress(progress, 0, 3, "train base"))
         save_base(base, base_dir, force=True)
     plan = plan_demo(out_dir)
     write_json_atomic(out_dir / "plan.json", plan.model_dump(mode="json"))
     materialize(plan, base, splits, out_dir / "deploy", config, force=True,
-                progress=_scaled(progress, 1, 3, "materialize"),
+                progress=phase_progress(progress, 1, 3, "materialize"),
                 plan_source=str(out_dir / "plan.json"))
     return evaluate_deployment(out_dir / "deploy", splits, predictions=predictions,
-                               progress=_scaled(progress, 2, 3, "evaluate"))
-
-
-def _scaled(progress: ProgressCallback | None, index: int, phases: int, label: str
-            ) -> ProgressCallback | None:
-    if progress is None:
-        return None
-
-    def update(done: int, total: int, inner: str = "") -> None:
-        progress(index * 1000 + (1000 * done) // max(total, 1), phases * 1000,
-                 f"{label}: {inner}" if inner else label)
-
-    return update
+                               progress=phase_progress(progress, 2, 3, "evaluate"))

@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.progress import ProgressCallback
 from vit_ops.data import DataSplits
-from vit_ops.deploy import load_all_submodels, load_deployment_base, load_fusion, load_manifest
+from vit_ops.deploy import (
+    load_all_submodels,
+    load_deployment_base,
+    load_fusion,
+    load_manifest,
+)
 from vit_ops.submodel import group_labels
 from vit_ops.training import accuracy, predict
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 BYTES_PER_PARAM = 4  # fp32 weights
 
 

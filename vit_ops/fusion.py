@@ -7,16 +7,16 @@ training images (computed once, so training takes seconds).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from planner.progress import ProgressCallback
 from vit_ops.data import Split
 from vit_ops.training import FitConfig, fit, predict
 
-ProgressCallback = Callable[[int, int, str], None]
 LABEL_SMOOTHING = 0.1
 
 

@@ -32,16 +32,17 @@ from __future__ import annotations
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Literal
+from typing import Iterator, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from planner.progress import ProgressCallback
+
 log = logging.getLogger(__name__)
 
 Method = Literal["fisher", "kl"]
-ProgressCallback = Callable[[int, int, str], None]
 
 
 @dataclass(frozen=True)

@@ -19,29 +19,42 @@ import logging
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
 from planner.plan_schema import Plan, SubModelPlan
+from planner.progress import ProgressCallback, phase_progress
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.base_model import LoadedBase, replace_dir, save_base
 from vit_ops.counts import counts_for_ratio
 from vit_ops.data import DataSplits
-from vit_ops.deploy import (ONNX_FILE, DeploymentManifest, FusionSpec, SubModelEntry, SubModelSpec,
-                            export_onnx, save_fusion, save_manifest, save_submodel,
-                            submodel_dir_name)
+from vit_ops.deploy import (
+    ONNX_FILE,
+    DeploymentManifest,
+    FusionSpec,
+    SubModelEntry,
+    SubModelSpec,
+    export_onnx,
+    save_fusion,
+    save_manifest,
+    save_submodel,
+    submodel_dir_name,
+)
 from vit_ops.fusion import train_fusion
 from vit_ops.importance import Method, score_importance
 from vit_ops.prune import apply_prune_spec
-from vit_ops.submodel import DistillConfig, SubModel, finetune_submodel, submodel_from_pruned
+from vit_ops.submodel import (
+    DistillConfig,
+    SubModel,
+    finetune_submodel,
+    submodel_from_pruned,
+)
 from vit_ops.training import FitConfig
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 ONNX_CHECK_IMAGES = 4
 ONNX_TOLERANCE = 1e-3
 
@@ -126,7 +139,10 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
     submodels: list[SubModel] = []
     entries: list[SubModelEntry] = []
     for i, (sm, cnt) in enumerate(zip(plan.submodels, counts)):
-        phase = _phase(progress, i, phases, f"sub-model {i + 1}/{len(plan.submodels)} ({sm.device})")
+        phase = phase_progress(progress, i, phases,
+                               f"sub-model {i + 1}/{len(plan.submodels)} ({sm.device})")
+        if phase:
+            phase(0, 1)
         sub = build_one_submodel(base, sm.classes, cnt, splits, config, i, phase)
         params = sub.backbone_params()
         if sm.params is not None and sm.params != params:
@@ -145,7 +161,9 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
         entries.append(SubModelEntry(index=i, device=sm.device, classes=sm.classes,
                                      dir=str(directory.relative_to(staging)), params=params,
                                      predicted_params=sm.params))
-    phase = _phase(progress, phases - 1, phases, "fusion head")
+    phase = phase_progress(progress, phases - 1, phases, "fusion head")
+    if phase:
+        phase(0, 1)
     fusion = train_fusion(submodels, splits.train, plan.num_classes, config.fusion_hidden,
                           config.fusion, phase)
     fusion_spec = FusionSpec(device=plan.fusion.device if plan.fusion else None,
@@ -206,17 +224,3 @@ def _check_onnx(diff: float, directory: Path) -> None:
     if not diff <= ONNX_TOLERANCE:
         raise RuntimeError(f"ONNX export of {directory.name} differs from torch by {diff:.3g} "
                            f"(> {ONNX_TOLERANCE})")
-
-
-def _phase(progress: ProgressCallback | None, index: int, phases: int, label: str
-           ) -> ProgressCallback | None:
-    """Scale one phase's progress(done, total) into the overall bar (1000 ticks per phase)."""
-    if progress is None:
-        return None
-
-    def update(done: int, total: int, inner: str = "") -> None:
-        progress(index * 1000 + (1000 * done) // max(total, 1), phases * 1000,
-                 f"{label}: {inner}" if inner else label)
-
-    update(0, 1)
-    return update

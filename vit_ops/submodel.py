@@ -14,20 +14,17 @@ to the classes + "other", see `vit_ops.importance.group_log_probs`).
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.progress import ProgressCallback
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.architecture import build_vit
 from vit_ops.data import Split
 from vit_ops.importance import group_log_probs
 from vit_ops.training import FitConfig, fit
-
-ProgressCallback = Callable[[int, int, str], None]
 
 
 class DistillConfig(BaseModel):

@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.progress import ProgressCallback
 from vit_ops.data import Split, augment
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

@@ -6,11 +6,10 @@ import json
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from planner.errors import InputError
-
-ProgressCallback = Callable[[int, int, str], None]
+from planner.progress import ProgressCallback
 
 
 def print_json(data: Any) -> None:

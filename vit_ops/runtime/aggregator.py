@@ -23,17 +23,33 @@ import torch
 import torch.distributed as dist
 
 from planner.errors import InputError
+from planner.progress import ProgressCallback
 from vit_ops.runtime import protocol
-from vit_ops.runtime.rendezvous import (close_links, connect_links, post_verdict,
-                                        wait_for_workers)
-from vit_ops.runtime.results import (Calibration, DeviceFailure, RuntimeConfig, ServeResult,
-                                     ThreadSettings, WorkerFailedError, WorkerInfo)
-from vit_ops.runtime.source import DeploymentSource, device_columns, devices_of, feature_width
+from vit_ops.runtime.rendezvous import (
+    close_links,
+    connect_links,
+    post_verdict,
+    wait_for_workers,
+)
+from vit_ops.runtime.results import (
+    Calibration,
+    DeviceFailure,
+    RuntimeConfig,
+    ServeResult,
+    ThreadSettings,
+    WorkerFailedError,
+    WorkerInfo,
+)
+from vit_ops.runtime.source import (
+    DeploymentSource,
+    device_columns,
+    devices_of,
+    feature_width,
+)
 from vit_ops.runtime.timing import median_latency_s, pin_threads
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 ExitStatus = Callable[[int], "str | None"]
 EXIT_STATUS_GRACE_S = 1.0
 

@@ -20,8 +20,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
+from planner.progress import ProgressCallback
 from vit_ops.runtime.aggregator import serve_aggregator
 from vit_ops.runtime.rendezvous import Endpoint, open_store
 from vit_ops.runtime.results import RuntimeConfig, ServeResult
@@ -30,7 +30,6 @@ from vit_ops.runtime.worker import check_fleet_size, serve_worker
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, str], None]
 LOOPBACK = "127.0.0.1"
 EXIT_GRACE_S = 2.0
 REAP_TIMEOUT_S = 5.0
