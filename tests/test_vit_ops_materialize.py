@@ -183,6 +183,7 @@ def test_cli_whole_digits_path(tmp_path, capsys):
     for key in ("base_accuracy", "fused_accuracy", "base_params", "submodels", "predictions"):
         assert key in report
     assert len(report["predictions"]) == 4
+    assert not [k for k in report if k.startswith("onnx")]  # onnx_* only with --latency-runtime
     for sub, planned in zip(report["submodels"], plan.submodels):
         assert sub["device"] == planned.device and sub["classes"] == planned.classes
         assert sub["params"] == sub["predicted_params"] == planned.params

@@ -6,6 +6,7 @@ Layout (every model = safetensors weights + JSON spec + ONNX graph; no pickles):
       deployment.json              DeploymentManifest: sub-models in fusion-input order, fusion head
       base/model.safetensors       the unsplit base model (for evaluation against it)
       base/model.json
+      base/model.onnx              images (B,3,H,W) -> logits (B,C)
       submodels/<i>-<device>/model.safetensors   SubModel state_dict (backbone.*, head.*)
       submodels/<i>-<device>/model.json          SubModelSpec
       submodels/<i>-<device>/model.onnx          images (B,3,H,W) -> logits (B,g+1), features (B,e)

@@ -5,12 +5,18 @@ classes (argmax over its classes + "other"; `other_accuracy`: images of the rema
 "other"); parameters and bytes (fp32) of each sub-model's backbone against the base backbone and
 against the plan's prediction; latency at batch 1 on this host (`torch.utils.benchmark`, threads
 pinned and recorded, median of repeats) of each sub-model and of the base, and their FLOPs.
+
+`runtime` picks where latency is measured: "torch" (eager PyTorch, the default), "onnxruntime"
+(each part's exported `model.onnx`, the base's included; `profiler.onnx_latency`, intra-op threads
+pinned, one inter-op thread) or "both". The onnxruntime figures are the `onnx_*` fields, which
+`evaluation_json` leaves out when they were not measured, so the default JSON keeps its keys.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.progress import ProgressCallback
 from vit_ops.data import DataSplits
 from vit_ops.deploy import (
+    ONNX_FILE,
     load_all_submodels,
     load_deployment_base,
     load_fusion,
@@ -29,6 +36,8 @@ from vit_ops.training import accuracy, predict
 log = logging.getLogger(__name__)
 
 BYTES_PER_PARAM = 4  # fp32 weights
+
+LatencyRuntime = Literal["torch", "onnxruntime", "both"]
 
 
 class _Strict(BaseModel):
@@ -51,6 +60,11 @@ class SubModelEvaluation(_Strict):
     latency_iqr_s: float | None
     base_latency_s: float | None
     speedup: float | None = Field(description="base_latency_s / latency_s")
+    onnx_latency_s: float | None = Field(default=None, description="onnxruntime, median")
+    onnx_latency_iqr_s: float | None = None
+    onnx_base_latency_s: float | None = Field(default=None, description="base, onnxruntime")
+    onnx_speedup: float | None = Field(default=None,
+                                       description="onnx_base_latency_s / onnx_latency_s")
 
 
 class Evaluation(_Strict):
@@ -67,18 +81,48 @@ class Evaluation(_Strict):
     base_latency_s: float | None
     submodels: list[SubModelEvaluation]
     predictions: list[int] | None = None
+    onnx_threads: int | None = Field(
+        default=None, description="onnxruntime intra-op threads (inter-op: 1) used for latency")
+    onnx_base_latency_s: float | None = None
+    onnx_base_latency_iqr_s: float | None = None
+
+
+_ONNX_SUBMODEL_FIELDS = {"onnx_latency_s", "onnx_latency_iqr_s", "onnx_base_latency_s",
+                         "onnx_speedup"}
+_ONNX_FIELDS = {"onnx_threads": True, "onnx_base_latency_s": True,
+                "onnx_base_latency_iqr_s": True,
+                "submodels": {"__all__": _ONNX_SUBMODEL_FIELDS}}
+
+
+def evaluation_json(evaluation: Evaluation) -> dict:
+    """The JSON object of `edvit evaluate --json`: the `onnx_*` keys only when measured."""
+    measured = evaluation.onnx_threads is not None
+    return evaluation.model_dump(mode="json", exclude=None if measured else _ONNX_FIELDS)
 
 
 def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions: int = 0,
                         measure: bool = True, threads: int | None = None, repeats: int = 7,
-                        progress: ProgressCallback | None = None) -> Evaluation:
-    """Accuracy, size, FLOPs and (if `measure`) latency of the deployment on `splits.test`."""
+                        progress: ProgressCallback | None = None,
+                        runtime: LatencyRuntime = "torch") -> Evaluation:
+    """Accuracy, size, FLOPs and (if `measure`) latency in `runtime` of the deployment on
+    `splits.test`; every latency is seconds per image at batch 1."""
     manifest = load_manifest(deploy_dir)
     base = load_deployment_base(deploy_dir)
     subs = load_all_submodels(deploy_dir)
     fusion = load_fusion(deploy_dir)
     _check_data(manifest, splits)
     threads = threads or torch.get_num_threads()
+    if runtime not in ("torch", "onnxruntime", "both"):
+        from planner.errors import InputError
+
+        raise InputError("expected torch, onnxruntime or both", field="--latency-runtime",
+                         value=runtime)
+    on_torch = measure and runtime in ("torch", "both")
+    on_onnx = measure and runtime in ("onnxruntime", "both")
+    base_dir = Path(deploy_dir) / manifest.base_dir
+    sub_dirs = [Path(deploy_dir) / manifest.submodels[s.index].dir for s in subs]
+    if on_onnx:
+        _check_onnx_files([base_dir, *sub_dirs])
     test = splits.test
     steps = 2 + len(subs)
     tick = progress or (lambda done, total, label="": None)
@@ -91,7 +135,8 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
     fused_acc = accuracy(fused_logits, test.labels)
     example = test.images[:1]
     base_flops = _flops(base.model, example) if measure else None
-    base_latency = _latency(base.model, example, threads, repeats) if measure else None
+    base_latency = _latency(base.model, example, threads, repeats) if on_torch else None
+    onnx_base = _onnx_latency(base_dir, example, threads, repeats) if on_onnx else None
     base_backbone = manifest.base_params
     tick(1, steps, "sub-models")
 
@@ -109,7 +154,8 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
             other_acc = float((rest_logits.argmax(-1) == len(spec.classes)).float().mean())
         params = sub.module.backbone_params()
         flops = _flops(sub.module, example) if measure else None
-        latency = _latency(sub.module, example, threads, repeats) if measure else None
+        latency = _latency(sub.module, example, threads, repeats) if on_torch else None
+        onnx = _onnx_latency(sub_dirs[i], example, threads, repeats) if on_onnx else None
         results.append(SubModelEvaluation(
             device=spec.device, classes=spec.classes, params=params,
             predicted_params=spec.predicted_params,
@@ -121,7 +167,11 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
             latency_s=latency[0] if latency else None,
             latency_iqr_s=latency[1] if latency else None,
             base_latency_s=base_latency[0] if base_latency else None,
-            speedup=base_latency[0] / latency[0] if latency and base_latency else None))
+            speedup=base_latency[0] / latency[0] if latency and base_latency else None,
+            onnx_latency_s=onnx[0] if onnx else None,
+            onnx_latency_iqr_s=onnx[1] if onnx else None,
+            onnx_base_latency_s=onnx_base[0] if onnx_base else None,
+            onnx_speedup=onnx_base[0] / onnx[0] if onnx and onnx_base else None))
         tick(2 + i, steps, f"sub-model {i + 1}/{len(subs)}")
     tick(steps, steps, "done")
     return Evaluation(
@@ -130,7 +180,10 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
         fused_minus_base_pp=100.0 * (fused_acc - base_acc), base_params=base_backbone,
         base_param_bytes=base_backbone * BYTES_PER_PARAM, base_flops=base_flops,
         base_latency_s=base_latency[0] if base_latency else None, submodels=results,
-        predictions=[int(p) for p in fused_logits.argmax(-1)[:predictions]] if predictions else None)
+        predictions=[int(p) for p in fused_logits.argmax(-1)[:predictions]] if predictions else None,
+        onnx_threads=threads if on_onnx else None,
+        onnx_base_latency_s=onnx_base[0] if onnx_base else None,
+        onnx_base_latency_iqr_s=onnx_base[1] if onnx_base else None)
 
 
 def fused_predict(subs: list, fusion: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -155,6 +208,28 @@ def _latency(model: torch.nn.Module, example: torch.Tensor, threads: int,
     from profiler.latency import measure_latency
 
     stats = measure_latency(model, example, threads=threads, repeats=repeats)
+    return stats.median_s, stats.iqr_s
+
+
+def _check_onnx_files(directories: list[Path]) -> None:
+    """InputError naming the first part without `model.onnx` (made with --no-onnx, or before
+    the base model was exported too)."""
+    from planner.errors import InputError
+
+    for directory in directories:
+        if not (directory / ONNX_FILE).is_file():
+            raise InputError("no ONNX model to time; re-run 'edvit materialize' without "
+                             "--no-onnx", file=str(directory / ONNX_FILE),
+                             field="--latency-runtime")
+
+
+def _onnx_latency(directory: Path, example: torch.Tensor, threads: int,
+                  repeats: int) -> tuple[float, float]:
+    """Median and IQR (s) of `directory/model.onnx` in onnxruntime on `example`."""
+    from profiler.onnx_latency import measure_onnx_latency
+
+    stats = measure_onnx_latency(directory / ONNX_FILE, example.numpy(), threads=threads,
+                                 repeats=repeats)
     return stats.median_s, stats.iqr_s
 
 

@@ -7,7 +7,7 @@ For every sub-model of the plan, in plan order:
   3. a head over its classes + "other", fine-tuned with distillation from the base
      (`vit_ops.submodel`);
 then the fusion head on the frozen sub-models' features (`vit_ops.fusion`), ONNX export of every
-part (checked against onnxruntime) and the manifest (`vit_ops.deploy`).
+part and of the base model (checked against onnxruntime) and the manifest (`vit_ops.deploy`).
 
 Everything is written to a staging directory next to DEPLOY_DIR and renamed into place at the end,
 so an existing DEPLOY_DIR is untouched on error and replaced only with `force`.
@@ -136,6 +136,10 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
     save_base(base, staging / "base", force=True)
     base_params = _backbone_params(base.model)
     example = splits.test.images[:ONNX_CHECK_IMAGES]
+    if config.export_onnx:  # the base too: evaluate times every part in onnxruntime against it
+        diff = export_onnx(base.model, example, staging / "base" / ONNX_FILE, ["logits"])
+        _check_onnx(diff, staging / "base")
+        log.info("base model ONNX: max |torch - onnxruntime| %.3g", diff)
     submodels: list[SubModel] = []
     entries: list[SubModelEntry] = []
     for i, (sm, cnt) in enumerate(zip(plan.submodels, counts)):

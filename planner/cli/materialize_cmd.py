@@ -58,6 +58,9 @@ def register(subparsers) -> None:
                     help="add the fused predicted labels of the first N held-out images")
     ev.add_argument("--threads", type=int, help="torch threads for latency (default: torch's)")
     ev.add_argument("--no-latency", action="store_true", help="skip FLOPs and latency")
+    ev.add_argument("--latency-runtime", choices=["torch", "onnxruntime", "both"],
+                    default="torch", help="time eager PyTorch (default), each part's model.onnx "
+                    "in onnxruntime (JSON keys onnx_*), or both")
     ev.set_defaults(func=run_evaluate)
 
     demo = subparsers.add_parser(
@@ -174,7 +177,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     with progress_bar("evaluate") as progress:
         evaluation = evaluate_deployment(args.deploy_dir, splits, predictions=args.predictions,
                                          measure=not args.no_latency, threads=args.threads,
-                                         progress=progress)
+                                         progress=progress, runtime=args.latency_runtime)
     _report(evaluation, args.json)
     return 0
 
@@ -306,7 +309,9 @@ def _positive(value, flag: str) -> None:
 
 def _report(evaluation, as_json: bool) -> None:
     if as_json:
-        print_json(evaluation.model_dump(mode="json"))
+        from vit_ops.evaluate import evaluation_json
+
+        print_json(evaluation_json(evaluation))
         return
     e = evaluation
     print(f"{e.data}: {e.test_images} held-out images")
@@ -319,5 +324,9 @@ def _report(evaluation, as_json: bool) -> None:
         print(f"  {s.device:>12}: classes {s.classes}  acc {100 * s.accuracy:6.2f} %  "
               f"{s.params} params (plan {s.predicted_params}, {s.size_reduction:.1f}x smaller)"
               + latency)
+        if s.onnx_latency_s:
+            print(f"  {'':>12}  onnxruntime {1e3 * s.onnx_latency_s:.3f} ms vs base "
+                  f"{1e3 * s.onnx_base_latency_s:.3f} ms ({s.onnx_speedup:.2f}x faster, "
+                  f"{s.flops_reduction:.2f}x fewer FLOPs; {e.onnx_threads} intra-op threads)")
     if e.predictions is not None:
         print(f"  predictions: {e.predictions}")

@@ -1,0 +1,62 @@
+"""Host latency of one ONNX model at batch 1 in onnxruntime (CPU execution provider).
+
+Why: a small model's eager PyTorch forward is mostly per-module Python dispatch, which pruning
+does not shrink; an edge deployment runs the exported graph in a runtime with little per-call
+overhead, so the pruned sub-models' speed-up is measured there too.
+
+The session is pinned to `threads` intra-op threads and one inter-op thread (recorded in the
+result). Like `profiler.latency.measure_latency`: warm-up calls, then `repeats` timed blocks of
+back-to-back `session.run` calls (each block long enough to swamp timer resolution, timed with
+`torch.utils.benchmark`); the result is the median and interquartile range of the per-call time
+over the blocks, in seconds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from planner.errors import InputError
+from planner.profile_schema import LatencyStats
+
+
+def open_session(path: str | Path, threads: int):
+    """An onnxruntime CPU session of `path` with `threads` intra-op and 1 inter-op thread."""
+    import onnxruntime as ort
+
+    if not Path(path).is_file():
+        raise InputError("ONNX model not found (materialise without --no-onnx)", file=str(path))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), sess_options=options,
+                                providers=["CPUExecutionProvider"])
+
+
+def measure_onnx_latency(path: str | Path, example: np.ndarray, *, threads: int,
+                         repeats: int = 7, warmup: int = 5, min_block_s: float = 0.05
+                         ) -> LatencyStats:
+    """Median and IQR in seconds of one `session.run` on `example` (fed as the graph's input)."""
+    if threads <= 0:
+        raise InputError("must be > 0", field="threads", value=threads)
+    # Imported here for the same reason as in profiler.latency (a CUDA notice on CPU-only hosts).
+    from torch.utils import benchmark
+
+    session = open_session(path, threads)
+    feed = {session.get_inputs()[0].name: np.ascontiguousarray(example, dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    # num_threads only pins torch's pool, which session.run does not use; the session's own
+    # thread counts are fixed above.
+    timer = benchmark.Timer(stmt="session.run(None, feed)",
+                            globals={"session": session, "feed": feed}, num_threads=1)
+    first = timer.timeit(1).median
+    number = max(1, math.ceil(min_block_s / max(first, 1e-9)))
+    times = [timer.timeit(number).median for _ in range(repeats)]
+    quartiles = statistics.quantiles(times, n=4, method="inclusive")
+    return LatencyStats(median_s=statistics.median(times), iqr_s=quartiles[2] - quartiles[0],
+                        repeats=repeats, threads=threads)
