@@ -11,11 +11,11 @@ from planner.cpsat_model import SolverConfig
 from planner.errors import EdvitError, InputError
 from planner.inventory import Inventory, compile_inventory, load_inventory
 from planner.plan_inventory import plan_inventory
-from planner.plan_schema import Plan
+from planner.plan_schema import Plan, load_plan
 from planner.problem import Problem, load_problem
 from planner.solve import solve
 from planner.whatif import WhatIfResult, what_if
 
 __all__ = ["EdvitError", "InputError", "Inventory", "Plan", "Problem", "SolverConfig",
-           "WhatIfResult", "compile_inventory", "load_inventory", "load_problem", "plan_inventory",
-           "solve", "what_if"]
+           "WhatIfResult", "compile_inventory", "load_inventory", "load_plan", "load_problem",
+           "plan_inventory", "solve", "what_if"]

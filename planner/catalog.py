@@ -9,12 +9,12 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from planner.errors import InputError
 from planner.files import read_yaml
 from planner.units import parse_bytes
-from planner.validation import raise_validation_error
+from planner.validation import validate_document
 
 CATALOG_PATH = Path(__file__).parent / "catalog" / "devices.yaml"
 
@@ -62,11 +62,7 @@ def builtin_catalog() -> Catalog:
 
 
 def load_catalog(path: str | Path) -> Catalog:
-    data = read_yaml(path)
-    try:
-        return Catalog.model_validate(data)
-    except ValidationError as exc:
-        raise_validation_error(exc, str(path))
+    return validate_document(Catalog, read_yaml(path), str(path))
 
 
 def lookup_kind(name: str, extra: dict[str, DeviceKind] | None = None, *, source: str | None = None,

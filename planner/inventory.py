@@ -23,7 +23,7 @@ from planner.problem import Device, Fusion, Problem, ProfileRow, Secondary
 from planner.profile_schema import ModelProfile
 from planner.profiles import builtin_profile, load_profile
 from planner.units import parse_bytes
-from planner.validation import raise_validation_error
+from planner.validation import raise_validation_error, validate_document
 
 INVENTORY_SCHEMA_VERSION = 1
 FLOAT_BYTES = 4
@@ -127,12 +127,7 @@ def load_inventory(path: str | Path) -> Inventory:
 
 
 def inventory_from_dict(data: object, source: str = "<inventory>") -> Inventory:
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping at the top level", file=source)
-    try:
-        return Inventory.model_validate(data)
-    except ValidationError as exc:
-        raise_validation_error(exc, source)
+    return validate_document(Inventory, data, source)
 
 
 def _resolve_kinds(inv: Inventory, base_dir: Path, source: str) -> dict[str, DeviceKind]:
@@ -141,13 +136,9 @@ def _resolve_kinds(inv: Inventory, base_dir: Path, source: str) -> dict[str, Dev
         if isinstance(kind, KindFile):
             path = (base_dir / kind.file) if not Path(kind.file).is_absolute() else Path(kind.file)
             data = read_yaml(path)
-            if not isinstance(data, dict):
-                raise InputError("expected a mapping", file=str(path))
-            data = {k: v for k, v in data.items() if k != "name"}
-            try:
-                kind = DeviceKind.model_validate(data)
-            except ValidationError as exc:
-                raise_validation_error(exc, str(path))
+            if isinstance(data, dict):
+                data = {k: v for k, v in data.items() if k != "name"}
+            kind = validate_document(DeviceKind, data, str(path))
         kinds[name] = kind
     return kinds
 

@@ -6,10 +6,13 @@ JSON Schema is exported by `edvit schema`. Times are seconds, memory bytes, comp
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.files import read_json
+from planner.validation import validate_document
 from planner.vit_shape import PruneCounts, ViTShape
 
 PLAN_SCHEMA_VERSION = 1
@@ -116,3 +119,9 @@ class Plan(_Strict):
     @property
     def num_submodels(self) -> int:
         return len(self.submodels)
+
+
+def load_plan(path: str | Path) -> Plan:
+    """A plan file from `edvit plan` / `edvit solve`, validated."""
+    return validate_document(Plan, read_json(path), str(path),
+                             expected="a JSON object (a plan from 'edvit plan')")

@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from planner.errors import InputError
-from planner.validation import raise_validation_error
+from planner.validation import validate_document
 
 Secondary = Literal["none", "memory", "max_loss", "similarity"]
 
@@ -165,13 +164,7 @@ class Problem(BaseModel):
 
 def problem_from_dict(data: object, source: str = "<problem>") -> Problem:
     """Validate a parsed YAML/JSON document as a Problem, or raise one InputError naming the field."""
-    if not isinstance(data, dict):
-        raise InputError("expected a mapping at the top level", file=source,
-                         value=type(data).__name__)
-    try:
-        return Problem.model_validate(data)
-    except ValidationError as exc:
-        raise_validation_error(exc, source)
+    return validate_document(Problem, data, source)
 
 
 def load_problem(path: str | Path) -> Problem:

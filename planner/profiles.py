@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from planner.errors import InputError, ProfileMismatchError
 from planner.files import read_json
 from planner.profile_schema import PROFILE_SCHEMA_VERSION, ModelProfile
-from planner.validation import raise_validation_error
+from planner.validation import validate_document
 
 BUILTIN_DIR = Path(__file__).parent / "data" / "profiles"
 
@@ -32,10 +30,7 @@ def load_profile(path: str | Path) -> ModelProfile:
             f"profile schema version {version!r} is not supported (expected "
             f"{PROFILE_SCHEMA_VERSION}); re-run `edvit profile`", file=str(path),
             field="schema_version", value=version)
-    try:
-        return ModelProfile.model_validate(data)
-    except ValidationError as exc:
-        raise_validation_error(exc, str(path))
+    return validate_document(ModelProfile, data, str(path))
 
 
 def builtin_profile(arch: str, *, source: str | None = None) -> ModelProfile:

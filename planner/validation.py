@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import NoReturn, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from planner.errors import InputError
+
+Document = TypeVar("Document", bound=BaseModel)
+
+
+def validate_document(model: type[Document], data: object, source: str,
+                      expected: str = "a mapping") -> Document:
+    """A parsed file (YAML/JSON) validated as `model`, or one InputError naming file and field."""
+    if not isinstance(data, dict):
+        raise InputError(f"expected {expected} at the top level", file=source,
+                         value=type(data).__name__)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise_validation_error(exc, source)
 
 
 def raise_validation_error(exc: ValidationError, source: str) -> NoReturn:

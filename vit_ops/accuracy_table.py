@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
 from planner.profile_schema import ModelProfile
-from planner.progress import ProgressCallback
+from planner.progress import ProgressCallback, phase_progress
 from planner.vit_shape import ViTShape
 from vit_ops.base_model import LoadedBase
 from vit_ops.counts import counts_for_ratio
@@ -199,7 +199,7 @@ def measure_accuracy_table(base: LoadedBase, splits: DataSplits, profile: ModelP
         for index, (size, group) in enumerate(groups):
             label = f"r={ratio:g} g={size} {group}"
             sub = build_one_submodel(base, group, counts, splits, config.materialize, index,
-                                     _within(progress, done, total, label))
+                                     phase_progress(progress, done, total, label))
             mine = val.of_classes(group)
             sub_acc = accuracy(predict(lambda x: sub(x)[0], mine.images),
                                group_labels(mine.labels, group))
@@ -238,16 +238,3 @@ def _base_accuracy(base_logits: torch.Tensor, labels: torch.Tensor, classes: lis
                          field="--data", value=source)
     restricted = group_log_probs(base_logits[mine], classes)
     return accuracy(restricted, group_labels(labels[mine], classes)), n
-
-
-def _within(progress: ProgressCallback | None, done: int, total: int, label: str
-            ) -> ProgressCallback | None:
-    """Scale one sub-model's progress(done, total) into the overall bar (1000 ticks each)."""
-    if progress is None:
-        return None
-
-    def update(inner_done: int, inner_total: int, inner: str = "") -> None:
-        progress(done * 1000 + (1000 * inner_done) // max(inner_total, 1), total * 1000,
-                 f"{label}: {inner}" if inner else label)
-
-    return update

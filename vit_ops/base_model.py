@@ -18,12 +18,12 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
 from planner.files import read_json, write_json_atomic
 from planner.progress import ProgressCallback
-from planner.validation import raise_validation_error
+from planner.validation import validate_document
 from planner.vit_shape import ViTShape
 from vit_ops.architecture import build_vit
 from vit_ops.counts import full_counts
@@ -153,11 +153,7 @@ def load_base(source: str, num_classes: int | None = None,
 
 def _load_base_dir(path: Path, source: str) -> LoadedBase:
     spec_path = path / BASE_SPEC_FILE
-    raw = read_json(spec_path)
-    try:
-        spec = BaseModelSpec.model_validate(raw)
-    except ValidationError as exc:
-        raise_validation_error(exc, str(spec_path))
+    spec = validate_document(BaseModelSpec, read_json(spec_path), str(spec_path))
     model = build_vit(spec.shape, full_counts(spec.shape), device="meta")
     load_weights(model, path / spec.weights)
     return LoadedBase(model=model.eval(), spec=spec, source=source)

@@ -33,11 +33,11 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
 from planner.files import read_json, write_json_atomic
-from planner.validation import raise_validation_error
+from planner.validation import validate_document
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.base_model import BASE_SPEC_FILE, LoadedBase, load_base, load_weights
 from vit_ops.fusion import FusionHead
@@ -187,11 +187,7 @@ def load_manifest(deploy_dir: str | Path) -> DeploymentManifest:
     path = Path(deploy_dir) / MANIFEST_FILE
     if not Path(deploy_dir).is_dir():
         raise InputError("deployment directory not found", file=str(deploy_dir))
-    raw = read_json(path)
-    try:
-        return DeploymentManifest.model_validate(raw)
-    except ValidationError as exc:
-        raise_validation_error(exc, str(path))
+    return validate_document(DeploymentManifest, read_json(path), str(path))
 
 
 def load_device_submodels(deploy_dir: str | Path, device: str) -> list[LoadedSubModel]:
@@ -243,11 +239,7 @@ def _load_entry(deploy_dir: Path, entry: SubModelEntry) -> LoadedSubModel:
 
 
 def _read_spec(path: Path, cls: type[BaseModel]):
-    raw = read_json(path)
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as exc:
-        raise_validation_error(exc, str(path))
+    return validate_document(cls, read_json(path), str(path))
 
 
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",

@@ -135,6 +135,7 @@ def run_train_base(args: argparse.Namespace) -> int:
 def run_materialize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from planner.plan_schema import load_plan
     from vit_ops.materialize import MaterializeConfig, materialize
 
     _positive(args.finetune_epochs, "--finetune-epochs")
@@ -265,24 +266,6 @@ def _int_list(text: str, flag: str) -> list[int]:
         from planner.errors import InputError
 
         raise InputError("expected comma-separated integers", field=flag, value=text) from None
-
-
-def load_plan(path: str):
-    """A plan file, validated (one InputError naming the field otherwise)."""
-    from pydantic import ValidationError
-
-    from planner.errors import InputError
-    from planner.files import read_json
-    from planner.plan_schema import Plan
-    from planner.validation import raise_validation_error
-
-    raw = read_json(path)
-    if not isinstance(raw, dict):
-        raise InputError("expected a JSON object (a plan from 'edvit plan')", file=path)
-    try:
-        return Plan.model_validate(raw)
-    except ValidationError as exc:
-        raise_validation_error(exc, path)
 
 
 def _load_base_for(source: str, plan):
