@@ -212,12 +212,11 @@ class _Run:
         started = time.perf_counter()
         deadline = time.monotonic() + self.config.timeout_s
         n = int(batch.shape[0])
-        posted = []
-        for link in self.live():
-            reply = protocol.reply_buffer(n, link.width)
-            send = dist.isend(batch, dst=link.group_rank, group=link.group)
-            recv = dist.irecv(reply, src=link.group_rank, group=link.group)
-            posted.append((link, send, recv, reply))
+        replies = [(link, protocol.reply_buffer(n, link.width)) for link in self.live()]
+        receives = [dist.irecv(reply, src=link.group_rank, group=link.group)
+                    for link, reply in replies]  # posted first: no reply waits for a buffer
+        posted = [(link, dist.isend(batch, dst=link.group_rank, group=link.group), recv, reply)
+                  for (link, reply), recv in zip(replies, receives)]
         features = torch.zeros(n, self.total_width)
         compute_s = 0.0
         for link, send, recv, reply in posted:

@@ -130,10 +130,14 @@ class LocalFleet:
                 log.error("worker %s (pid %d) did not die", process.name, process.pid)
 
 
+LOCAL_WORKER_NICENESS = 1
+
+
 def _local_worker_main(source: DeploymentSource, rank: int, world_size: int, endpoint: Endpoint,
                        config: RuntimeConfig, log_level: int) -> None:
     """Entry point of a local worker process."""
     _die_with_parent()
+    os.nice(LOCAL_WORKER_NICENESS)
     logging.basicConfig(level=log_level or logging.WARNING,
                         format=f"%(levelname)s rank {rank} %(name)s: %(message)s")
     sys.exit(serve_worker(source, rank, world_size, endpoint, config))
