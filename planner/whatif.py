@@ -136,7 +136,8 @@ def what_if(inventory: Inventory | str | Path, vary: Mapping[str, Iterable[int]]
             target_latency_s: float | None = None, base_dir: str | Path | None = None,
             profile_path: str | Path | None = None, config: SolverConfig | None = None,
             processes: int | None = None, max_scenarios: int | None = None,
-            progress: ProgressCallback | None = None) -> WhatIfResult:
+            progress: ProgressCallback | None = None, source: str | None = None
+            ) -> WhatIfResult:
     """Solve every combination of the varied device counts (see the module docstring).
 
     `vary`: key (device kind or inventory entry name) -> counts, e.g. `range(1, 9)`.
@@ -144,9 +145,10 @@ def what_if(inventory: Inventory | str | Path, vary: Mapping[str, Iterable[int]]
     `config`: time limit and seed per scenario (default: the inventory's); each solve uses one
     CP-SAT worker. `processes`: parallel solves (default: the available cores).
     `max_scenarios`: refuse larger sweeps (InputError). `progress(done, total, label)`.
+    `source`: the inventory's file name for error messages (a path `inventory` names itself).
     """
     started = time.perf_counter()
-    source = "<inventory>"
+    source = source or "<inventory>"
     if not isinstance(inventory, Inventory):
         source = str(inventory)
         base_dir = base_dir if base_dir is not None else Path(inventory).parent

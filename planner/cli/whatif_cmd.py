@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                          base_dir=Path(args.inventory).parent, profile_path=args.profile,
                          config=config, processes=args.processes,
                          max_scenarios=None if args.yes else args.max_scenarios,
-                         progress=progress)
+                         progress=progress, source=args.inventory)
     if out is not None:
         from planner.files import write_text_atomic
 
