@@ -79,6 +79,13 @@ def fusion_latency(problem: Problem, num_submodels: int) -> float:
     return flops / aggregator.flops_per_s
 
 
+def group_similarity(similarity: list[list[int]], groups: list[list[int]] | list[tuple[int, ...]]
+                     ) -> int:
+    """The similarity objective: similarity[i][j] summed over class pairs i < j sharing a group."""
+    return sum(similarity[i][j] for group in groups for a, i in enumerate(group)
+               for j in group[a + 1:])
+
+
 def score_plan(problem: Problem, placements: list[Placement]) -> PlanScore:
     """Score `placements` against `problem`; every broken rule is listed in `violations`."""
     violations: list[str] = []
@@ -149,8 +156,8 @@ def score_plan(problem: Problem, placements: list[Placement]) -> PlanScore:
     similarity = None
     if problem.similarity is not None:
         sim = problem.similarity
-        similarity = sum(sim[i][j] for p in placements for a, i in enumerate(p.classes)
-                         for j in p.classes[a + 1:] if 0 <= i < len(sim) and 0 <= j < len(sim))
+        similarity = group_similarity(
+            sim, [[c for c in p.classes if 0 <= c < len(sim)] for p in placements])
     return PlanScore(
         makespan_s=makespan, fusion_s=fusion_s, device_times_s=device_times, costs=costs,
         memory_sum_bytes=sum(c.mem_bytes for c in costs),

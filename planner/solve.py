@@ -15,7 +15,7 @@ from dataclasses import replace
 import ortools
 
 from planner.binding import find_binding
-from planner.checker import MAKESPAN_REL_TOL, Placement, score_plan, submodel_latency
+from planner.checker import MAKESPAN_REL_TOL, Placement, group_similarity, score_plan
 from planner.cpsat_model import ConfigurationModel, SolverConfig
 from planner.decode import contiguous_classes, group_sizes, place_submodels
 from planner.greedy import greedy_plan
@@ -136,16 +136,12 @@ def _similarity_plan(problem, instance, stage1, cap, config, time_left, proven):
         status, _, _, found = solve_similarity_exact(
             problem, cap, config, time_left, instance.fusion_fixed_units,
             instance.fusion_per_submodel_units, instance.row_capacity, hint=heuristic)
-        if found and _similarity_of(problem, found) >= _similarity_of(problem, heuristic):
+        if found and (group_similarity(problem.similarity, [cls for _, _, cls in found])
+                      >= group_similarity(problem.similarity, [cls for _, _, cls in heuristic])):
             best = found
         exact_proven = status == "optimal"
     placements = [Placement(d, problem.profile[r].ratio, tuple(cls)) for d, r, cls in best]
     return placements, proven and exact_proven
-
-
-def _similarity_of(problem, placements) -> int:
-    sim = problem.similarity
-    return sum(sim[i][j] for _, _, cls in placements for a, i in enumerate(cls) for j in cls[a + 1:])
 
 
 def _report(problem, config, status, makespan, bound, secondary_value, proven, wall):
