@@ -201,23 +201,21 @@ def _ablation_scores(model: nn.Module, images: torch.Tensor, classes: list[int],
         if progress and (done % 16 == 0 or done == units):
             progress(done, units, "importance (exact KL)")
 
-    head_scores, mlp_scores = [], []
-    for b, h in enumerate(heads):
-        scores = torch.zeros(h, dtype=torch.float64)
-        for i in range(h):
-            masks = [m.clone() for m in ones_heads]
-            masks[b][0, i] = 0.0
-            scores[i] = kl_with(masks, ones_mlp, ones_embed)
-            tick()
-        head_scores.append(scores)
-    for b, m in enumerate(mlp):
-        scores = torch.zeros(m, dtype=torch.float64)
-        for i in range(m):
-            masks = [t.clone() for t in ones_mlp]
-            masks[b][0, i] = 0.0
-            scores[i] = kl_with(ones_heads, masks, ones_embed)
-            tick()
-        mlp_scores.append(scores)
+    def per_block_scores(ones: list[torch.Tensor], kl_of) -> list[torch.Tensor]:
+        """KL of removing each unit of each block alone (the other blocks' masks stay ones)."""
+        result = []
+        for b, block_ones in enumerate(ones):
+            scores = torch.zeros(block_ones.shape[1], dtype=torch.float64)
+            for i in range(block_ones.shape[1]):
+                mask = block_ones.clone()
+                mask[0, i] = 0.0
+                scores[i] = kl_of([mask if k == b else o for k, o in enumerate(ones)])
+                tick()
+            result.append(scores)
+        return result
+
+    head_scores = per_block_scores(ones_heads, lambda m: kl_with(m, ones_mlp, ones_embed))
+    mlp_scores = per_block_scores(ones_mlp, lambda m: kl_with(ones_heads, m, ones_embed))
     embed_scores = torch.zeros(embed, dtype=torch.float64)
     for i in range(embed):
         mask = ones_embed.clone()
