@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -115,6 +116,7 @@ def materialize(plan: Plan, base: LoadedBase, splits: DataSplits, out_dir: Path,
     if splits.num_classes != plan.num_classes:
         raise InputError(f"data has {splits.num_classes} classes, the plan {plan.num_classes}",
                          field="--data", value=splits.source)
+    base = named_by_data(base, splits)
     if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
         raise InputError("output exists; pass --force to replace it", field="--out",
                          value=str(out_dir))
@@ -127,6 +129,18 @@ def materialize(plan: Plan, base: LoadedBase, splits: DataSplits, out_dir: Path,
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return manifest
+
+
+def named_by_data(base: LoadedBase, splits: DataSplits) -> LoadedBase:
+    """The base with its class names: a user's checkpoint (no `fit`) carries none, so the data's
+    (an image folder's sub-folders) name them; a trained base must meet data of the same classes."""
+    if base.spec.fit is None:
+        spec = base.spec.model_copy(update={"class_names": list(splits.class_names)})
+        return replace(base, spec=spec)
+    if list(base.spec.class_names) != list(splits.class_names):
+        raise InputError(f"data has classes {splits.class_names}, the base model "
+                         f"{base.spec.class_names}", field="--data", value=splits.source)
+    return base
 
 
 def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneCounts],
