@@ -9,8 +9,6 @@ with the user's own weights; nothing is ever downloaded.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -21,7 +19,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
-from planner.files import read_json, write_json_atomic
+from planner.files import read_json, staged_directory, write_json_atomic
 from planner.progress import ProgressCallback
 from planner.validation import validate_document
 from planner.vit_shape import ViTShape
@@ -97,29 +95,11 @@ def save_base(base: LoadedBase, out_dir: Path, force: bool = False) -> Path:
     if out_dir.exists() and any(out_dir.iterdir()) and not force:
         raise InputError("output directory is not empty; pass --force to replace it",
                          field="--out", value=str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         save_file({k: v.contiguous() for k, v in base.model.state_dict().items()},
                   str(staging / BASE_WEIGHTS_FILE))
         write_json_atomic(staging / BASE_SPEC_FILE, base.spec.model_dump(mode="json"))
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
-
-
-def replace_dir(staging: Path, target: Path) -> None:
-    """Move the finished `staging` directory to `target`, replacing an old one only at the end."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        staging.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        staging.rename(target)
 
 
 def load_base(source: str, num_classes: int | None = None,

@@ -16,8 +16,6 @@ so an existing DEPLOY_DIR is untouched on error and replaced only with `force`.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,10 +23,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from planner.errors import InputError
+from planner.files import staged_directory
 from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
 from planner.vit_shape import PruneCounts, ViTShape
-from vit_ops.base_model import LoadedBase, replace_dir, save_base
+from vit_ops.base_model import LoadedBase, save_base
 from vit_ops.counts import counts_for_ratio
 from vit_ops.data import DataSplits
 from vit_ops.deploy import (
@@ -120,14 +119,8 @@ def materialize(plan: Plan, base: LoadedBase, splits: DataSplits, out_dir: Path,
     if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
         raise InputError("output exists; pass --force to replace it", field="--out",
                          value=str(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as staging:
         manifest = _build(plan, base, splits, counts, staging, config, progress)
-        replace_dir(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 
