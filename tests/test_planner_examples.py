@@ -121,3 +121,14 @@ def test_calibrated_traffic_model_reaches_the_plan(tmp_path):
         v = profile.variant(sm.ratio)
         assert sm.latency.compute_s == pytest.approx(v.flops / 2e10 + v.param_bytes / 5e9)
         assert sm.latency.overhead_s == pytest.approx(12 * 0.001)
+
+
+def test_human_summary_gives_the_secondary_objective_with_its_unit(tmp_path):
+    path = next(p for p in EXAMPLES if p.stem == "pi4-cluster")
+    out = tmp_path / "plan.json"
+    result = edvit("plan", str(path), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(out.read_text())
+    assert plan["solver"]["secondary"] == "memory"
+    mib = plan["solver"]["secondary_value"] / 2**20
+    assert f"memory (sum over sub-models): {mib:.1f} MiB" in result.stdout

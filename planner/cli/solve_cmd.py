@@ -90,7 +90,7 @@ def format_plan(plan) -> str:
         lines.append(f"  greedy baseline {plan.greedy.makespan_s * 1e3:.2f} ms "
                      f"({plan.greedy.makespan_s / plan.makespan_s:.2f}x slower)")
     if s.secondary != "none":
-        lines.append(f"  {s.secondary}: {s.secondary_value}"
+        lines.append(f"  {_secondary_text(s.secondary, s.secondary_value)}"
                      + ("" if s.secondary_proven else " (heuristic, not proven)"))
     lines.append(f"  {'device':<16} {'ratio':>6} {'classes':>8} {'loss':>6} {'latency ms':>11}")
     for sm in plan.submodels:
@@ -99,6 +99,17 @@ def format_plan(plan) -> str:
     if plan.fusion:
         lines.append(f"  fusion on {plan.fusion.device}: {plan.fusion.latency_s * 1e3:.3f} ms")
     return "\n".join(lines)
+
+
+def _secondary_text(name: str, value: float | int | None) -> str:
+    """The secondary objective's value with its unit (see the README's problem format)."""
+    if value is None:
+        return f"{name}: -"
+    if name == "memory":
+        return f"memory (sum over sub-models): {value / 2**20:.1f} MiB"
+    if name == "max_loss":
+        return f"max_loss (worst sub-model): {value:g} pp"
+    return f"{name}: {value:g}"
 
 
 def run(args: argparse.Namespace) -> int:
