@@ -119,7 +119,8 @@ def main() -> None:
               + f"; fusion {results[-1].calibration.fusion_latency_s * 1e3:.3f}; threads: "
               f"aggregator {results[-1].threads.aggregator_threads}, workers "
               f"{sorted(set(results[-1].threads.worker_threads.values()))}, inter-op "
-              f"{sorted(set(results[-1].threads.worker_interop_threads.values()))}")
+              f"{sorted(set(results[-1].threads.worker_interop_threads.values()))}; ratio per "
+              f"run: " + " ".join(f"{r.calibration.latency_ratio:.2f}" for r in results))
     print(f"1 intra-op thread per worker and on the aggregator. target: e2e / (slowest sub-model "
           f"alone + fusion) <= {TARGET_RATIO}; 'in-run' = slowest worker's compute inside the "
           f"run; 'overhd' = e2e - crit; 'floor' = the best ratio {os.cpu_count()} cores allow for "
