@@ -44,3 +44,29 @@ def test_serving_the_demo_gives_the_fused_models_predictions(demo):
          str(n), "--json", "--timeout", "60"], capture_output=True, text=True, timeout=300)
     assert served.returncode == 0, served.stderr
     assert json.loads(served.stdout)["predictions"] == json.loads(evaluated.stdout)["predictions"]
+
+
+def test_calibrated_serve_reports_the_plans_prediction_beside_each_device(demo):
+    from planner.cli.runtime_cmd import format_result
+    from vit_ops.runtime import ServeResult
+
+    out, _ = demo
+    plan = json.loads((out / "plan.json").read_text())
+    planned: dict[str, float] = {}
+    for sm in plan["submodels"]:
+        latency = sm["latency"]
+        planned[sm["device"]] = planned.get(sm["device"], 0.0) + latency["compute_s"] + latency[
+            "overhead_s"]
+    served = subprocess.run(
+        [sys.executable, "-m", "planner.cli", "serve", str(out / "deploy"), "--local", "--images",
+         "8", "--json", "--calibrate", "--timeout", "60"], capture_output=True, text=True,
+        timeout=300)
+    assert served.returncode == 0, served.stderr
+    result = ServeResult.model_validate_json(served.stdout)
+    calibration = result.calibration
+    assert calibration.planned_device_s == pytest.approx(planned, rel=1e-12)
+    assert set(calibration.alone_latency_s) == set(planned)
+    text = format_result(result)
+    for device, seconds in planned.items():
+        measured = calibration.alone_latency_s[device]
+        assert f"{device} {measured * 1e3:.2f} ({seconds * 1e3:.2f})" in text

@@ -80,6 +80,7 @@ def test_checkpoint_and_image_folder_through_materialize_evaluate_and_serve(user
     with torch.no_grad():
         assert torch.equal(base.model(x), model(x))  # the user's weights, unchanged
     assert all(e.params < manifest.base_params for e in manifest.submodels)
+    assert all(e.planned_device_s is None for e in manifest.submodels)  # a plan without costs
 
     code, out, err = _cli(capsys, "evaluate", str(deploy), "--data", str(root / "images"),
                           "--json", "--no-latency", "--predictions", "5")

@@ -97,6 +97,9 @@ class SubModelEntry(_Strict):
     dir: str = Field(description="relative to the deployment directory")
     params: int
     predicted_params: int | None
+    planned_device_s: float | None = Field(
+        default=None, description="the plan's predicted seconds of this sub-model on its device "
+        "for one image (compute + per-call overhead, not sending its features)")
 
 
 class DeploymentManifest(_Strict):

@@ -124,6 +124,13 @@ def materialize(plan: Plan, base: LoadedBase, splits: DataSplits, out_dir: Path,
     return manifest
 
 
+def _planned_device_s(plan: Plan, sm: SubModelPlan) -> float | None:
+    """The solver's predicted time of `sm` on its device; None for a plan without costs (by hand)."""
+    if plan.makespan_s is None:
+        return None
+    return sm.latency.compute_s + sm.latency.overhead_s
+
+
 def named_by_data(base: LoadedBase, splits: DataSplits) -> LoadedBase:
     """The base with its class names: a user's checkpoint (no `fit`) carries none, so the data's
     (an image folder's sub-folders) name them; a trained base must meet data of the same classes."""
@@ -171,7 +178,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
         submodels.append(sub)
         entries.append(SubModelEntry(index=i, device=sm.device, classes=sm.classes,
                                      dir=str(directory.relative_to(staging)), params=params,
-                                     predicted_params=sm.params))
+                                     predicted_params=sm.params,
+                                     planned_device_s=_planned_device_s(plan, sm)))
     phase = phase_progress(progress, phases - 1, phases, "fusion head")
     if phase:
         phase(0, 1)

@@ -157,6 +157,11 @@ def _report(result, as_json: bool) -> None:
     print(format_result(result))
 
 
+def _alone_text(device: str, alone_s: float, planned_s: float | None) -> str:
+    planned = f" ({planned_s * 1e3:.2f})" if planned_s is not None else ""
+    return f"{device} {alone_s * 1e3:.2f}{planned}"
+
+
 def format_result(result) -> str:
     """A short human-readable summary of a `ServeResult`."""
     shown = " ".join(str(p) for p in result.predictions[:PREDICTIONS_SHOWN])
@@ -179,6 +184,9 @@ def format_result(result) -> str:
         c = result.calibration
         lines.append(f"  critical path (slowest sub-model alone + fusion) {c.critical_path_s * 1e3:.2f}"
                      f" ms; end-to-end / critical path = {c.latency_ratio:.2f}")
+        lines.append("  each device alone, ms (the plan's prediction for its device kind): "
+                     + ", ".join(_alone_text(d, s, c.planned_device_s.get(d))
+                                 for d, s in c.alone_latency_s.items()))
     for failure in result.failed_devices:
         lines.append(f"  FAILED {failure.device} (rank {failure.rank}): {failure.reason}; "
                      f"predictions from image {failure.at_image or 0} on are marked degraded")

@@ -314,8 +314,10 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
     outside = sum(max(t - c - f, 0.0) for t, c, f in
                   zip(timings.latency_s, timings.compute_s, timings.fusion_s))
     if calibration is not None:
+        planned = source.planned_device_s() if hasattr(source, "planned_device_s") else {}
         calibration = calibration.model_copy(
-            update={"latency_ratio": median_s / calibration.critical_path_s})
+            update={"latency_ratio": median_s / calibration.critical_path_s,
+                    "planned_device_s": planned})
     label_list = [int(v) for v in labels]
     workers = [joined[rank] for rank in sorted(joined)]
     return ServeResult(

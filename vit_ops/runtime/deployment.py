@@ -58,6 +58,16 @@ class VitOpsDeployment:
         loaded = deploy.load_device_submodels(self.deploy_dir, device)
         return DeviceExtractor([s.module for s in sorted(loaded, key=lambda s: s.index)]).eval()
 
+    def planned_device_s(self) -> dict[str, float]:
+        """device -> the plan's predicted seconds per image there (sum over its sub-models); empty
+        for deployments materialised before plans' latencies were recorded."""
+        planned: dict[str, float] = {}
+        for entry in self.manifest.submodels:
+            if entry.planned_device_s is None:
+                return {}
+            planned[entry.device] = planned.get(entry.device, 0.0) + entry.planned_device_s
+        return planned
+
     def load_fusion(self) -> nn.Module:
         return deploy.load_fusion(self.deploy_dir).module
 

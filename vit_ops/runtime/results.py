@@ -84,6 +84,9 @@ class Calibration(_Strict):
     fusion_latency_s: float
     critical_path_s: float = Field(description="max(alone_latency_s) + fusion_latency_s")
     latency_ratio: float = Field(description="median end-to-end latency / critical_path_s")
+    planned_device_s: dict[str, float] = Field(
+        default_factory=dict, description="device -> the plan's predicted seconds for one image on "
+        "the device kind it was planned for, where the deployment records it")
 
 
 class ServeResult(_Strict):

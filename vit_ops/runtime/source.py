@@ -5,7 +5,9 @@ A `DeploymentSource` says which sub-model feature slots the fusion head reads, i
 (B, C, H, W) float32 -> features (B, sum of that device's slot widths), in slot order), loads the
 fusion head (`load_fusion()`: (B, sum of all widths) -> (B, num_classes) logits), gives the input
 shape (`image_shape()`: C, H, W) and hands out the first N held-out images with their labels
-(`eval_images(n)`: float32 (N, C, H, W), int64 (N,); an InputError when fewer exist). Sources must be picklable: the local
+(`eval_images(n)`: float32 (N, C, H, W), int64 (N,); an InputError when fewer exist). A source may
+also offer `planned_device_s()` (device -> the plan's predicted seconds per image), which a
+calibrated run reports beside the measured ones. Sources must be picklable: the local
 launcher sends the source itself to every worker process, and each loads only its own device.
 
 `vit_ops.runtime.deployment.VitOpsDeployment` adapts a deployment directory written by
