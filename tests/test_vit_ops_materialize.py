@@ -14,7 +14,7 @@ from planner.vit_shape import ViTShape
 from vit_ops.base_model import load_base, save_base, train_base
 from vit_ops.data import load_data
 from vit_ops.demo import manual_plan
-from vit_ops.deploy import (load_device_submodels, load_fusion, load_manifest, load_submodel)
+from vit_ops.deploy import (load_device_submodels, load_fusion, load_submodel)
 from vit_ops.evaluate import evaluate_deployment, fused_predict
 from vit_ops.materialize import MaterializeConfig, materialize
 from vit_ops.training import FitConfig
