@@ -2,7 +2,8 @@
 
 Settings: the digits deployment (`edvit demo`: sub-models of about 0.5 ms) at batch 1 and 16, and a
 `SyntheticDeployment` of four random-weight ViT-B/16 sub-models at keep ratio 0.25 (ED-ViT's
-scale: tens of milliseconds each) at batch 1. For each setting the fleet is started, every sub-model is first timed alone (one device at a time,
+scale: tens of milliseconds each) at batch 1; both at batch 1 also with the workers' onnxruntime
+engine ("ORT"; the alone timings then use it too). For each setting the fleet is started, every sub-model is first timed alone (one device at a time,
 the others idle, torch.utils.benchmark with the worker's threads pinned) and the fusion head on the
 aggregator, then N held-out images are served. Columns (medians over repeats, spread = max - min):
 end-to-end latency per request (median of the run), the critical path (slowest sub-model alone +
@@ -50,9 +51,10 @@ def demo_deployment() -> Path:
     return deploy
 
 
-def run_setting(source: DeploymentSource, images: int, repeats: int, threads: int, batch: int
-                ) -> list[ServeResult]:
-    config = RuntimeConfig(timeout_s=120, threads=threads, batch_size=batch, calibrate=True)
+def run_setting(source: DeploymentSource, images: int, repeats: int, threads: int, batch: int,
+                engine: str) -> list[ServeResult]:
+    config = RuntimeConfig(timeout_s=120, threads=threads, batch_size=batch, calibrate=True,
+                           engine=engine)
     return [serve_local(source, images, config) for _ in range(repeats)]
 
 
@@ -106,13 +108,15 @@ def main() -> None:
               f"{'img/s':>8} {'spread':<7} {'comm':>5} {'spread':<5}")
     print(header)
     print("-" * len(header))
-    settings = [("digits, batch 1", digits, args.images, 1),
-                ("digits, batch 16", digits, args.images, 16)]
+    settings = [("digits, batch 1", digits, args.images, 1, "torch"),
+                ("digits, batch 16", digits, args.images, 16, "torch"),
+                ("digits, batch 1, ORT", digits, args.images, 1, "onnxruntime")]
     if not args.skip_vit:
-        settings.append(("ViT-B r=0.25, batch 1", vit_b, args.vit_images, 1))
+        settings += [("ViT-B r=0.25, batch 1", vit_b, args.vit_images, 1, "torch"),
+                     ("ViT-B r=0.25, batch 1, ORT", vit_b, args.vit_images, 1, "onnxruntime")]
     threads = 1
-    for label, source, images, batch in settings:
-        results = run_setting(source, images, args.repeats, threads, batch)
+    for label, source, images, batch, engine in settings:
+        results = run_setting(source, images, args.repeats, threads, batch, engine)
         print(table_row(label, results), flush=True)
         alone = results[-1].calibration.alone_latency_s
         print(f"{'':<26} alone ms: " + ", ".join(f"{d} {s * 1e3:.3f}" for d, s in alone.items())

@@ -274,11 +274,13 @@ def _evaluate_predictions(deploy: Path, n: int) -> list[int]:
     return evaluation.predictions
 
 
-def test_serve_cli_on_digits_equals_edvit_evaluate(digits_deployment, capsys):
+@pytest.mark.parametrize("engine", ["torch", "onnxruntime"])
+def test_serve_cli_on_digits_equals_edvit_evaluate(digits_deployment, capsys, engine):
     code = cli_main(["serve", str(digits_deployment), "--local", "--images", "30", "--json",
-                     "--timeout", "20"])
+                     "--timeout", "20", "--engine", engine])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["engine"] == engine
     assert result["predictions"] == _evaluate_predictions(digits_deployment, 30)
     assert len(result["workers"]) == 3 and result["status"] == "ok"
     assert set(result["threads"]["worker_threads"].values()) == {1}

@@ -54,6 +54,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per worker process (default 1)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="B",
                         help="images per request (default 1: latency per image)")
+    parser.add_argument("--engine", choices=["torch", "onnxruntime"], default="torch",
+                        help="what runs each worker's sub-model(s): eager PyTorch (default) or "
+                             "their graph exported to onnxruntime at load (checked against it)")
     parser.add_argument("--degraded", action="store_true",
                         help="go on without a failed device (zeros in its slot), marking "
                              "every prediction made so")
@@ -77,7 +80,8 @@ def _config(args: argparse.Namespace):
         raise InputError("must be > 0", field="--join-timeout", value=args.join_timeout)
     return RuntimeConfig(timeout_s=args.timeout, join_timeout_s=args.join_timeout,
                          threads=args.threads, batch_size=args.batch_size,
-                         degraded=args.degraded, calibrate=args.calibrate)
+                         degraded=args.degraded, calibrate=args.calibrate,
+                         engine=args.engine)
 
 
 def _exit_on_sigterm() -> None:
@@ -176,7 +180,7 @@ def format_result(result) -> str:
         f" throughput {result.throughput_images_per_s:.1f} images/s",
         f"  communication share {result.communication_share:.2f} (slowest worker's compute "
         f"{result.compute_median_s * 1e3:.2f} ms, fusion {result.fusion_median_s * 1e3:.2f} ms)",
-        f"  threads: aggregator {result.threads.aggregator_threads}, workers "
+        f"  engine {result.engine}; threads: aggregator {result.threads.aggregator_threads}, workers "
         + ", ".join(f"{d}={t}" for d, t in workers.items())
         + f" (this host has {result.threads.aggregator_host_cores} cores)",
     ]

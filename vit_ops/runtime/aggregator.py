@@ -325,6 +325,7 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
         deployment=source.name,
         num_images=len(predictions),
         batch_size=config.batch_size,
+        engine=config.engine,
         predictions=predictions,
         labels=label_list,
         accuracy=sum(p == t for p, t in zip(predictions, label_list)) / len(predictions),

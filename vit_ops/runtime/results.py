@@ -38,6 +38,9 @@ class RuntimeConfig(_Strict):
                            description="keep fusing without a failed device (zeros in its slot)")
     calibrate: bool = Field(default=False,
                             description="time every sub-model alone (one device at a time) first")
+    engine: Literal["torch", "onnxruntime"] = Field(
+        default="torch", description="what runs each worker's sub-model(s): eager PyTorch, or "
+        "their graph exported to onnxruntime at load (see vit_ops.runtime.engine)")
 
 
     @property
@@ -97,6 +100,7 @@ class ServeResult(_Strict):
     deployment: str
     num_images: int
     batch_size: int
+    engine: str = Field(default="torch", description="what ran the workers' sub-models")
     predictions: list[int] = Field(description="predicted class of the first N held-out images")
     labels: list[int] = Field(description="true class of the same images")
     accuracy: float = Field(description="0..1 over the served images")

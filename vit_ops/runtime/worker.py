@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 from planner.errors import InputError
 from vit_ops.runtime import protocol
+from vit_ops.runtime.engine import Extractor, prepare_extractor
 from vit_ops.runtime.rendezvous import (Endpoint, announce_failed, announce_joined, close_links,
                                         connect_links, open_store, wait_for_verdict)
 from vit_ops.runtime.results import RuntimeConfig, WorkerInfo
@@ -57,7 +58,7 @@ def serve_worker(source: DeploymentSource, rank: int, world_size: int, endpoint:
     store = open_store(endpoint, rank, world_size, idle_s)
     width = feature_width(source.slots(), device)
     try:
-        model = _load_checked(source, device, width)
+        model = _load_checked(source, device, width, config, threads)
     except Exception as exc:  # any load failure is reported to the aggregator, then raised
         announce_failed(store, rank, f"{exc.__class__.__name__}: {exc}")
         raise
@@ -81,19 +82,22 @@ def serve_worker(source: DeploymentSource, rank: int, world_size: int, endpoint:
     return 0
 
 
-def _load_checked(source: DeploymentSource, device: str, width: int) -> torch.nn.Module:
-    """Load the device's extractor and check its feature width on one blank image."""
+def _load_checked(source: DeploymentSource, device: str, width: int, config: RuntimeConfig,
+                  threads: int) -> Extractor:
+    """Load the device's extractor, check its feature width on one blank image, and hand it to
+    the configured engine (which checks its own output against the model's)."""
     model = source.load_worker(device).eval()
+    example = torch.zeros(1, *source.image_shape())
     with torch.no_grad():
-        out = model(torch.zeros(1, *source.image_shape()))
+        out = model(example)
     if tuple(out.shape) != (1, width):
         raise ValueError(f"extractor of {device} gives features of shape {tuple(out.shape)}, "
                          f"the fusion head expects (1, {width})")
-    return model
+    return prepare_extractor(model, example, config.engine, threads)
 
 
 @torch.no_grad()
-def _answer_requests(model: torch.nn.Module, link: dist.ProcessGroup, width: int,
+def _answer_requests(model: Extractor, link: dist.ProcessGroup, width: int,
                      threads: int) -> None:
     """The worker side of `protocol`: header, optional calibration, requests, bye."""
     header_buf = protocol.empty_header()
