@@ -3,10 +3,10 @@
 An edge device usually runs an exported graph: at batch 1 eager PyTorch spends most of a small
 sub-model's time in per-module Python dispatch, which onnxruntime does not have (on this host the
 digits sub-models take 0.41 ms eager and 0.07 ms in onnxruntime, `benchmarks/runtime_bench.py`).
-With `engine="onnxruntime"` the worker exports the extractor it loaded (whatever the deployment source) to ONNX in memory,
-opens a CPU session pinned to the worker's threads, and checks it against PyTorch on the load-check
-image before joining, so a graph that does not reproduce the model never serves. Transport stays
-torch.distributed either way.
+With `engine="onnxruntime"` the worker exports the extractor it loaded (whatever the deployment
+source) to ONNX in memory, opens a CPU session pinned to the worker's threads, and checks it
+against PyTorch on the load-check image before joining, so a graph that does not reproduce the
+model never serves. Transport stays torch.distributed either way.
 """
 
 from __future__ import annotations
