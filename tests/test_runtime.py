@@ -280,7 +280,7 @@ def test_serve_cli_on_digits_equals_edvit_evaluate(digits_deployment, capsys, en
                      "--timeout", "20", "--engine", engine])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["engine"] == engine
+    assert result["engine"] == engine and {w["engine"] for w in result["workers"]} == {engine}
     assert result["predictions"] == _evaluate_predictions(digits_deployment, 30)
     assert len(result["workers"]) == 3 and result["status"] == "ok"
     assert set(result["threads"]["worker_threads"].values()) == {1}

@@ -325,7 +325,7 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
         deployment=source.name,
         num_images=len(predictions),
         batch_size=config.batch_size,
-        engine=config.engine,
+        engine=_engine_of(workers, config.engine),
         predictions=predictions,
         labels=label_list,
         accuracy=sum(p == t for p, t in zip(predictions, label_list)) / len(predictions),
@@ -346,6 +346,11 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
         failed_devices=failures,
         calibration=calibration,
     )
+
+
+def _engine_of(workers: list[WorkerInfo], default: str) -> str:
+    engines = {w.engine for w in workers}
+    return engines.pop() if len(engines) == 1 else ("mixed" if engines else default)
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

@@ -68,6 +68,7 @@ class WorkerInfo(_Strict):
     threads: int = Field(description="torch.get_num_threads() after pinning")
     interop_threads: int
     feature_dim: int
+    engine: str = Field(default="torch", description="what runs its sub-model(s)")
 
 
 class ThreadSettings(_Strict):
@@ -100,7 +101,8 @@ class ServeResult(_Strict):
     deployment: str
     num_images: int
     batch_size: int
-    engine: str = Field(default="torch", description="what ran the workers' sub-models")
+    engine: str = Field(default="torch", description="what ran the workers' sub-models, as they "
+                        "reported it ('mixed' when nodes of a fleet were started differently)")
     predictions: list[int] = Field(description="predicted class of the first N held-out images")
     labels: list[int] = Field(description="true class of the same images")
     accuracy: float = Field(description="0..1 over the served images")

@@ -64,7 +64,7 @@ def serve_worker(source: DeploymentSource, rank: int, world_size: int, endpoint:
         raise
     announce_joined(store, WorkerInfo(device=device, rank=rank, host=socket.gethostname(),
                                       pid=os.getpid(), threads=threads, interop_threads=interop,
-                                      feature_dim=width))
+                                      feature_dim=width, engine=config.engine))
     log.info("rank %d (%s) joined: %d threads, feature width %d", rank, device, threads, width)
     verdict = wait_for_verdict(store, rank, idle_s)
     if verdict is None:
