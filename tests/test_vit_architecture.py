@@ -58,9 +58,13 @@ def test_shape_for_arch_img_size():
 
 def test_shape_for_arch_bad_input():
     with pytest.raises(InputError) as err:
-        shape_for_arch("resnet50", 10)
+        shape_for_arch("no_such_model", 10)
     assert err.value.field == "arch"
     assert all(a in err.value.message for a in SUPPORTED_ARCHS)
+    for other in ("resnet50", "eva02_tiny_patch14_224"):
+        with pytest.raises(InputError, match="not a timm VisionTransformer") as err:
+            shape_for_arch(other, 10)
+        assert err.value.field == "arch" and err.value.value == other
     with pytest.raises(InputError) as err:
         shape_for_arch("vit_tiny_patch16_224", 10, img_size=100)
     assert err.value.field == "img_size"
@@ -164,3 +168,29 @@ def test_counts_must_fit_shape():
     short = PruneCounts(embed_dim=192, head_dim=64, heads=[3] * 11, mlp_hidden=[768] * 11)
     with pytest.raises(InputError):
         build_vit(shape, short, device="meta")
+
+
+@pytest.mark.parametrize("arch,img", [("deit_tiny_patch16_224", 32), ("vit_small_patch32_224", 64),
+                                      ("vit_base_patch16_384", None)])
+def test_other_plain_vits_are_supported_and_rebuilt_exactly(arch, img):
+    shape = shape_for_arch(arch, 5, img_size=img)
+    assert shape.arch == arch and shape.num_classes == 5
+    torch.manual_seed(0)
+    theirs = timm.create_model(arch, pretrained=False, num_classes=5,
+                               **({"img_size": img} if img else {})).eval()
+    ours = build_vit(shape, full_counts(shape), device="cpu").eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # a user's checkpoint loads as is
+    x = torch.randn(1, 3, shape.img_size, shape.img_size)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+
+
+@pytest.mark.parametrize("arch,what", [
+    ("vit_base_patch16_clip_224", "norm_pre"),          # pre-norm before the blocks
+    ("deit3_small_patch16_224", "ls1.gamma"),           # layer scale
+    ("deit_base_distilled_patch16_224", "dist_token"),  # distillation token and head
+])
+def test_vits_with_other_modules_are_refused_naming_what_differs(arch, what):
+    with pytest.raises(InputError, match="not a standard ViT") as err:
+        shape_for_arch(arch, 10)
+    assert err.value.field == "arch" and what in err.value.message

@@ -10,6 +10,8 @@ from __future__ import annotations
 from planner.errors import InputError
 from planner.vit_shape import ViTShape
 
+# The standard ViTs edvit ships built-in profiles for (`python -m profiler.builtin`); any other timm
+# architecture that `build_vit` rebuilds exactly (DeiT, other patch sizes or resolutions) works too.
 SUPPORTED_ARCHS = (
     "vit_tiny_patch16_224",
     "vit_small_patch16_224",
@@ -21,30 +23,67 @@ SUPPORTED_ARCHS = (
 def shape_for_arch(arch: str, num_classes: int, img_size: int | None = None) -> ViTShape:
     """Shape of timm architecture `arch` with a `num_classes`-way head at `img_size` pixels.
 
-    `img_size=None` keeps the architecture's native resolution (224). Raises `InputError` for an
-    architecture outside `SUPPORTED_ARCHS`, a class count below 1, or an image size the patch size
-    does not divide (timm would silently drop the border pixels).
+    `arch` is any timm model name whose model `vit_ops.architecture.build_vit` rebuilds exactly
+    (the standard ViTs and DeiTs at any patch size and resolution; checked by `check_rebuildable`).
+    `img_size=None` keeps the architecture's native resolution. Raises `InputError` for another
+    architecture, a class count below 1, or an image size the patch size does not divide (timm
+    would silently drop the border pixels).
     """
-    import timm
-
-    if arch not in SUPPORTED_ARCHS:
-        raise InputError(f"unknown architecture; supported: {', '.join(SUPPORTED_ARCHS)}",
-                         field="arch", value=arch)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise InputError("number of classes must be a positive integer", field="num_classes",
                          value=num_classes)
-    kwargs = {"pretrained": False, "num_classes": num_classes, "device": "meta",
-              "weight_init": "skip"}
+    kwargs = {"num_classes": num_classes}
     if img_size is not None:
         if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
             raise InputError("image size must be a positive integer", field="img_size",
                              value=img_size)
-        patch = timm.create_model(arch, **kwargs).patch_embed.patch_size[0]
+        patch = _meta_model(arch, **kwargs).patch_embed.patch_size[0]
         if img_size % patch:
             raise InputError(f"image size is not divisible by the patch size {patch}",
                              field="img_size", value=img_size)
         kwargs["img_size"] = img_size
-    return shape_of_model(timm.create_model(arch, **kwargs), arch=arch)
+    model = _meta_model(arch, **kwargs)
+    shape = shape_of_model(model, arch=arch)
+    check_rebuildable(model, shape)
+    return shape
+
+
+def check_rebuildable(model, shape: ViTShape) -> None:
+    """`build_vit(shape)` must be `model`: the same parameters and the same modules (layer types,
+    norms, activations), or pruning would slice weights into a different network."""
+    from vit_ops.architecture import build_vit
+    from vit_ops.counts import full_counts
+
+    rebuilt = build_vit(shape, full_counts(shape), device="meta")
+    ours = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if ours != theirs or repr(rebuilt) != repr(model):
+        extra = sorted(set(theirs) - set(ours))
+        detail = f" (it has {', '.join(extra[:3])})" if extra else ""
+        raise InputError("not a standard ViT that edvit can prune: its modules differ from "
+                         f"timm's plain VisionTransformer{detail}; supported are the ViTs and "
+                         f"DeiTs such as {', '.join(SUPPORTED_ARCHS)}, deit_small_patch16_224",
+                         field="arch", value=shape.arch)
+
+
+def _meta_model(arch: str, **kwargs):
+    """timm's model `arch` on the meta device (no weights, no download)."""
+    import timm
+
+    if not isinstance(arch, str) or not timm.is_model(arch):
+        raise InputError(f"not a timm architecture; e.g. {', '.join(SUPPORTED_ARCHS)}",
+                         field="arch", value=arch)
+    try:
+        model = timm.create_model(arch, pretrained=False, device="meta", weight_init="skip",
+                                  **kwargs)
+    except TypeError:  # a model family without ViT's init options: not a ViT
+        raise InputError("not a timm VisionTransformer", field="arch", value=arch) from None
+    from timm.models.vision_transformer import VisionTransformer
+
+    if not isinstance(model, VisionTransformer):
+        raise InputError(f"not a timm VisionTransformer ({type(model).__name__})", field="arch",
+                         value=arch)
+    return model
 
 
 def shape_of_model(model, arch: str | None = None) -> ViTShape:
@@ -72,7 +111,11 @@ def shape_of_model(model, arch: str | None = None) -> ViTShape:
         raise InputError("model has no classifier head (num_classes=0)", field="num_classes",
                          value=model.num_classes)
     blocks = list(model.blocks)
-    per_block = {(b.attn.num_heads, b.attn.head_dim, b.mlp.fc1.out_features) for b in blocks}
+    try:
+        per_block = {(b.attn.num_heads, b.attn.head_dim, b.mlp.fc1.out_features) for b in blocks}
+    except AttributeError:
+        raise InputError("blocks are not standard ViT blocks (attention + MLP)", field="model",
+                         value=label) from None
     if len(per_block) != 1:
         raise InputError("blocks differ in heads or MLP width (a pruned model?); "
                          "a ViTShape describes a uniform model", field="model", value=label)
