@@ -15,7 +15,7 @@ from pathlib import Path
 from planner.files import write_json_atomic
 from planner.profile_schema import ModelProfile
 from profiler.model_profile import ProgressCallback, profile_model
-from vit_ops.shapes import SUPPORTED_ARCHS, shape_for_arch
+from vit_ops.shapes import BUILTIN_PROFILE_ARCHS, shape_for_arch
 
 BUILTIN_RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
 BUILTIN_NUM_CLASSES = 1000
@@ -34,7 +34,7 @@ def write_builtin_profiles(archs: list[str] | None = None, directory: Path = BUI
                            ) -> list[Path]:
     """Compute and write `<directory>/<arch>.json` for each arch (default: all supported)."""
     written = []
-    for arch in archs or SUPPORTED_ARCHS:
+    for arch in archs or BUILTIN_PROFILE_ARCHS:
         path = directory / f"{arch}.json"
         write_json_atomic(path, builtin_profile_for(arch).model_dump(mode="json"))
         logger.info("wrote %s", path)
@@ -45,12 +45,12 @@ def write_builtin_profiles(archs: list[str] | None = None, directory: Path = BUI
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("archs", nargs="*", metavar="ARCH",
-                        help=f"default: all of {', '.join(SUPPORTED_ARCHS)}")
+                        help=f"default: all of {', '.join(BUILTIN_PROFILE_ARCHS)}")
     parser.add_argument("--dir", type=Path, default=BUILTIN_DIR, help="output directory")
     args = parser.parse_args(argv)
-    unknown = [arch for arch in args.archs if arch not in SUPPORTED_ARCHS]
+    unknown = [arch for arch in args.archs if arch not in BUILTIN_PROFILE_ARCHS]
     if unknown:
-        parser.error(f"unknown arch {unknown[0]!r}; supported: {', '.join(SUPPORTED_ARCHS)}")
+        parser.error(f"unknown arch {unknown[0]!r}; supported: {', '.join(BUILTIN_PROFILE_ARCHS)}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     write_builtin_profiles(args.archs or None, args.dir)
     return 0

@@ -11,7 +11,7 @@ from planner.errors import InputError
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.architecture import build_vit
 from vit_ops.counts import counts_for_ratio, full_counts
-from vit_ops.shapes import SUPPORTED_ARCHS, shape_for_arch, shape_of_model
+from vit_ops.shapes import BUILTIN_PROFILE_ARCHS, shape_for_arch, shape_of_model
 
 
 def _expected_params(img: int, patch: int, chans: int, embed: int, head_dim: int,
@@ -60,7 +60,7 @@ def test_shape_for_arch_bad_input():
     with pytest.raises(InputError) as err:
         shape_for_arch("no_such_model", 10)
     assert err.value.field == "arch"
-    assert all(a in err.value.message for a in SUPPORTED_ARCHS)
+    assert all(a in err.value.message for a in BUILTIN_PROFILE_ARCHS)
     for other in ("resnet50", "eva02_tiny_patch14_224"):
         with pytest.raises(InputError, match="not a timm VisionTransformer") as err:
             shape_for_arch(other, 10)
@@ -80,7 +80,7 @@ def test_shape_of_custom_model():
                              depth=3, num_heads=2, head_dim=32, mlp_hidden=128, num_classes=10)
 
 
-@pytest.mark.parametrize("arch", SUPPORTED_ARCHS)
+@pytest.mark.parametrize("arch", BUILTIN_PROFILE_ARCHS)
 def test_full_counts_match_timm(arch):
     shape = shape_for_arch(arch, 1000)
     ours = build_vit(shape, full_counts(shape), device="meta")
@@ -191,6 +191,6 @@ def test_other_plain_vits_are_supported_and_rebuilt_exactly(arch, img):
     ("deit_base_distilled_patch16_224", "dist_token"),  # distillation token and head
 ])
 def test_vits_with_other_modules_are_refused_naming_what_differs(arch, what):
-    with pytest.raises(InputError, match="not a standard ViT") as err:
+    with pytest.raises(InputError, match="not a plain ViT") as err:
         shape_for_arch(arch, 10)
     assert err.value.field == "arch" and what in err.value.message

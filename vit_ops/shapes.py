@@ -10,9 +10,9 @@ from __future__ import annotations
 from planner.errors import InputError
 from planner.vit_shape import ViTShape
 
-# The standard ViTs edvit ships built-in profiles for (`python -m profiler.builtin`); any other timm
+# The ViTs edvit ships built-in profiles for (`python -m profiler.builtin`); any other timm
 # architecture that `build_vit` rebuilds exactly (DeiT, other patch sizes or resolutions) works too.
-SUPPORTED_ARCHS = (
+BUILTIN_PROFILE_ARCHS = (
     "vit_tiny_patch16_224",
     "vit_small_patch16_224",
     "vit_base_patch16_224",
@@ -60,9 +60,9 @@ def check_rebuildable(model, shape: ViTShape) -> None:
     if ours != theirs or repr(rebuilt) != repr(model):
         extra = sorted(set(theirs) - set(ours))
         detail = f" (it has {', '.join(extra[:3])})" if extra else ""
-        raise InputError("not a standard ViT that edvit can prune: its modules differ from "
-                         f"timm's plain VisionTransformer{detail}; supported are the ViTs and "
-                         f"DeiTs such as {', '.join(SUPPORTED_ARCHS)}, deit_small_patch16_224",
+        raise InputError("not a plain ViT that edvit can prune: its modules differ from timm's "
+                         f"VisionTransformer{detail}; plain ViTs and DeiTs such as "
+                         "vit_base_patch16_224 or deit_small_patch16_224 are supported",
                          field="arch", value=shape.arch)
 
 
@@ -71,7 +71,7 @@ def _meta_model(arch: str, **kwargs):
     import timm
 
     if not isinstance(arch, str) or not timm.is_model(arch):
-        raise InputError(f"not a timm architecture; e.g. {', '.join(SUPPORTED_ARCHS)}",
+        raise InputError(f"not a timm architecture; e.g. {', '.join(BUILTIN_PROFILE_ARCHS)}",
                          field="arch", value=arch)
     try:
         model = timm.create_model(arch, pretrained=False, device="meta", weight_init="skip",
