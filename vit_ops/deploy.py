@@ -162,20 +162,26 @@ def save_manifest(deploy_dir: Path, manifest: DeploymentManifest) -> None:
     write_json_atomic(deploy_dir / MANIFEST_FILE, manifest.model_dump(mode="json"))
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]
-                ) -> float:
-    """Export `module` (batch axis dynamic) and return max |torch - onnxruntime| on `example`."""
+def write_onnx(module: nn.Module, example: torch.Tensor, target, output_names: list[str]) -> None:
+    """Export `module` to ONNX with the graph input "input" and the batch axis dynamic; `target` is
+    a file path or a binary buffer (the runtime's in-memory export)."""
     import warnings
-
-    import numpy as np
-    import onnxruntime as ort
 
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+        torch.onnx.export(module, (example,), target, dynamo=False, opset_version=ONNX_OPSET,
                           input_names=["input"], output_names=output_names,
                           dynamic_axes={name: {0: "batch"} for name in ["input", *output_names]})
+
+
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]
+                ) -> float:
+    """Export `module` (batch axis dynamic) and return max |torch - onnxruntime| on `example`."""
+    import numpy as np
+    import onnxruntime as ort
+
+    write_onnx(module, example, str(path), output_names)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"input": example.numpy()})
     with torch.no_grad():
@@ -248,4 +254,4 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
            "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
-           "save_submodel", "save_fusion", "save_manifest", "export_onnx", "submodel_dir_name"]
+           "save_submodel", "save_fusion", "save_manifest", "write_onnx", "export_onnx", "submodel_dir_name"]

@@ -12,7 +12,6 @@ model never serves. Transport stays torch.distributed either way.
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Literal
 
 import numpy as np
@@ -23,7 +22,6 @@ from planner.errors import InputError
 
 Engine = Literal["torch", "onnxruntime"]
 ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
-ONNX_OPSET = 17
 MAX_ABS_DIFF = 1e-3  # float32 graph rewrites stay far below this; a wrong graph does not
 
 
@@ -53,23 +51,16 @@ def prepare_extractor(model: nn.Module, example: torch.Tensor, engine: Engine, t
     if engine != "onnxruntime":
         raise InputError(f"must be one of {', '.join(ENGINES)}", field="engine", value=engine)
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401  (only to name a missing install here)
     except ImportError:
         raise InputError("onnxruntime is not installed (pip install 'edvit[export]')",
                          field="--engine", value=engine) from None
+    from profiler.onnx_latency import open_session
+    from vit_ops.deploy import write_onnx
+
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=["features"],
-                          dynamic_axes={"input": {0: "batch"}, "features": {0: "batch"}})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    session = ort.InferenceSession(buffer.getvalue(), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
-    extractor = OnnxExtractor(session)
+    write_onnx(model, example, buffer, ["features"])
+    extractor = OnnxExtractor(open_session(buffer.getvalue(), threads))
     with torch.no_grad():
         want = model(example)
     diff = float(np.abs(extractor(example).numpy() - want.numpy()).max())
