@@ -92,28 +92,29 @@ def test_profile_from_another_schema_version_is_refused(tmp_path):
     assert result.returncode == 2 and "schema_version=99" in result.stderr
 
 
-def test_calibrated_kind_file_is_usable(tmp_path):
-    (tmp_path / "board.yaml").write_text(yaml.safe_dump({
-        "name": "board", "mem_bytes": 2_000_000_000, "flops_per_s": 2e10, "overhead_s": 0.005,
-        "link_bytes_per_s": 1e7, "runtime_overhead_bytes": 200_000_000}))
+def _board_fleet(directory, figures: dict, count: int):
+    """An inventory of `count` devices of a kind file `board.yaml` (as `edvit calibrate` writes)
+    with `figures`, and its compiled form."""
+    (directory / "board.yaml").write_text(yaml.safe_dump(figures))
     inv = inventory_from_dict({
         "model": {"arch": "vit_small_patch16_224", "num_classes": 10},
         "kinds": {"board": {"file": "board.yaml"}},
-        "devices": [{"kind": "board", "count": 2}]})
-    compiled = compile_inventory(inv, base_dir=tmp_path)
+        "devices": [{"kind": "board", "count": count}]})
+    return inv, compile_inventory(inv, base_dir=directory)
+
+
+def test_calibrated_kind_file_is_usable(tmp_path):
+    _, compiled = _board_fleet(tmp_path, {
+        "name": "board", "mem_bytes": 2_000_000_000, "flops_per_s": 2e10, "overhead_s": 0.005,
+        "link_bytes_per_s": 1e7, "runtime_overhead_bytes": 200_000_000}, count=2)
     assert [d.mem_bytes for d in compiled.problem.devices] == [1_800_000_000] * 2
 
 
 def test_calibrated_traffic_model_reaches_the_plan(tmp_path):
     """A kind with the traffic model's figures: latency = flops/F + param_bytes/W + depth x b."""
-    (tmp_path / "board.yaml").write_text(yaml.safe_dump({
+    inv, compiled = _board_fleet(tmp_path, {
         "mem_bytes": "4GiB", "flops_per_s": 2e10, "overhead_s": 0.0, "link_bytes_per_s": 1e7,
-        "weight_bytes_per_s": 5e9, "overhead_per_block_s": 0.001}))
-    inv = inventory_from_dict({
-        "model": {"arch": "vit_small_patch16_224", "num_classes": 10},
-        "kinds": {"board": {"file": "board.yaml"}},
-        "devices": [{"kind": "board", "count": 3}]})
-    compiled = compile_inventory(inv, base_dir=tmp_path)
+        "weight_bytes_per_s": 5e9, "overhead_per_block_s": 0.001}, count=3)
     plan = plan_inventory(inv.model_copy(update={"kinds": {
         "board": compiled.device_figures["board-0"]}}))
     profile = builtin_profile("vit_small_patch16_224")
