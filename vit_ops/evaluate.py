@@ -31,6 +31,7 @@ from vit_ops.deploy import (
     load_manifest,
 )
 from vit_ops.submodel import group_labels
+from vit_ops.fusion import concat_features
 from vit_ops.training import accuracy, predict
 
 log = logging.getLogger(__name__)
@@ -130,8 +131,7 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
     tick(0, steps, "base")
     base_logits = predict(base.model, test.images)
     base_acc = accuracy(base_logits, test.labels)
-    features = torch.cat([predict(lambda x, s=s: s.module(x)[1], test.images) for s in subs], -1)
-    fused_logits = predict(fusion.module, features)
+    fused_logits = fused_predict(subs, fusion.module, test.images)
     fused_acc = accuracy(fused_logits, test.labels)
     example = test.images[:1]
     base_flops = _flops(base.model, example) if measure else None
@@ -188,8 +188,7 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
 
 def fused_predict(subs: list, fusion: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
     """Fused logits (N, C) of loaded sub-models (in manifest order) and the fusion head."""
-    features = torch.cat([predict(lambda x, s=s: s.module(x)[1], images) for s in subs], -1)
-    return predict(fusion, features)
+    return predict(fusion, concat_features([s.module for s in subs], images))
 
 
 def _check_data(manifest, splits: DataSplits) -> None:

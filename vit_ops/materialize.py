@@ -42,7 +42,7 @@ from vit_ops.deploy import (
     save_submodel,
     submodel_dir_name,
 )
-from vit_ops.fusion import train_fusion
+from vit_ops.fusion import concat_features, train_fusion
 from vit_ops.importance import Method, score_importance
 from vit_ops.prune import apply_prune_spec
 from vit_ops.submodel import (
@@ -191,8 +191,7 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
                              params=sum(p.numel() for p in fusion.parameters()))
     save_fusion(staging / "fusion", fusion, fusion_spec)
     if config.export_onnx:
-        with torch.no_grad():
-            feats = torch.cat([s(example)[1] for s in submodels], dim=-1)
+        feats = concat_features(submodels, example)
         diff = export_onnx(fusion, feats, staging / "fusion" / ONNX_FILE, ["logits"])
         _check_onnx(diff, staging / "fusion")
         save_fusion(staging / "fusion", fusion,
