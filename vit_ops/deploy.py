@@ -178,16 +178,24 @@ def write_onnx(module: nn.Module, example: torch.Tensor, target, output_names: l
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]
                 ) -> float:
     """Export `module` (batch axis dynamic) and return max |torch - onnxruntime| on `example`."""
-    import numpy as np
     import onnxruntime as ort
 
     write_onnx(module, example, str(path), output_names)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {"input": example.numpy()})
     with torch.no_grad():
-        want = module(example)
-    want = want if isinstance(want, tuple) else (want,)
-    return float(max(np.abs(g - w.numpy()).max() for g, w in zip(got, want)))
+        expected = module(example)
+    return onnx_max_abs_diff(session, example, expected)
+
+
+def onnx_max_abs_diff(session, example: torch.Tensor,
+                      expected: torch.Tensor | tuple[torch.Tensor, ...]) -> float:
+    """max |onnxruntime - PyTorch| over every output of a `write_onnx` graph on `example`, given
+    the module's own output(s) on it."""
+    import numpy as np
+
+    got = session.run(None, {"input": example.numpy()})
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    return float(max(np.abs(g - e.numpy()).max() for g, e in zip(got, expected, strict=True)))
 
 
 # ---------------------------------------------------------------- reading
@@ -254,4 +262,4 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
            "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
-           "save_submodel", "save_fusion", "save_manifest", "write_onnx", "export_onnx", "submodel_dir_name"]
+           "save_submodel", "save_fusion", "save_manifest", "write_onnx", "export_onnx", "onnx_max_abs_diff", "submodel_dir_name"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -36,16 +35,14 @@ class OnnxExtractor:
         feed = {self.input_name: images.detach().numpy()}
         return torch.from_numpy(self.session.run(None, feed)[0])
 
-    def eval(self) -> "OnnxExtractor":
-        return self
-
 
 Extractor = nn.Module | OnnxExtractor
 
 
-def prepare_extractor(model: nn.Module, example: torch.Tensor, engine: Engine, threads: int
-                      ) -> Extractor:
-    """`model` itself for "torch"; for "onnxruntime" its exported graph, checked on `example`."""
+def prepare_extractor(model: nn.Module, example: torch.Tensor, engine: Engine, threads: int,
+                      expected: torch.Tensor | None = None) -> Extractor:
+    """`model` itself for "torch"; for "onnxruntime" its exported graph, checked on `example`
+    against `expected` (the model's output on it, computed here when not given)."""
     if engine == "torch":
         return model
     if engine != "onnxruntime":
@@ -56,15 +53,16 @@ def prepare_extractor(model: nn.Module, example: torch.Tensor, engine: Engine, t
         raise InputError("onnxruntime is not installed (pip install 'edvit[export]')",
                          field="--engine", value=engine) from None
     from profiler.onnx_latency import open_session
-    from vit_ops.deploy import write_onnx
+    from vit_ops.deploy import onnx_max_abs_diff, write_onnx
 
     buffer = io.BytesIO()
     write_onnx(model, example, buffer, ["features"])
-    extractor = OnnxExtractor(open_session(buffer.getvalue(), threads))
-    with torch.no_grad():
-        want = model(example)
-    diff = float(np.abs(extractor(example).numpy() - want.numpy()).max())
+    session = open_session(buffer.getvalue(), threads)
+    if expected is None:
+        with torch.no_grad():
+            expected = model(example)
+    diff = onnx_max_abs_diff(session, example, expected)
     if not diff <= MAX_ABS_DIFF:
         raise ValueError(f"the onnxruntime graph differs from the model by {diff:.3g} "
                          f"(more than {MAX_ABS_DIFF:g})")
-    return extractor
+    return OnnxExtractor(session)

@@ -93,7 +93,7 @@ def _load_checked(source: DeploymentSource, device: str, width: int, config: Run
     if tuple(out.shape) != (1, width):
         raise ValueError(f"extractor of {device} gives features of shape {tuple(out.shape)}, "
                          f"the fusion head expects (1, {width})")
-    return prepare_extractor(model, example, config.engine, threads)
+    return prepare_extractor(model, example, config.engine, threads, expected=out)
 
 
 @torch.no_grad()
