@@ -186,6 +186,8 @@ def test_target_missed_exits_3_and_plot_writes_png_and_data(pi_fleet: Path, tmp_
     text = capsys.readouterr().out
     assert "no fleet in the range meets" in text and "takes over the aggregation" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = tmp_path / "plots" / "whatif_data.csv"
+    assert png.stat().st_mode & 0o777 == data.stat().st_mode & 0o777  # both ordinary outputs
     points = list(csv.DictReader((tmp_path / "plots" / "whatif_data.csv").open()))
     assert [p["line"] for p in points] == ["pi4b-4gb"] * 3 + ["jetson-nano"] * 2
     assert all(float(p["greedy_makespan_s"]) >= float(p["makespan_s"]) * (1 - REL)

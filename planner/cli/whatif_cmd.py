@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from planner.cli.common import check_output_path, print_json, progress_bar
@@ -193,7 +191,7 @@ def write_plot(result, path: Path) -> None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    from planner.files import write_text_atomic
+    from planner.files import atomic_file, write_text_atomic
 
     points = plot_lines(result)
     fig = Figure(figsize=(7, 4.5))
@@ -223,15 +221,8 @@ def write_plot(result, path: Path) -> None:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     buffer = io.StringIO()
     fields = ["line", "held", "count", "status", "makespan_s", "greedy_makespan_s",
               "aggregator_changed"]
