@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
 
-from planner.instance import Configuration, Instance
+from planner.instance import Instance
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class ConfigurationModel:
         horizon = max((c.time_units for c in inst.configs), default=0)
         self.busy = self.model.new_int_var(0, horizon, "busiest_device_time")
         # order encoding of the busiest device's time: busy_at_least[j] <=> busy >= times[j]
-        self.times = sorted({c.time_units for c in inst.configs})
+        self.times = inst.busy_times
         self.busy_at_least = [self.model.new_bool_var(f"busy_at_least[{t}]")
                               for t in self.times]
         self.num_submodels = self.model.new_int_var(0, inst.num_classes, "num_submodels")
@@ -129,7 +129,7 @@ class ConfigurationModel:
         if self.objective == "max_loss":
             self._add_loss_levels()
         else:
-            m.add(sum(self._capacity(c, inst.row_capacity) * self.run[q]
+            m.add(sum(c.capacity(inst.row_capacity) * self.run[q]
                       for q, c in enumerate(inst.configs)) >= inst.num_classes)
 
     def _add_loss_levels(self) -> None:
@@ -138,15 +138,11 @@ class ConfigurationModel:
         self.level = [m.new_bool_var(f"max_loss_is[{loss:g}]") for loss in inst.loss_levels]
         m.add_exactly_one(self.level)
         for j, caps in enumerate(inst.level_capacity):
-            m.add(sum(self._capacity(c, caps) * self.run[q] for q, c in enumerate(inst.configs))
+            m.add(sum(c.capacity(caps) * self.run[q] for q, c in enumerate(inst.configs))
                   >= inst.num_classes).only_enforce_if(self.level[j])
             for q, c in enumerate(inst.configs):
                 if any(caps[i] == 0 for i in c.rows):
                     m.add(self.run[q] == 0).only_enforce_if(self.level[j])
-
-    @staticmethod
-    def _capacity(config: Configuration, capacity: tuple[int, ...]) -> int:
-        return sum(capacity[i] for i in config.rows)
 
     def _add_objective(self) -> None:
         inst = self.instance

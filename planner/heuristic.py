@@ -15,9 +15,9 @@ def covering_plan(instance: Instance) -> dict[int, int] | None:
     """run counts (configuration index -> devices) of a covering plan, or None."""
     best_by_type: dict[int, list[tuple[int, int, int]]] = {}
     for q, c in enumerate(instance.configs):
-        cap = sum(instance.row_capacity[i] for i in c.rows)
+        cap = c.capacity(instance.row_capacity)
         best_by_type.setdefault(c.type_index, []).append((c.time_units, cap, q))
-    times = sorted({c.time_units for c in instance.configs})
+    times = instance.busy_times
     if not times:
         return None
 
@@ -53,7 +53,7 @@ def makespan_lower_bound(instance: Instance) -> int:
     within T, so no plan has a busiest device faster than the first T whose summed best capacities
     reach C; and no plan has fewer sub-models than C / (largest capacity of one sub-model).
     """
-    times = sorted({c.time_units for c in instance.configs})
+    times = instance.busy_times
     if not times:
         return 0
 
@@ -61,7 +61,7 @@ def makespan_lower_bound(instance: Instance) -> int:
         best: dict[int, int] = {}
         for c in instance.configs:
             if c.time_units <= limit:
-                cap = sum(instance.row_capacity[i] for i in c.rows)
+                cap = c.capacity(instance.row_capacity)
                 best[c.type_index] = max(best.get(c.type_index, 0), cap)
         total = sum(cap * len(instance.types[t].devices) for t, cap in best.items())
         return total >= instance.num_classes

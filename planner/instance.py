@@ -9,6 +9,7 @@ All float-to-integer conversion goes through `planner.scaling`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 
@@ -39,6 +40,10 @@ class Configuration:
     def size(self) -> int:
         return len(self.rows)
 
+    def capacity(self, per_row: Sequence[int]) -> int:
+        """Classes it can serve when profile row i serves at most `per_row[i]`."""
+        return sum(per_row[i] for i in self.rows)
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -54,6 +59,11 @@ class Instance:
     latency_budget_units: int | None
     loss_levels: tuple[float, ...]         # distinct losses allowed by the budget, ascending
     level_capacity: tuple[tuple[int, ...], ...]  # [level][row]: capacity with loss <= level
+
+    @property
+    def busy_times(self) -> list[int]:
+        """The distinct busy times of its configurations, ascending."""
+        return sorted({c.time_units for c in self.configs})
 
 
 def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
@@ -127,8 +137,7 @@ def drop_dominated(configs: list[Configuration], capacity: tuple[int, ...],
     plans do not use configurations.)
     """
     def signature(c: Configuration) -> tuple:
-        caps = [sum(capacity[i] for i in c.rows)]
-        caps += [sum(level[i] for i in c.rows) for level in level_capacity]
+        caps = [c.capacity(capacity)] + [c.capacity(level) for level in level_capacity]
         return (c.time_units, c.size, c.mem_bytes, tuple(-x for x in caps))
 
     kept: list[Configuration] = []
