@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from planner.errors import InputError
+
 
 class ViTShape(BaseModel):
     """Architecture of a (timm-style) Vision Transformer classifier."""
@@ -43,6 +45,17 @@ class ViTShape(BaseModel):
             raise ValueError(
                 f"img_size {self.img_size} is not divisible by patch_size {self.patch_size}")
         return self
+
+
+def check_same_shape(given: ViTShape, base: ViTShape, *, what: str, source: str,
+                     field_prefix: str, ignore: tuple[str, ...] = ()) -> None:
+    """`given` (the shape a plan or profile was made for) must be the base model's, field by field
+    (but `ignore`); an InputError names the first field that differs."""
+    for name in ViTShape.model_fields:
+        if name not in ignore and getattr(given, name) != getattr(base, name):
+            raise InputError(f"{what} is for a different model: base has {name}="
+                             f"{getattr(base, name)!r}", file=source,
+                             field=f"{field_prefix}{name}", value=getattr(given, name))
 
 
 class PruneCounts(BaseModel):

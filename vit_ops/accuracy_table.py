@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.errors import InputError
 from planner.profile_schema import ModelProfile
 from planner.progress import ProgressCallback, phase_progress
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, check_same_shape
 from vit_ops.base_model import LoadedBase
 from vit_ops.counts import counts_for_ratio
 from vit_ops.data import DataSplits
@@ -144,11 +144,8 @@ def loss_steps_from_measurements(points: list[tuple[int, float]], loss_cap_pp: f
 def check_profile_fits(profile: ModelProfile, shape: ViTShape, source: str = "profile") -> None:
     """The profile must describe the base's architecture (every ViTShape field but num_classes, as
     a profile's costs do not depend on the head) and count its variants with `counts_for_ratio`."""
-    for name in ViTShape.model_fields:
-        if name != "num_classes" and getattr(profile.shape, name) != getattr(shape, name):
-            raise InputError(f"profile is for a different model: base has {name}="
-                             f"{getattr(shape, name)!r}", file=source, field=f"shape.{name}",
-                             value=getattr(profile.shape, name))
+    check_same_shape(profile.shape, shape, what="profile", source=source, field_prefix="shape.",
+                     ignore=("num_classes",))
     for i, variant in enumerate(profile.variants):
         if variant.counts != counts_for_ratio(shape, variant.ratio):
             raise InputError("variant counts differ from counts_for_ratio (profile made by "

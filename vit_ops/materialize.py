@@ -26,7 +26,7 @@ from planner.errors import InputError
 from planner.files import staged_directory
 from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
-from planner.vit_shape import PruneCounts, ViTShape
+from planner.vit_shape import PruneCounts, check_same_shape
 from vit_ops.base_model import LoadedBase, save_base
 from vit_ops.counts import counts_for_ratio
 from vit_ops.data import DataSplits
@@ -89,12 +89,8 @@ def check_plan(plan: Plan, base: LoadedBase, source: str = "plan") -> list[Prune
         raise InputError(f"plan has {plan.num_classes} classes, the base model "
                          f"{shape.num_classes}", file=source, field="num_classes",
                          value=plan.num_classes)
-    planned = plan.model.shape
-    for name in ViTShape.model_fields:
-        if getattr(planned, name) != getattr(shape, name):
-            raise InputError(f"plan is for a different model: base has {name}="
-                             f"{getattr(shape, name)!r}", file=source, field=f"model.shape.{name}",
-                             value=getattr(planned, name))
+    check_same_shape(plan.model.shape, shape, what="plan", source=source,
+                     field_prefix="model.shape.")
     counts = []
     for i, sm in enumerate(plan.submodels):
         bad = [c for c in sm.classes if not 0 <= c < plan.num_classes]
