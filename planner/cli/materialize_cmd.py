@@ -142,13 +142,10 @@ def run_materialize(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     base = _load_base_for(args.base, plan)
     splits = _load_data_for(args.data, base)
-    config = MaterializeConfig(importance=args.importance, export_onnx=not args.no_onnx)
-    update = {"seed": args.seed}
-    if args.finetune_epochs:
-        update["epochs"] = args.finetune_epochs
-    config = config.model_copy(update={"finetune": config.finetune.model_copy(update=update),
-                                       "fusion": config.fusion.model_copy(
-                                           update={"seed": args.seed})})
+    config = _with_finetune_args(
+        MaterializeConfig(importance=args.importance, export_onnx=not args.no_onnx), args)
+    config = config.model_copy(update={"fusion": config.fusion.model_copy(
+        update={"seed": args.seed})})
     with progress_bar("materialize") as progress:
         manifest = materialize(plan, base, splits, Path(args.out), config, force=args.force,
                                progress=progress, plan_source=args.plan)
@@ -219,14 +216,10 @@ def run_profile_accuracy(args: argparse.Namespace) -> int:
     base = load_base(args.base, num_classes=profile.shape.num_classes,
                      img_size=profile.shape.img_size)
     splits = _load_data_for(args.data, base)
-    materialize = MaterializeConfig(export_onnx=False)
-    update = {"seed": args.seed}
-    if args.finetune_epochs:
-        update["epochs"] = args.finetune_epochs
     config = AccuracyTableConfig(
         group_sizes=sizes, groups_per_size=args.groups_per_size, loss_cap_pp=args.loss_cap_pp,
-        seed=args.seed, materialize=materialize.model_copy(
-            update={"finetune": materialize.finetune.model_copy(update=update)}))
+        seed=args.seed,
+        materialize=_with_finetune_args(MaterializeConfig(export_onnx=False), args))
     with progress_bar("profile-accuracy") as progress:
         table = measure_accuracy_table(base, splits, profile, config, progress,
                                        profile_source=args.profile)
@@ -281,6 +274,15 @@ def _load_data_for(data: str, base):
     names = base.spec.class_names if base.spec.fit is not None else None
     return load_data(data, img_size=base.spec.shape.img_size,
                      expected_classes=base.spec.shape.num_classes, class_names=names)
+
+
+def _with_finetune_args(config, args: argparse.Namespace):
+    """`config` (a MaterializeConfig) with the sub-models' fine-tuning seeded by `--seed` and
+    lasting `--finetune-epochs` when given."""
+    update = {"seed": args.seed}
+    if args.finetune_epochs:
+        update["epochs"] = args.finetune_epochs
+    return config.model_copy(update={"finetune": config.finetune.model_copy(update=update)})
 
 
 def _positive(value, flag: str) -> None:
