@@ -63,9 +63,13 @@ class _Link:
     group_rank: int  # its rank in the process group of the members
     group: dist.ProcessGroup
     columns: torch.Tensor  # fusion-input columns its features fill
-    width: int
     alive: bool = True
     pending: list = field(default_factory=list)  # works abandoned after a failure, kept referenced
+
+    @property
+    def width(self) -> int:
+        """Feature floats per image it sends."""
+        return len(self.columns)
 
 
 @dataclass
@@ -132,8 +136,7 @@ def _connect(store: dist.Store, members: list[int], devices: list[str], slots, c
                                           reason=reason[:300]))
         raise WorkerFailedError(failures) from None
     return [_Link(device=devices[rank - 1], rank=rank, group_rank=i + 1, group=groups[i + 1],
-                  columns=columns[devices[rank - 1]],
-                  width=feature_width(slots, devices[rank - 1]))
+                  columns=columns[devices[rank - 1]])
             for i, rank in enumerate(members)]
 
 

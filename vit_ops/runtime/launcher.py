@@ -61,9 +61,9 @@ def run_node(source: DeploymentSource | str | Path, rank: int, world_size: int,
     """One node of a fleet spread over machines: rank 0 returns the run's result, a worker its
     exit code."""
     source = resolve_source(source)
-    check_fleet_size(source, rank, world_size)
     if rank:
-        return serve_worker(source, rank, world_size, endpoint, config)
+        return serve_worker(source, rank, world_size, endpoint, config)  # checks the fleet size
+    check_fleet_size(source, rank, world_size)
     store = open_store(endpoint, 0, world_size, config.timeout_s)
     return serve_aggregator(source, store, config, num_images, progress)
 
