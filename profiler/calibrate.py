@@ -22,7 +22,6 @@ import math
 import os
 import platform
 import resource
-import statistics
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from planner.profile_schema import LatencyStats
 from planner.progress import ProgressCallback
 from planner.vit_shape import ViTShape
-from profiler.latency import Clock, default_threads, measure_latency
+from profiler.latency import Clock, default_threads, latency_stats, measure_latency
 from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
 from profiler.model_profile import (
     example_input,
@@ -148,13 +147,10 @@ def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None
                 progress(r * len(built) + i + 1, total, f"{shape.arch} r={ratio:g}")
     timed = []
     for (shape, ratio, _, _, (flops, weight_bytes)), times in zip(built, per_round):
-        quartiles = statistics.quantiles(times, n=4, method="inclusive")
         timed.append(TimedVariant(
             label=_label(shape, ratio), arch=shape.arch, img_size=shape.img_size, ratio=ratio,
             depth=shape.depth, flops=flops, weight_bytes=weight_bytes,
-            latency=LatencyStats(median_s=statistics.median(times),
-                                 iqr_s=quartiles[2] - quartiles[0], repeats=rounds,
-                                 threads=threads)))
+            latency=latency_stats(times, threads)))
     return timed
 
 

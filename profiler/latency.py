@@ -54,12 +54,22 @@ def measure_latency(model: torch.nn.Module, example: torch.Tensor, *, threads: i
         with torch.no_grad():
             for _ in range(warmup):
                 model(example)
-        first = timer.timeit(1).median
-        number = max(1, math.ceil(min_block_s / max(first, 1e-9)))
-        with torch.no_grad():
-            times = [timer.timeit(number).median for _ in range(repeats)]
+            times = timed_blocks(timer, repeats, min_block_s)
     finally:
         torch.set_num_threads(previous)
+    return latency_stats(times, threads)
+
+
+def timed_blocks(timer, repeats: int, min_block_s: float) -> list[float]:
+    """Seconds per call of a `torch.utils.benchmark.Timer`'s statement over `repeats` blocks of
+    back-to-back calls, each block long enough (>= `min_block_s`) to swamp the timer's resolution."""
+    first = timer.timeit(1).median
+    number = max(1, math.ceil(min_block_s / max(first, 1e-9)))
+    return [timer.timeit(number).median for _ in range(repeats)]
+
+
+def latency_stats(times: list[float], threads: int) -> LatencyStats:
+    """Median and interquartile range of repeated timings (seconds)."""
     quartiles = statistics.quantiles(times, n=4, method="inclusive")
     return LatencyStats(median_s=statistics.median(times), iqr_s=quartiles[2] - quartiles[0],
-                        repeats=repeats, threads=threads)
+                        repeats=len(times), threads=threads)

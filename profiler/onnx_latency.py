@@ -13,14 +13,13 @@ over the blocks, in seconds.
 
 from __future__ import annotations
 
-import math
-import statistics
 from pathlib import Path
 
 import numpy as np
 
 from planner.errors import InputError
 from planner.profile_schema import LatencyStats
+from profiler.latency import latency_stats, timed_blocks
 
 
 def open_session(model: str | Path | bytes, threads: int):
@@ -57,9 +56,4 @@ def measure_onnx_latency(path: str | Path, example: np.ndarray, *, threads: int,
     # thread counts are fixed above.
     timer = benchmark.Timer(stmt="session.run(None, feed)",
                             globals={"session": session, "feed": feed}, num_threads=1)
-    first = timer.timeit(1).median
-    number = max(1, math.ceil(min_block_s / max(first, 1e-9)))
-    times = [timer.timeit(number).median for _ in range(repeats)]
-    quartiles = statistics.quantiles(times, n=4, method="inclusive")
-    return LatencyStats(median_s=statistics.median(times), iqr_s=quartiles[2] - quartiles[0],
-                        repeats=repeats, threads=threads)
+    return latency_stats(timed_blocks(timer, repeats, min_block_s), threads)
