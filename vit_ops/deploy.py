@@ -140,20 +140,13 @@ def submodel_dir_name(index: int, device: str) -> str:
 
 # ---------------------------------------------------------------- writing
 
-def save_submodel(directory: Path, sub: SubModel, spec: SubModelSpec) -> None:
+def save_part(directory: Path, module: SubModel | FusionHead, spec: SubModelSpec | FusionSpec
+              ) -> None:
+    """A sub-model or the fusion head: `model.safetensors` + its spec `model.json`."""
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in sub.state_dict().items()},
-              str(directory / WEIGHTS_FILE))
-    write_json_atomic(directory / SPEC_FILE, spec.model_dump(mode="json"))
-
-
-def save_fusion(directory: Path, head: FusionHead, spec: FusionSpec) -> None:
-    from safetensors.torch import save_file
-
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()},
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()},
               str(directory / WEIGHTS_FILE))
     write_json_atomic(directory / SPEC_FILE, spec.model_dump(mode="json"))
 
@@ -262,4 +255,5 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
            "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
-           "save_submodel", "save_fusion", "save_manifest", "write_onnx", "export_onnx", "onnx_max_abs_diff", "submodel_dir_name"]
+           "save_part", "save_manifest", "write_onnx", "export_onnx", "onnx_max_abs_diff",
+           "submodel_dir_name"]

@@ -37,9 +37,8 @@ from vit_ops.deploy import (
     SubModelEntry,
     SubModelSpec,
     export_onnx,
-    save_fusion,
     save_manifest,
-    save_submodel,
+    save_part,
     submodel_dir_name,
 )
 from vit_ops.fusion import concat_features, train_fusion
@@ -164,13 +163,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
                              f"{sm.params} (plan made from another profile?)",
                              field=f"submodels.{i}.params", value=sm.params)
         directory = staging / "submodels" / submodel_dir_name(i, sm.device)
-        spec = _submodel_spec(sm, base, cnt, sub)
-        save_submodel(directory, sub, spec)
-        if config.export_onnx:
-            diff = export_onnx(sub, example, directory / ONNX_FILE, ["logits", "features"])
-            _check_onnx(diff, directory)
-            spec = spec.model_copy(update={"onnx_max_abs_diff": diff})
-            save_submodel(directory, sub, spec)
+        _save_part(directory, sub, _submodel_spec(sm, base, cnt, sub),
+                   example if config.export_onnx else None, ["logits", "features"])
         submodels.append(sub)
         entries.append(SubModelEntry(index=i, device=sm.device, classes=sm.classes,
                                      dir=str(directory.relative_to(staging)), params=params,
@@ -185,13 +179,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
                              in_features=fusion.in_features, hidden=config.fusion_hidden,
                              num_classes=plan.num_classes,
                              params=sum(p.numel() for p in fusion.parameters()))
-    save_fusion(staging / "fusion", fusion, fusion_spec)
-    if config.export_onnx:
-        feats = concat_features(submodels, example)
-        diff = export_onnx(fusion, feats, staging / "fusion" / ONNX_FILE, ["logits"])
-        _check_onnx(diff, staging / "fusion")
-        save_fusion(staging / "fusion", fusion,
-                    fusion_spec.model_copy(update={"onnx_max_abs_diff": diff}))
+    _save_part(staging / "fusion", fusion, fusion_spec,
+               concat_features(submodels, example) if config.export_onnx else None, ["logits"])
     manifest = DeploymentManifest(
         plan_name=plan.name, num_classes=plan.num_classes, class_names=base.spec.class_names,
         data=splits.source, img_size=splits.img_size, norm_mean=base.spec.norm_mean,
@@ -232,6 +221,18 @@ def _submodel_spec(sm: SubModelPlan, base: LoadedBase, counts: PruneCounts,
 def _backbone_params(model: torch.nn.Module) -> int:
     head = sum(p.numel() for p in model.head.parameters())
     return sum(p.numel() for p in model.parameters()) - head
+
+
+def _save_part(directory: Path, module, spec, onnx_example: torch.Tensor | None,
+               output_names: list[str]) -> None:
+    """Write a sub-model or the fusion head; with `onnx_example`, first its ONNX graph, checked
+    against PyTorch on that input, the difference recorded in the spec. (One write of the weights.)"""
+    if onnx_example is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        diff = export_onnx(module, onnx_example, directory / ONNX_FILE, output_names)
+        _check_onnx(diff, directory)
+        spec = spec.model_copy(update={"onnx_max_abs_diff": diff})
+    save_part(directory, module, spec)
 
 
 def _check_onnx(diff: float, directory: Path) -> None:
