@@ -36,11 +36,11 @@ from vit_ops.base_model import (
     save_base,
     train_base,
 )
-from vit_ops.counts import counts_for_ratio, full_counts
+from planner.vit_shape import counts_for_ratio, full_counts
 from vit_ops.data import load_data
-from vit_ops.demo import manual_plan
+from vit_ops.manual_plan import manual_plan
 from vit_ops.deploy import export_onnx
-from vit_ops.evaluate import evaluate_deployment
+from profiler.evaluate import evaluate_deployment
 from vit_ops.importance import score_importance
 from vit_ops.materialize import materialize
 

@@ -44,7 +44,7 @@ def demo_deployment() -> Path:
     """`edvit demo`'s deployment (4 sub-models on 4 Raspberry Pis), built once into the cache."""
     deploy = CACHE / "deploy"
     if not (deploy / "deployment.json").is_file():
-        from vit_ops.demo import run_demo
+        from vit_ops.cli import run_demo
 
         print(f"building the digits demo deployment in {CACHE} (minutes) ...", flush=True)
         run_demo(CACHE)

@@ -12,7 +12,7 @@ each part buys. Wall times are medians over repeats (spread = max - min) of the 
 (compiling, process start, solving); "solves s" sums the solver wall times of the last repeat.
 
 The profile is the built-in ViT-B/16 one when it exists, else an analytic one (FLOPs = 2 x MACs of
-the matmuls, fp32 weights, counts from `vit_ops.counts`), so the benchmark runs on a fresh checkout.
+the matmuls, fp32 weights, counts from `planner.vit_shape.counts_for_ratio`), so the benchmark runs on a fresh checkout.
 
     python benchmarks/whatif_bench.py [--repeats 3]
 """
@@ -32,7 +32,7 @@ from planner.inventory import inventory_from_dict
 from planner.profile_schema import ModelProfile, VariantProfile
 from planner.profiles import BUILTIN_DIR
 from planner.vit_shape import ViTShape
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 
 ARCH = "vit_base_patch16_224"
 RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)

@@ -38,7 +38,7 @@ from profiler.model_profile import (
     runnable_backbone,
     tool_versions,
 )
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses

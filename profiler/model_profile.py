@@ -1,7 +1,7 @@
 """Profile the pruned variants of a ViT: counts, MACs/FLOPs, memory and (optionally) host latency.
 
 `profile_model(shape, ratios)` returns a `planner.profile_schema.ModelProfile`, one variant per keep
-ratio, each built with `vit_ops.counts.counts_for_ratio` (the one ratio -> counts rule) and
+ratio, each built with `planner.vit_shape.counts_for_ratio` (the one ratio -> counts rule) and
 `vit_ops.architecture.build_vit`. What a variant is: the backbone a device runs, i.e. the pruned ViT
 up to its pooled feature vector (no classifier head; the class decision is the aggregator's fusion
 MLP). All figures are for one image (batch 1):
@@ -36,7 +36,7 @@ from profiler.flops import count_macs
 from profiler.latency import default_threads, measure_latency
 from profiler.memory import BYTES_PER_ELEMENT, Dtype, param_bytes, peak_activation_bytes
 from vit_ops.architecture import build_vit
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 
 logger = logging.getLogger(__name__)
 

@@ -20,23 +20,7 @@ import numpy as np
 from planner.errors import InputError
 from planner.profile_schema import LatencyStats
 from profiler.latency import latency_stats, timed_blocks
-
-
-def open_session(model: str | Path | bytes, threads: int):
-    """An onnxruntime CPU session of `model` (a file, or the bytes of one) with `threads` intra-op
-    and 1 inter-op thread."""
-    import onnxruntime as ort
-
-    if not isinstance(model, bytes):
-        if not Path(model).is_file():
-            raise InputError("ONNX model not found (materialise without --no-onnx)",
-                             file=str(model))
-        model = str(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+from vit_ops.deploy import open_session
 
 
 def measure_onnx_latency(path: str | Path, example: np.ndarray, *, threads: int,

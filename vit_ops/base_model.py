@@ -24,7 +24,7 @@ from planner.progress import ProgressCallback
 from planner.validation import validate_document
 from planner.vit_shape import ViTShape
 from vit_ops.architecture import build_vit
-from vit_ops.counts import full_counts
+from planner.vit_shape import full_counts
 from vit_ops.data import NORM_MEAN, NORM_STD, DataSplits
 from vit_ops.training import FitConfig, accuracy, fit, predict
 

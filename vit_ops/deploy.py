@@ -168,13 +168,28 @@ def write_onnx(module: nn.Module, example: torch.Tensor, target, output_names: l
                           dynamic_axes={name: {0: "batch"} for name in ["input", *output_names]})
 
 
+def open_session(model: str | Path | bytes, threads: int):
+    """An onnxruntime CPU session of `model` (a file, or the bytes of one) with `threads` intra-op
+    and 1 inter-op thread."""
+    import onnxruntime as ort
+
+    if not isinstance(model, bytes):
+        if not Path(model).is_file():
+            raise InputError("ONNX model not found (materialise without --no-onnx)",
+                             file=str(model))
+        model = str(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+
+
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]
                 ) -> float:
     """Export `module` (batch axis dynamic) and return max |torch - onnxruntime| on `example`."""
-    import onnxruntime as ort
-
     write_onnx(module, example, str(path), output_names)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = open_session(path, threads=torch.get_num_threads())
     with torch.no_grad():
         expected = module(example)
     return onnx_max_abs_diff(session, example, expected)
@@ -255,5 +270,5 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
            "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
-           "save_part", "save_manifest", "write_onnx", "export_onnx", "onnx_max_abs_diff",
+           "save_part", "save_manifest", "write_onnx", "export_onnx", "open_session", "onnx_max_abs_diff",
            "submodel_dir_name"]

@@ -28,7 +28,7 @@ from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
 from planner.vit_shape import PruneCounts, check_same_shape
 from vit_ops.base_model import LoadedBase, save_base
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 from vit_ops.data import DataSplits
 from vit_ops.deploy import (
     ONNX_FILE,

@@ -52,7 +52,7 @@ def check_rebuildable(model, shape: ViTShape) -> None:
     """`build_vit(shape)` must be `model`: the same parameters and the same modules (layer types,
     norms, activations), or pruning would slice weights into a different network."""
     from vit_ops.architecture import build_vit
-    from vit_ops.counts import full_counts
+    from planner.vit_shape import full_counts
 
     rebuilt = build_vit(shape, full_counts(shape), device="meta")
     ours = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}

@@ -1,8 +1,11 @@
-"""The `edvit` command line: a thin layer over the libraries.
+"""The `edvit` command line: a registry of commands, each owned by the package it drives.
 
-Each command lives in its own module with `register(subparsers)`; the module imports `profiler` or
-`vit_ops` (and so torch) only inside the function that runs the command, so `edvit solve` and
-`import planner` stay light. Errors a user can cause become one line on stderr and exit code 2.
+`COMMANDS` maps a command name to the module that defines it and its one-line help (pip's
+`commands_dict`). Only the chosen command's module is imported, so `edvit solve` never loads
+torch while `edvit materialize` imports it at the top of `vit_ops/cli.py` like any module.
+A command module exposes `COMMANDS: dict[str, Command]` (see `planner.cli.common.Command`); a
+registry entry naming a module or command that does not exist fails loudly, never silently.
+Errors a user can cause become one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -11,44 +14,94 @@ import argparse
 import importlib
 import logging
 import sys
+from dataclasses import dataclass
 
+from planner.cli.common import Command
 from planner.errors import EdvitError
 
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """Where a command lives and what `edvit --help` says about it."""
+
+    module: str
+    summary: str
+
+
 # Order is the order of `edvit --help`.
-COMMAND_MODULES = [
-    "planner.cli.plan_cmd",
-    "planner.cli.solve_cmd",
-    "planner.cli.devices_cmd",
-    "planner.cli.schema_cmd",
-    "planner.cli.whatif_cmd",
-    "planner.cli.profile_cmd",
-    "planner.cli.materialize_cmd",
-    "planner.cli.runtime_cmd",
-]
+COMMANDS: dict[str, CommandInfo] = {
+    "plan": CommandInfo("planner.cli.plan_cmd", "plan a deployment for a device inventory (YAML)"),
+    "solve": CommandInfo("planner.cli.solve_cmd", "solve a low-level planning problem (YAML)"),
+    "devices": CommandInfo("planner.cli.devices_cmd", "list the built-in device kinds"),
+    "schema": CommandInfo("planner.cli.schema_cmd", "print the JSON Schema of a file format"),
+    "whatif": CommandInfo("planner.cli.whatif_cmd",
+                          "sweep device counts: latency, memory, loss and cost per fleet"),
+    "profile": CommandInfo("profiler.cli",
+                           "FLOPs, memory (and host latency) of a ViT's pruned variants"),
+    "calibrate": CommandInfo("profiler.cli", "time a few ViT variants here and fit this device's "
+                                             "latency figures"),
+    "train-base": CommandInfo("vit_ops.cli", "train the small digits ViT (or one on an image "
+                                             "folder) from scratch"),
+    "materialize": CommandInfo("vit_ops.cli", "build the plan's pruned sub-models and fusion head"),
+    "evaluate": CommandInfo("vit_ops.cli",
+                            "accuracy, size and latency of a deployment against its base model"),
+    "demo": CommandInfo("vit_ops.cli", "the whole path on digits: train, plan, materialise, "
+                                       "evaluate"),
+    "profile-accuracy": CommandInfo("vit_ops.cli", "measure the accuracy-loss step table of a "
+                                                   "profile's ratios"),
+    "serve": CommandInfo("vit_ops.runtime.cli", "run a deployment as distributed inference (one "
+                                                "process per device)"),
+    "worker": CommandInfo("vit_ops.runtime.cli", "run one node of a distributed deployment "
+                                                 "(rank 0 = aggregator)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def load_command(name: str, registry: dict[str, CommandInfo] = COMMANDS) -> Command:
+    """Import the module of command `name` and return its `Command`; ImportError if the registry
+    names a module that does not exist or does not define the command."""
+    info = registry[name]
+    module = importlib.import_module(info.module)
+    command = getattr(module, "COMMANDS", {}).get(name)
+    if not isinstance(command, Command):
+        raise ImportError(f"{info.module} defines no command {name!r} (edvit's registry says so)")
+    return command
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The `edvit` parser with the command chosen in `argv` fully defined (its module imported)
+    and every other command listed by its summary only."""
     parser = argparse.ArgumentParser(
         prog="edvit",
         description="Split a Vision Transformer across a fleet of edge devices.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress details (and the solver's search log) on stderr")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a command not built yet
-                continue
-            raise
-        module.register(subparsers)
+    chosen = chosen_command(sys.argv[1:] if argv is None else argv)
+    for name, info in COMMANDS.items():
+        if name != chosen:
+            subparsers.add_parser(name, help=info.summary)
+            continue
+        command = load_command(name)
+        sub = subparsers.add_parser(
+            name, help=info.summary, description=command.description or info.summary,
+            formatter_class=(argparse.RawDescriptionHelpFormatter if command.raw_description
+                             else argparse.HelpFormatter))
+        command.add_arguments(sub)
+        sub.set_defaults(func=command.run)
     return parser
 
 
+def chosen_command(argv: list[str]) -> str | None:
+    """The command word of `argv`: its first argument that is not an option (edvit's own options
+    take no values)."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except EdvitError as exc:

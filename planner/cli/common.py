@@ -1,15 +1,31 @@
-"""Helpers shared by the commands: JSON output, progress bars, output paths."""
+"""Helpers shared by the commands of every package: the `Command` record, JSON output, progress
+bars, output paths."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from tqdm import tqdm
 
 from planner.errors import InputError
 from planner.progress import ProgressCallback
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `edvit` command as its module defines it (the registry in `planner.cli` finds it by
+    name in the module's `COMMANDS`): its arguments, what runs it, and its `--help` text."""
+
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+    description: str | None = None
+    raw_description: bool = False
 
 
 def print_json(data: Any) -> None:
@@ -24,8 +40,6 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[ProgressCal
     if not enabled or not sys.stderr.isatty():
         yield lambda done, total, label="": None
         return
-    from tqdm import tqdm
-
     bar = tqdm(desc=description, file=sys.stderr, leave=False, dynamic_ncols=True)
 
     def update(done: int, total: int, label: str = "") -> None:

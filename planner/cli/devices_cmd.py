@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from planner.catalog import builtin_catalog
+from planner.cli.common import Command, print_json
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("devices", help="list the built-in device kinds")
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the catalog as JSON")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.catalog import builtin_catalog
-    from planner.cli.common import print_json
-
     kinds = builtin_catalog().kinds
     if args.json:
         print_json({name: kind.model_dump() for name, kind in kinds.items()})
@@ -26,3 +24,6 @@ def run(args: argparse.Namespace) -> int:
               f"{k.flops_per_s / 1e9:>8.1f} {k.overhead_s * 1e3:>7.1f}ms "
               f"{k.link_bytes_per_s / 1e6:>9.1f} {k.cost_usd or 0:>5.0f}  {k.description}")
     return 0
+
+
+COMMANDS = {"devices": Command(add_arguments, run, description=__doc__)}

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
+from planner.cli.common import Command
 from planner.cli.solve_cmd import report_plan
+from planner.errors import InputError
+from planner.files import write_text_atomic
+from planner.plan_inventory import compile_inventory_file, plan_compiled, solver_config_of
+from planner.problem import dump_problem
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "plan", help="plan a deployment for a device inventory (YAML)", description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inventory", metavar="INVENTORY.yaml")
     parser.add_argument("--profile", metavar="PROFILE.json",
                         help="profile from `edvit profile` (default: the inventory's model.profile,"
@@ -22,17 +26,9 @@ def register(subparsers) -> None:
     parser.add_argument("--workers", type=int, help="CP-SAT workers (default: inventory's)")
     parser.add_argument("--out", metavar="PLAN.json", help="write the plan file here")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from planner.errors import InputError
-    from planner.files import write_text_atomic
-    from planner.plan_inventory import compile_inventory_file, plan_compiled, solver_config_of
-    from planner.problem import dump_problem
-
     compiled = compile_inventory_file(args.inventory, profile_path=args.profile)
     config = solver_config_of(compiled.inventory)
     for flag, field in (("time_limit", "time_limit_s"), ("seed", "seed"), ("workers", "workers")):
@@ -44,3 +40,6 @@ def run(args: argparse.Namespace) -> int:
     if args.emit_problem:
         write_text_atomic(args.emit_problem, dump_problem(compiled.problem))
     return report_plan(plan_compiled(compiled, config), args)
+
+
+COMMANDS = {"plan": Command(add_arguments, run, description=__doc__)}

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import argparse
 
+from planner.cli.common import Command, print_json
+from planner.inventory import Inventory
+from planner.plan_schema import Plan
+from planner.problem import Problem
+from planner.profile_schema import ModelProfile
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("schema", help="print the JSON Schema of a file format")
-    parser.add_argument("kind", nargs="?", default="plan",
-                        choices=["plan", "problem", "profile", "inventory"])
-    parser.set_defaults(func=run)
+SCHEMAS = {"plan": Plan, "problem": Problem, "profile": ModelProfile, "inventory": Inventory}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("kind", nargs="?", default="plan", choices=list(SCHEMAS))
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.cli.common import print_json
-    from planner.plan_schema import Plan
-    from planner.problem import Problem
-    from planner.profile_schema import ModelProfile
-
-    models = {"plan": Plan, "problem": Problem, "profile": ModelProfile}
-    if args.kind == "inventory":
-        from planner.inventory import Inventory
-        models["inventory"] = Inventory
-    print_json(models[args.kind].model_json_schema())
+    print_json(SCHEMAS[args.kind].model_json_schema())
     return 0
+
+
+COMMANDS = {"schema": Command(add_arguments, run, description=__doc__)}

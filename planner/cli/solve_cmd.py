@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from planner.cli.common import check_output_path, print_json
+from planner.cli.common import Command, check_output_path, print_json
 from planner.cpsat_model import SolverConfig
+from planner.errors import InputError
+from planner.files import write_text_atomic
+from planner.problem import load_problem
+from planner.solve import solve
 
 EXIT_INFEASIBLE = 3
 
@@ -21,8 +25,6 @@ def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def solver_config(args: argparse.Namespace) -> SolverConfig:
-    from planner.errors import InputError
-
     if args.time_limit <= 0:
         raise InputError("must be > 0", field="--time-limit", value=args.time_limit)
     if args.workers < 1:
@@ -31,12 +33,9 @@ def solver_config(args: argparse.Namespace) -> SolverConfig:
                         log_search=getattr(args, "verbose", False))
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser("solve", help="solve a low-level planning problem (YAML)",
-                                   description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("problem", metavar="PROBLEM.yaml")
     add_solver_arguments(parser)
-    parser.set_defaults(func=run)
 
 
 def plan_summary(plan) -> dict:
@@ -60,8 +59,6 @@ def plan_summary(plan) -> dict:
 
 def report_plan(plan, args) -> int:
     """Write/print a plan as the flags ask; exit code 0 for a plan, 3 for infeasible."""
-    from planner.files import write_text_atomic
-
     if args.out:
         write_text_atomic(check_output_path(args.out), plan.model_dump_json(indent=2) + "\n")
     if args.json:
@@ -113,9 +110,9 @@ def _secondary_text(name: str, value: float | int | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from planner.problem import load_problem
-    from planner.solve import solve
-
     config = solver_config(args)
     problem = load_problem(args.problem)
     return report_plan(solve(problem, config), args)
+
+
+COMMANDS = {"solve": Command(add_arguments, run, description=__doc__)}

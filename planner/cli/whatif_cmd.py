@@ -12,9 +12,19 @@ import argparse
 import csv
 import io
 import re
+from dataclasses import replace
 from pathlib import Path
 
-from planner.cli.common import check_output_path, print_json, progress_bar
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from planner.cli.common import Command, check_output_path, print_json, progress_bar
+from planner.errors import InputError
+from planner.files import atomic_file, write_text_atomic
+from planner.inventory import load_inventory
+from planner.plan_inventory import solver_config_of
+from planner.whatif import what_if
 
 DEFAULT_MAX_SCENARIOS = 200
 EXIT_TARGET_MISSED = 3
@@ -26,10 +36,7 @@ CSV_FIELDS = ("status", "makespan_s", "bound_s", "greedy_makespan_s", "devices_t
               "aggregator_kind", "aggregator_changed", "cost_usd", "binding", "note")
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "whatif", help="sweep device counts: latency, memory, loss and cost per fleet",
-        description=__doc__)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inventory", metavar="INVENTORY.yaml")
     parser.add_argument("--vary", action="append", required=True, metavar="KIND=A..B",
                         help="device kind (or inventory entry name) and its counts: A..B, N or "
@@ -51,13 +58,10 @@ def register(subparsers) -> None:
                         help="refuse larger sweeps without --yes "
                              f"(default {DEFAULT_MAX_SCENARIOS})")
     parser.add_argument("--yes", action="store_true", help="run sweeps above --max-scenarios")
-    parser.set_defaults(func=run)
 
 
 def parse_vary(specs: list[str]) -> dict[str, list[int]]:
     """`KIND=A..B` / `KIND=N` / `KIND=A,B,C` flags -> {kind: counts}; InputError on bad specs."""
-    from planner.errors import InputError
-
     vary: dict[str, list[int]] = {}
     for spec in specs:
         match = _SPEC.match(spec)
@@ -81,13 +85,6 @@ def parse_vary(specs: list[str]) -> dict[str, list[int]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from planner.errors import InputError
-    from planner.inventory import load_inventory
-    from planner.plan_inventory import solver_config_of
-    from planner.whatif import what_if
-
     vary = parse_vary(args.vary)
     for flag in ("time_limit", "processes", "max_scenarios", "target_latency"):
         value = getattr(args, flag)
@@ -111,8 +108,6 @@ def run(args: argparse.Namespace) -> int:
                          max_scenarios=None if args.yes else args.max_scenarios,
                          progress=progress, source=args.inventory)
     if out is not None:
-        from planner.files import write_text_atomic
-
         write_text_atomic(out, table_csv(result))
     if plot is not None:
         write_plot(result, plot)
@@ -187,12 +182,6 @@ def plot_lines(result) -> list[dict]:
 
 def write_plot(result, path: Path) -> None:
     """PNG (matplotlib object API, Agg) plus `<stem>_data.csv` with the plotted points."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    from planner.files import atomic_file, write_text_atomic
-
     points = plot_lines(result)
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
@@ -231,3 +220,6 @@ def write_plot(result, path: Path) -> None:
     for p in points:
         writer.writerow({k: "" if p[k] is None else _cell(p[k]) for k in fields})
     write_text_atomic(path.with_name(f"{path.stem}_data.csv"), buffer.getvalue())
+
+
+COMMANDS = {"whatif": Command(add_arguments, run, description=__doc__)}

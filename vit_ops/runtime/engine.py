@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from planner.errors import InputError
+from vit_ops.deploy import onnx_max_abs_diff, open_session, write_onnx
 
 Engine = Literal["torch", "onnxruntime"]
 ENGINES: tuple[str, ...] = ("torch", "onnxruntime")
@@ -52,9 +53,6 @@ def prepare_extractor(model: nn.Module, example: torch.Tensor, engine: Engine, t
     except ImportError:
         raise InputError("onnxruntime is not installed (pip install 'edvit[export]')",
                          field="--engine", value=engine) from None
-    from profiler.onnx_latency import open_session
-    from vit_ops.deploy import onnx_max_abs_diff, write_onnx
-
     buffer = io.BytesIO()
     write_onnx(model, example, buffer, ["features"])
     session = open_session(buffer.getvalue(), threads)

@@ -20,7 +20,7 @@ import torch.nn as nn
 from planner.errors import InputError
 from planner.vit_shape import ViTShape
 from vit_ops.architecture import build_vit
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 from vit_ops.fusion import FusionHead
 from vit_ops.runtime.source import FeatureSlot
 from vit_ops.shapes import shape_for_arch

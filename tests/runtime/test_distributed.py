@@ -24,6 +24,8 @@ from planner.cli import main as cli_main
 from vit_ops.runtime import (FeatureSlot, RuntimeConfig, WorkerFailedError, predict_fused,
                              serve_local)
 
+pytestmark = pytest.mark.slow  # starts fleets of worker processes
+
 FAULT_TIMEOUT_S = 2.0  # for answers; joining gets JOIN_TIMEOUT_S (loading is slow on a busy host)
 JOIN_TIMEOUT_S = 30.0
 NEVER_JOIN_TIMEOUT_S = 5.0
@@ -234,7 +236,7 @@ def digits_deployment(tmp_path_factory):
     from planner.vit_shape import ViTShape
     from vit_ops.base_model import train_base
     from vit_ops.data import load_data
-    from vit_ops.demo import manual_plan
+    from vit_ops.manual_plan import manual_plan
     from vit_ops.materialize import MaterializeConfig, materialize
     from vit_ops.training import FitConfig
 
@@ -267,7 +269,7 @@ def _start_cli_process(argv: list[str], env: dict[str, str]) -> multiprocessing.
 
 def _evaluate_predictions(deploy: Path, n: int) -> list[int]:
     from vit_ops.data import load_data
-    from vit_ops.evaluate import evaluate_deployment
+    from profiler.evaluate import evaluate_deployment
 
     evaluation = evaluate_deployment(deploy, load_data("digits", img_size=16), predictions=n,
                                      measure=False)
@@ -332,10 +334,10 @@ class _KillOne:
 
 def test_serve_cli_names_a_killed_digits_worker_and_exits_4(digits_deployment, tmp_path, capsys,
                                                             monkeypatch):
-    import vit_ops.runtime.deployment as deployment
+    import vit_ops.runtime.cli as runtime_cli
 
-    real_open = deployment.open_deployment
-    monkeypatch.setattr(deployment, "open_deployment", lambda path, data=None: _KillOne(
+    real_open = runtime_cli.open_deployment
+    monkeypatch.setattr(runtime_cli, "open_deployment", lambda path, data=None: _KillOne(
         real_open(path, data), "pi-b", 3, str(tmp_path / "fault")))
     code = cli_main(["serve", str(digits_deployment), "--local", "--images", "20",
                      "--timeout", str(FAULT_TIMEOUT_S), "--join-timeout", str(JOIN_TIMEOUT_S)])

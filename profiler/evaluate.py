@@ -21,7 +21,11 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from planner.errors import InputError
 from planner.progress import ProgressCallback
+from profiler.flops import count_macs
+from profiler.latency import measure_latency
+from profiler.onnx_latency import measure_onnx_latency
 from vit_ops.data import DataSplits
 from vit_ops.deploy import (
     ONNX_FILE,
@@ -30,8 +34,8 @@ from vit_ops.deploy import (
     load_fusion,
     load_manifest,
 )
-from vit_ops.submodel import group_labels
 from vit_ops.fusion import concat_features
+from vit_ops.submodel import group_labels
 from vit_ops.training import accuracy, predict
 
 log = logging.getLogger(__name__)
@@ -114,8 +118,6 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
     _check_data(manifest, splits)
     threads = threads or torch.get_num_threads()
     if runtime not in ("torch", "onnxruntime", "both"):
-        from planner.errors import InputError
-
         raise InputError("expected torch, onnxruntime or both", field="--latency-runtime",
                          value=runtime)
     on_torch = measure and runtime in ("torch", "both")
@@ -192,8 +194,6 @@ def fused_predict(subs: list, fusion: torch.nn.Module, images: torch.Tensor) -> 
 
 
 def _check_data(manifest, splits: DataSplits) -> None:
-    from planner.errors import InputError
-
     if splits.num_classes != manifest.num_classes:
         raise InputError(f"data has {splits.num_classes} classes, the deployment "
                          f"{manifest.num_classes}", field="--data", value=splits.source)
@@ -204,8 +204,6 @@ def _check_data(manifest, splits: DataSplits) -> None:
 
 def _latency(model: torch.nn.Module, example: torch.Tensor, threads: int,
              repeats: int) -> tuple[float, float]:
-    from profiler.latency import measure_latency
-
     stats = measure_latency(model, example, threads=threads, repeats=repeats)
     return stats.median_s, stats.iqr_s
 
@@ -213,8 +211,6 @@ def _latency(model: torch.nn.Module, example: torch.Tensor, threads: int,
 def _check_onnx_files(directories: list[Path]) -> None:
     """InputError naming the first part without `model.onnx` (made with --no-onnx, or before
     the base model was exported too)."""
-    from planner.errors import InputError
-
     for directory in directories:
         if not (directory / ONNX_FILE).is_file():
             raise InputError("no ONNX model to time; re-run 'edvit materialize' without "
@@ -225,14 +221,10 @@ def _check_onnx_files(directories: list[Path]) -> None:
 def _onnx_latency(directory: Path, example: torch.Tensor, threads: int,
                   repeats: int) -> tuple[float, float]:
     """Median and IQR (s) of `directory/model.onnx` in onnxruntime on `example`."""
-    from profiler.onnx_latency import measure_onnx_latency
-
     stats = measure_onnx_latency(directory / ONNX_FILE, example.numpy(), threads=threads,
                                  repeats=repeats)
     return stats.median_s, stats.iqr_s
 
 
 def _flops(model: torch.nn.Module, example: torch.Tensor) -> int:
-    from profiler.flops import count_macs
-
     return 2 * count_macs(model, example).macs

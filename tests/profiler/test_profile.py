@@ -15,7 +15,7 @@ from planner.vit_shape import ViTShape
 from profiler.builtin import BUILTIN_RATIOS, builtin_profile_for
 from profiler.cache import CACHE_ENV, ProfileCache, default_cache_dir
 from profiler.model_profile import profile_model
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 
 SHAPE = ViTShape(arch="custom", img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4,
                  head_dim=16, mlp_hidden=256, num_classes=10)

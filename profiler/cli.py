@@ -3,20 +3,24 @@
 `edvit profile --arch ARCH --num-classes C --ratios 1,0.5,...` writes a profile JSON the planner
 reads (`edvit plan --profile`); `--measure` adds host latency. `edvit calibrate` times a few
 variants on this machine and writes a device-kind YAML an inventory can include (`kinds:`).
-Both import torch only inside `run`.
 """
 
 from __future__ import annotations
 
 import argparse
 
+from planner.cli.common import Command, check_output_path, print_json, progress_bar
+from planner.errors import InputError
+from planner.files import write_json_atomic, write_text_atomic
+from profiler.cache import ProfileCache
+from profiler.calibrate import calibrate_host, device_entry_yaml
+from profiler.model_profile import profile_model
+from vit_ops.shapes import shape_for_arch
+
 DEFAULT_RATIOS = "1,0.75,0.5,0.375,0.25,0.125"
 
 
-def register(subparsers) -> None:
-    profile = subparsers.add_parser(
-        "profile", help="FLOPs, memory (and host latency) of a ViT's pruned variants",
-        description=__doc__.splitlines()[0])
+def add_profile_arguments(profile: argparse.ArgumentParser) -> None:
     profile.add_argument("--arch", required=True,
                          help="timm architecture, e.g. vit_small_patch16_224")
     profile.add_argument("--num-classes", type=int, required=True, metavar="C")
@@ -34,13 +38,9 @@ def register(subparsers) -> None:
                               "~/.cache/edvit/profiles)")
     profile.add_argument("--out", metavar="PROFILE.json", help="write the profile here")
     profile.add_argument("--json", action="store_true", help="print the profile JSON on stdout")
-    profile.set_defaults(func=run)
 
-    calibrate = subparsers.add_parser(
-        "calibrate", help="time a few ViT variants here and fit this device's latency figures",
-        description="Fit latency = flops / flops_per_s + weight_bytes / weight_bytes_per_s + "
-                    "depth x overhead_per_block_s on this machine and write a device kind (YAML) "
-                    "for an inventory's `kinds:`.")
+
+def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--out", metavar="DEVICE.yaml", help="write the device kind here")
     calibrate.add_argument("--name", default=None, help="device kind name (default: host name)")
     calibrate.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
@@ -51,13 +51,10 @@ def register(subparsers) -> None:
                            help="bandwidth to the aggregator; not measured (default 1.25e7 = "
                                 "100 Mbit/s)")
     calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
-    calibrate.set_defaults(func=run_calibrate)
 
 
 def parse_ratios(text: str) -> list[float]:
     """'1,0.5,0.25' -> [1.0, 0.5, 0.25]; anything else is an InputError on --ratios."""
-    from planner.errors import InputError
-
     ratios = []
     for part in text.split(","):
         try:
@@ -70,20 +67,11 @@ def parse_ratios(text: str) -> list[float]:
     return ratios
 
 
-def run(args: argparse.Namespace) -> int:
-    from planner.cli.common import check_output_path, print_json, progress_bar
-    from planner.errors import InputError
-    from planner.files import write_json_atomic
-
+def run_profile(args: argparse.Namespace) -> int:
     ratios = parse_ratios(args.ratios)
     if args.threads is not None and args.threads < 1:
         raise InputError("must be >= 1", field="--threads", value=args.threads)
     out = check_output_path(args.out) if args.out else None
-
-    from profiler.cache import ProfileCache
-    from profiler.model_profile import profile_model
-    from vit_ops.shapes import shape_for_arch
-
     shape = shape_for_arch(args.arch, args.num_classes, args.img_size)
     cache = None if args.no_cache else ProfileCache()
     with progress_bar(f"profile {args.arch}", enabled=not args.json) as progress:
@@ -111,10 +99,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from planner.cli.common import check_output_path, print_json, progress_bar
-    from planner.errors import InputError
-    from planner.files import write_text_atomic
-
     if args.threads is not None and args.threads < 1:
         raise InputError("must be >= 1", field="--threads", value=args.threads)
     if args.link_bytes_per_s <= 0:
@@ -122,9 +106,6 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if args.clock == "cpu" and args.threads != 1:
         raise InputError("--clock cpu needs --threads 1", field="--threads", value=args.threads)
     out = check_output_path(args.out) if args.out else None
-
-    from profiler.calibrate import calibrate_host, device_entry_yaml
-
     with progress_bar("calibrate", enabled=not args.json) as progress:
         result = calibrate_host(name=args.name, threads=args.threads, clock=args.clock,
                                 link_bytes_per_s=args.link_bytes_per_s, progress=progress)
@@ -147,3 +128,13 @@ def run_calibrate(args: argparse.Namespace) -> int:
     if out is not None:
         print(f"wrote {out}")
     return 0
+
+
+COMMANDS = {
+    "profile": Command(add_profile_arguments, run_profile, description=__doc__.splitlines()[0]),
+    "calibrate": Command(
+        add_calibrate_arguments, run_calibrate,
+        description="Fit latency = flops / flops_per_s + weight_bytes / weight_bytes_per_s + "
+                    "depth x overhead_per_block_s on this machine and write a device kind (YAML) "
+                    "for an inventory's `kinds:`."),
+}

@@ -13,11 +13,13 @@ from planner.errors import InputError
 from planner.vit_shape import ViTShape
 from vit_ops.base_model import load_base, save_base, train_base
 from vit_ops.data import load_data
-from vit_ops.demo import manual_plan
+from vit_ops.manual_plan import manual_plan
 from vit_ops.deploy import (load_device_submodels, load_fusion, load_submodel)
-from vit_ops.evaluate import evaluate_deployment, fused_predict
+from profiler.evaluate import evaluate_deployment, fused_predict
 from vit_ops.materialize import MaterializeConfig, materialize
 from vit_ops.training import FitConfig
+
+pytestmark = pytest.mark.slow  # trains a base and materialises it
 
 TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
                 num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)

@@ -34,7 +34,7 @@ from planner.profile_schema import ModelProfile
 from planner.progress import ProgressCallback, phase_progress
 from planner.vit_shape import ViTShape, check_same_shape
 from vit_ops.base_model import LoadedBase
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 from vit_ops.data import DataSplits
 from vit_ops.importance import group_log_probs
 from vit_ops.materialize import MaterializeConfig, build_one_submodel

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,17 +11,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PLANNING
+from tests.conftest import PLANNING, ROOT
 
 INSTANCES = PLANNING / "instances"
 
 
-def edvit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "planner.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
-
-
-def test_solve_json_reports_an_optimal_plan(tmp_path):
+def test_solve_json_reports_an_optimal_plan(tmp_path, edvit):
     out = tmp_path / "plan.json"
     result = edvit("solve", str(INSTANCES / "p07_c10_d6_random.yaml"), "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -34,7 +30,7 @@ def test_solve_json_reports_an_optimal_plan(tmp_path):
     assert plan["greedy"]["makespan_s"] >= plan["makespan_s"]
 
 
-def test_solve_infeasible_exits_3_with_binding():
+def test_solve_infeasible_exits_3_with_binding(edvit):
     result = edvit("solve", str(INSTANCES / "p13_loss_infeasible.yaml"), "--json")
     assert result.returncode == 3
     summary = json.loads(result.stdout)
@@ -69,7 +65,7 @@ BAD_PROBLEMS = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_PROBLEMS))
-def test_bad_problem_gives_one_line_and_exit_2(tmp_path, case):
+def test_bad_problem_gives_one_line_and_exit_2(tmp_path, case, edvit):
     data, field, fragment = BAD_PROBLEMS[case]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -81,7 +77,7 @@ def test_bad_problem_gives_one_line_and_exit_2(tmp_path, case):
     assert str(path) in lines[0] and field in lines[0] and fragment in lines[0]
 
 
-def test_malformed_yaml_names_file_and_line(tmp_path):
+def test_malformed_yaml_names_file_and_line(tmp_path, edvit):
     path = tmp_path / "broken.yaml"
     path.write_text("num_classes: 4\ndevices: [\n  - {name: a\n")
     result = edvit("solve", str(path))
@@ -90,7 +86,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_unknown_device_kind_in_inventory(tmp_path):
+def test_unknown_device_kind_in_inventory(tmp_path, edvit):
     path = tmp_path / "inv.yaml"
     path.write_text(yaml.safe_dump({
         "model": {"arch": "vit_base_patch16_224", "num_classes": 10},
@@ -101,19 +97,19 @@ def test_unknown_device_kind_in_inventory(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_output_written_atomically_and_not_over_a_directory(tmp_path):
+def test_output_written_atomically_and_not_over_a_directory(tmp_path, edvit):
     result = edvit("solve", str(INSTANCES / "p01_pair_memory.yaml"), "--out", str(tmp_path))
     assert result.returncode == 2 and "directory" in result.stderr
 
 
-def test_schema_command_exports_plan_schema():
+def test_schema_command_exports_plan_schema(edvit):
     result = edvit("schema")
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert schema["title"] == "Plan" and "submodels" in schema["properties"]
 
 
-def test_devices_lists_the_catalog():
+def test_devices_lists_the_catalog(edvit):
     result = edvit("devices", "--json")
     kinds = json.loads(result.stdout)
     for kind in ("pi3b+", "pi4b-2gb", "pi4b-4gb", "pi4b-8gb", "pi5", "pizero2w", "jetson-nano",
@@ -121,9 +117,51 @@ def test_devices_lists_the_catalog():
         assert kinds[kind]["flops_per_s"] > 0 and kinds[kind]["mem_bytes"] > 0
 
 
-def test_import_planner_does_not_import_torch():
-    code = ("import sys, planner, planner.cli, planner.inventory, planner.solve; "
-            "print('torch' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+TORCH_FREE_COMMANDS = ["plan", "solve", "devices", "schema", "whatif"]
+
+
+def _top_modules_after_building(command: str) -> set[str]:
+    """Top-level modules loaded in a fresh process by `import planner` and building the full
+    parser of `command` (its module imported, its arguments defined)."""
+    code = ("import json, sys, planner, planner.inventory, planner.solve\n"
+            "from planner.cli import build_parser\n"
+            f"parser = build_parser([{command!r}])\n"
+            f"parser.parse_args([{command!r}, *{_REQUIRED.get(command, [])!r}])\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    return set(json.loads(result.stdout))
+
+
+_REQUIRED = {"plan": ["inv.yaml"], "solve": ["p.yaml"], "whatif": ["inv.yaml", "--vary", "a=1"],
+             "profile": ["--arch", "vit_tiny_patch16_224", "--num-classes", "2"]}
+
+
+@pytest.mark.parametrize("command", TORCH_FREE_COMMANDS)
+def test_planner_commands_do_not_import_torch(command):
+    assert "torch" not in _top_modules_after_building(command)
+
+
+def test_the_torch_probe_sees_a_command_that_imports_torch():
+    """The probe above can fail: a command whose module imports torch shows it."""
+    assert {"torch", "profiler", "vit_ops"} <= _top_modules_after_building("profile")
+
+
+def test_every_registered_command_defines_its_arguments():
+    from planner.cli import COMMANDS, build_parser
+
+    for name in COMMANDS:
+        parser = build_parser([name])
+        sub = next(a for a in parser._subparsers._group_actions).choices[name]
+        assert any(a.dest != "help" for a in sub._actions), name
+        assert sub.get_default("func") is not None, name
+
+
+def test_a_mistyped_command_module_fails_loudly():
+    from planner.cli import CommandInfo, load_command
+
+    with pytest.raises(ModuleNotFoundError):
+        load_command("plan", {"plan": CommandInfo("planner.cli.plan_cmdd", "typo")})
+    with pytest.raises(ImportError, match="defines no command 'plans'"):
+        load_command("plans", {"plans": CommandInfo("planner.cli.plan_cmd", "typo")})

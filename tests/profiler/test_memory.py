@@ -9,7 +9,7 @@ from planner.vit_shape import ViTShape
 from profiler.memory import (measure_peak_allocated_bytes, param_bytes,
                              peak_activation_bytes)
 from profiler.model_profile import example_input, runnable_backbone
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
 
 

@@ -7,7 +7,7 @@ import pytest
 from planner.vit_shape import PruneCounts, ViTShape
 from profiler.flops import count_macs
 from profiler.model_profile import example_input, runnable_backbone
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
 
 

@@ -16,11 +16,13 @@ from planner.cli import main as cli_main
 from planner.errors import InputError
 from vit_ops.base_model import load_base
 from vit_ops.data import load_data
-from vit_ops.demo import manual_plan
+from vit_ops.manual_plan import manual_plan
 from vit_ops.deploy import load_deployment_base, load_manifest
 from vit_ops.materialize import named_by_data
 from vit_ops.shapes import shape_for_arch
 from vit_ops.training import FitConfig
+
+pytestmark = pytest.mark.slow  # materialises and serves a user checkpoint
 
 ARCH = "vit_tiny_patch16_224"
 CLASSES = ["cat", "dog", "emu"]

@@ -17,13 +17,13 @@ from planner.problem import ProfileRow
 from planner.profiles import load_profile
 from planner.vit_shape import ViTShape
 from profiler.model_profile import profile_model
-from vit_ops.accuracy_table import (AccuracyTableConfig, check_group_sizes, check_profile_fits,
+from profiler.accuracy_table import (AccuracyTableConfig, check_group_sizes, check_profile_fits,
                                     default_group_sizes, loss_steps_from_measurements,
                                     measure_accuracy_table, sample_groups)
 from vit_ops.base_model import load_base, save_base, train_base
 from vit_ops.materialize import MaterializeConfig
 from vit_ops.data import load_data
-from vit_ops.demo import demo_inventory
+from vit_ops.cli import demo_inventory
 from vit_ops.training import FitConfig
 
 TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
@@ -86,6 +86,7 @@ def test_grid_and_group_sampling():
             check_group_sizes(bad, 10)
 
 
+@pytest.mark.slow
 def test_measured_tables_are_valid_monotone_and_measured(work):
     root, report = work
     profile = load_profile(root / "measured.json")
@@ -117,6 +118,7 @@ def test_measured_tables_are_valid_monotone_and_measured(work):
         original.variants
 
 
+@pytest.mark.slow
 def test_plan_uses_the_measured_table(work):
     root, _ = work
     profile = load_profile(root / "measured.json")
@@ -132,6 +134,7 @@ def test_plan_uses_the_measured_table(work):
         {r.ratio: r.loss_steps for r in compiled.problem.profile}
 
 
+@pytest.mark.slow
 def test_profile_of_another_model_is_refused(work):
     root, _ = work
     profile = load_profile(root / "profile.json")
@@ -140,6 +143,7 @@ def test_profile_of_another_model_is_refused(work):
         check_profile_fits(profile, TINY.model_copy(update={"embed_dim": 64}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
     ({"--out": "profile.json"}, "overwrite the input profile"),
     ({"--group-sizes": "1,11"}, "group sizes must be in 1..10"),
@@ -165,6 +169,7 @@ def test_bad_input_is_one_line_and_exit_2(work, capsys, change, message):
     assert (root / "profile.json").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_table_is_printed_and_the_run_is_deterministic(work, capsys):
     root, _ = work
     code = cli_main(["profile-accuracy", "--base", str(root / "base"), "--data", "digits",
@@ -177,6 +182,7 @@ def test_table_is_printed_and_the_run_is_deterministic(work, capsys):
     assert (root / "again.json").read_bytes() == (root / "measured.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_a_group_of_every_class_is_measured_with_progress(work, digits):
     """g = C: the sub-model's "other" output has no images and its teacher no "other" bucket."""
     root, _ = work

@@ -10,7 +10,7 @@ from timm.models.vision_transformer import VisionTransformer
 from planner.errors import InputError
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.architecture import build_vit
-from vit_ops.counts import counts_for_ratio, full_counts
+from planner.vit_shape import counts_for_ratio, full_counts
 from vit_ops.shapes import BUILTIN_PROFILE_ARCHS, shape_for_arch, shape_of_model
 
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the whole demo: trains, materialises, serves
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):

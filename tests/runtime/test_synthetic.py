@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from planner.errors import InputError
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 from vit_ops.runtime import RuntimeConfig, predict_fused, serve_local
 from vit_ops.runtime.source import feature_width
 from vit_ops.runtime.synthetic import SyntheticDeployment

@@ -26,7 +26,7 @@ from planner.inventory import inventory_from_dict
 from planner.plan_inventory import plan_inventory
 from planner.profile_schema import ModelProfile, VariantProfile
 from planner.vit_shape import ViTShape
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 
 ARCH = "vit_small_patch16_224"
 REL = 1e-9

@@ -13,7 +13,7 @@ from profiler.calibrate import calibrate_host, device_entry_yaml, time_variants
 from profiler.latency import measure_latency
 from profiler.latency_model import fit_latency, fit_traffic
 from profiler.model_profile import example_input, runnable_backbone
-from vit_ops.counts import counts_for_ratio
+from planner.vit_shape import counts_for_ratio
 
 SHAPE = ViTShape(arch="custom", img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4,
                  head_dim=16, mlp_hidden=256, num_classes=10)

@@ -12,11 +12,13 @@ from planner.cli import main as cli_main
 from planner.vit_shape import ViTShape
 from vit_ops.architecture import build_vit
 from vit_ops.base_model import BaseModelSpec, LoadedBase, load_base
-from vit_ops.counts import full_counts
+from planner.vit_shape import full_counts
 from vit_ops.data import load_data
-from vit_ops.demo import manual_plan
+from vit_ops.manual_plan import manual_plan
 from vit_ops.materialize import MaterializeConfig, materialize
 from vit_ops.training import FitConfig
+
+pytestmark = pytest.mark.slow  # trains and materialises a deployment
 
 TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
                 num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)

@@ -12,8 +12,8 @@ import pytest
 
 from planner.cli import main
 from planner.profiles import load_profile
+from tests.conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("argv,field", [

@@ -14,25 +14,22 @@ import os
 import signal
 import sys
 
-from planner.cli.common import print_json, progress_bar
+from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
+from vit_ops.runtime import Endpoint, RuntimeConfig, WorkerFailedError, run_node, serve_local
+from vit_ops.runtime.deployment import open_deployment
 
 PREDICTIONS_SHOWN = 20
 
 
-def register(subparsers) -> None:
-    serve = subparsers.add_parser(
-        "serve", help="run a deployment as distributed inference (one process per device)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_serve_arguments(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("deploy_dir", metavar="DEPLOY_DIR")
     serve.add_argument("--local", action="store_true", required=True,
                        help="start every device's worker on this machine (gloo over loopback)")
     _add_run_arguments(serve)
-    serve.set_defaults(func=run_serve)
 
-    worker = subparsers.add_parser(
-        "worker", help="run one node of a distributed deployment (rank 0 = aggregator)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+def add_worker_arguments(worker: argparse.ArgumentParser) -> None:
     worker.add_argument("deploy_dir", metavar="DEPLOY_DIR")
     worker.add_argument("--rank", type=int, help="0 = aggregator, r = r-th device (env RANK)")
     worker.add_argument("--world-size", type=int,
@@ -40,7 +37,6 @@ def register(subparsers) -> None:
     worker.add_argument("--master", metavar="HOST:PORT",
                         help="the aggregator's address (env MASTER_ADDR, MASTER_PORT)")
     _add_run_arguments(worker)
-    worker.set_defaults(func=run_worker)
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +63,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _config(args: argparse.Namespace):
-    from vit_ops.runtime import RuntimeConfig
-
+def _config(args: argparse.Namespace) -> RuntimeConfig:
     for flag, value in (("--images", args.images), ("--threads", args.threads),
                         ("--batch-size", args.batch_size)):
         if value < 1:
@@ -90,9 +84,6 @@ def _exit_on_sigterm() -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from vit_ops.runtime import WorkerFailedError, serve_local
-    from vit_ops.runtime.deployment import open_deployment
-
     config = _config(args)
     source = open_deployment(args.deploy_dir, args.data)
     _exit_on_sigterm()
@@ -108,9 +99,6 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_worker(args: argparse.Namespace) -> int:
-    from vit_ops.runtime import WorkerFailedError, run_node
-    from vit_ops.runtime.deployment import open_deployment
-
     config = _config(args)
     rank = _int_from(args.rank, "RANK", "--rank")
     world_size = _int_from(args.world_size, "WORLD_SIZE", "--world-size")
@@ -142,9 +130,7 @@ def _int_from(value: int | None, env: str, flag: str) -> int:
         raise InputError("not an integer", field=env, value=text) from None
 
 
-def _endpoint(master: str | None):
-    from vit_ops.runtime import Endpoint
-
+def _endpoint(master: str | None) -> Endpoint:
     if master:
         return Endpoint.parse(master)
     host, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
@@ -195,3 +181,10 @@ def format_result(result) -> str:
         lines.append(f"  FAILED {failure.device} (rank {failure.rank}): {failure.reason}; "
                      f"predictions from image {failure.at_image or 0} on are marked degraded")
     return "\n".join(lines)
+
+
+COMMANDS = {
+    "serve": Command(add_serve_arguments, run_serve, description=__doc__, raw_description=True),
+    "worker": Command(add_worker_arguments, run_worker, description=__doc__,
+                      raw_description=True),
+}

@@ -2,23 +2,54 @@
 class-specific sub-models, and what the split costs in accuracy, size and latency;
 `edvit profile-accuracy`: the same machinery on a grid, measuring the planner's loss step table.
 
-torch and vit_ops are imported inside the functions that run the commands.
+A command module (the top layer): it drives `vit_ops` and, for evaluate, demo and
+profile-accuracy, the measurements in `profiler`, which `vit_ops` itself never imports.
+The demo pipeline lives here too: it strings the commands together.
+
+Demo DIR layout: `DIR/base/` (from train-base, reused when present), `DIR/profile.json` (costs of
+the digits ViT's variants), `DIR/inventory.yaml` (the example fleet), `DIR/plan.json`,
+`DIR/deploy/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
 
-from planner.cli.common import print_json, progress_bar
+import yaml
+
+from planner.cli.common import Command, check_output_path, print_json, progress_bar
+from planner.errors import InputError
+from planner.files import write_json_atomic, write_text_atomic
+from planner.plan_inventory import plan_inventory
+from planner.plan_schema import Plan, load_plan
+from planner.profiles import load_profile
+from planner.progress import ProgressCallback, phase_progress
+from profiler.accuracy_table import AccuracyTableConfig, measure_accuracy_table
+from profiler.evaluate import Evaluation, evaluate_deployment, evaluation_json
+from profiler.model_profile import profile_model
+from vit_ops.base_model import (
+    BASE_SPEC_FILE,
+    DIGITS_FIT,
+    DIGITS_SHAPE,
+    load_base,
+    save_base,
+    train_base,
+)
+from vit_ops.data import DIGITS, load_data
+from vit_ops.deploy import load_manifest
+from vit_ops.materialize import MaterializeConfig, materialize
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE_DIR = "edvit-base"
 DEFAULT_DEMO_DIR = "edvit-demo"
+DEMO_RATIOS = [1.0, 0.75, 0.5, 0.25]
+DEMO_DEVICES = {"kind": "pi4b-4gb", "count": 4, "name": "pi"}
 
 
-def register(subparsers) -> None:
-    train = subparsers.add_parser(
-        "train-base", help="train the small digits ViT (or one on an image folder) from scratch",
-        description="Train a small ViT from scratch; writes DIR/model.safetensors + DIR/model.json.")
+def add_train_base_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--data", default="digits",
                        help="'digits' (built in, default) or an image folder (one sub-folder per "
                             "class)")
@@ -28,12 +59,9 @@ def register(subparsers) -> None:
     train.add_argument("--seed", type=int, default=0, help="seed of init, order, augmentation")
     train.add_argument("--force", action="store_true", help="replace a non-empty DIR")
     train.add_argument("--json", action="store_true", help="print the model spec as JSON")
-    train.set_defaults(func=run_train_base)
 
-    mat = subparsers.add_parser(
-        "materialize", help="build the plan's pruned sub-models and fusion head",
-        description="Class-wise importance, structural pruning to the plan's counts, fine-tuning "
-                    "with distillation, fusion head, safetensors + JSON + ONNX in DEPLOY_DIR.")
+
+def add_materialize_arguments(mat: argparse.ArgumentParser) -> None:
     mat.add_argument("plan", metavar="PLAN.json")
     mat.add_argument("--base", required=True, metavar="MODEL",
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
@@ -46,11 +74,9 @@ def register(subparsers) -> None:
     mat.add_argument("--seed", type=int, default=0)
     mat.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
     mat.add_argument("--json", action="store_true", help="print the deployment manifest")
-    mat.set_defaults(func=run_materialize)
 
-    ev = subparsers.add_parser(
-        "evaluate", help="accuracy, size and latency of a deployment against its base model",
-        description="Evaluate DEPLOY_DIR on the held-out split of DATA.")
+
+def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("deploy_dir", metavar="DEPLOY_DIR")
     ev.add_argument("--data", required=True, help="'digits' or an image folder")
     ev.add_argument("--json", action="store_true", help="print one JSON object")
@@ -61,24 +87,17 @@ def register(subparsers) -> None:
     ev.add_argument("--latency-runtime", choices=["torch", "onnxruntime", "both"],
                     default="torch", help="time eager PyTorch (default), each part's model.onnx "
                     "in onnxruntime (JSON keys onnx_*), or both")
-    ev.set_defaults(func=run_evaluate)
 
-    demo = subparsers.add_parser(
-        "demo", help="the whole path on digits: train, plan, materialise, evaluate",
-        description="Train the digits base (or reuse DIR/base), plan for an example fleet of four "
-                    "Raspberry Pi 4, materialise into DIR/deploy and print the evaluation.")
+
+def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
     demo.add_argument("--out", default=DEFAULT_DEMO_DIR, metavar="DIR",
                       help=f"working directory (default: {DEFAULT_DEMO_DIR})")
     demo.add_argument("--retrain", action="store_true", help="train the base even if DIR has one")
     demo.add_argument("--json", action="store_true", help="print the evaluation as JSON")
     demo.add_argument("--predictions", type=int, default=0, metavar="N")
-    demo.set_defaults(func=run_demo)
 
-    acc = subparsers.add_parser(
-        "profile-accuracy", help="measure the accuracy-loss step table of a profile's ratios",
-        description="Build sub-models as `materialize` does on a grid of (keep ratio, class-group "
-                    "size), measure their accuracy loss against the base on the validation split "
-                    "and write the profile with each variant's measured `loss_steps`.")
+
+def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
     acc.add_argument("--base", required=True, metavar="MODEL",
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
     acc.add_argument("--data", required=True, help="'digits' or an image folder")
@@ -96,20 +115,12 @@ def register(subparsers) -> None:
                      "(default: materialize's)")
     acc.add_argument("--seed", type=int, default=0, help="seed of group sampling and fine-tuning")
     acc.add_argument("--json", action="store_true", help="print the measurements as JSON")
-    acc.set_defaults(func=run_profile_accuracy)
 
 
 def run_train_base(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from vit_ops.base_model import DIGITS_FIT, DIGITS_SHAPE, save_base, train_base
-    from vit_ops.data import DIGITS, load_data
-
     _positive(args.epochs, "--epochs")
     out = Path(args.out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        from planner.errors import InputError
-
         raise InputError("output exists; pass --force to replace it", field="--out",
                          value=str(out))
     if args.data == DIGITS:
@@ -133,11 +144,6 @@ def run_train_base(args: argparse.Namespace) -> int:
 
 
 def run_materialize(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from planner.plan_schema import load_plan
-    from vit_ops.materialize import MaterializeConfig, materialize
-
     _positive(args.finetune_epochs, "--finetune-epochs")
     plan = load_plan(args.plan)
     base = _load_base_for(args.base, plan)
@@ -160,13 +166,7 @@ def run_materialize(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from vit_ops.data import load_data
-    from vit_ops.deploy import load_manifest
-    from vit_ops.evaluate import evaluate_deployment
-
     if args.predictions < 0:
-        from planner.errors import InputError
-
         raise InputError("must be >= 0", field="--predictions", value=args.predictions)
     _positive(args.threads, "--threads")
     manifest = load_manifest(args.deploy_dir)
@@ -180,29 +180,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from vit_ops.demo import run_demo as demo
-
+def run_demo_command(args: argparse.Namespace) -> int:
     with progress_bar("demo") as progress:
-        evaluation = demo(Path(args.out), retrain=args.retrain, progress=progress,
+        evaluation = run_demo(Path(args.out), retrain=args.retrain, progress=progress,
                           predictions=args.predictions)
     _report(evaluation, args.json)
     return 0
 
 
 def run_profile_accuracy(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from planner.cli.common import check_output_path
-    from planner.errors import InputError
-    from planner.files import write_json_atomic
-    from planner.profiles import load_profile
-    from vit_ops.accuracy_table import AccuracyTableConfig, measure_accuracy_table
-    from vit_ops.base_model import load_base
-    from vit_ops.materialize import MaterializeConfig
-
     _positive(args.finetune_epochs, "--finetune-epochs")
     _positive(args.groups_per_size, "--groups-per-size")
     if args.loss_cap_pp < 0:
@@ -256,21 +242,15 @@ def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        from planner.errors import InputError
-
         raise InputError("expected comma-separated integers", field=flag, value=text) from None
 
 
 def _load_base_for(source: str, plan):
-    from vit_ops.base_model import load_base
-
     img_size = plan.model.shape.img_size if plan.model else None
     return load_base(source, num_classes=plan.num_classes, img_size=img_size)
 
 
 def _load_data_for(data: str, base):
-    from vit_ops.data import load_data
-
     names = base.spec.class_names if base.spec.fit is not None else None
     return load_data(data, img_size=base.spec.shape.img_size,
                      expected_classes=base.spec.shape.num_classes, class_names=names)
@@ -287,15 +267,11 @@ def _with_finetune_args(config, args: argparse.Namespace):
 
 def _positive(value, flag: str) -> None:
     if value is not None and value <= 0:
-        from planner.errors import InputError
-
         raise InputError("must be > 0", field=flag, value=value)
 
 
 def _report(evaluation, as_json: bool) -> None:
     if as_json:
-        from vit_ops.evaluate import evaluation_json
-
         print_json(evaluation_json(evaluation))
         return
     e = evaluation
@@ -315,3 +291,75 @@ def _report(evaluation, as_json: bool) -> None:
                   f"{s.flops_reduction:.2f}x fewer FLOPs; {e.onnx_threads} intra-op threads)")
     if e.predictions is not None:
         print(f"  predictions: {e.predictions}")
+
+
+# ---------------------------------------------------------------- the demo pipeline
+
+def demo_inventory(profile_file: str) -> dict:
+    """An example fleet of four Raspberry Pi 4 for the digits ViT (as an inventory document)."""
+    return {
+        "schema_version": 1,
+        "name": "digits-demo",
+        "model": {"arch": DIGITS_SHAPE.arch, "num_classes": DIGITS_SHAPE.num_classes,
+                  "class_names": [str(i) for i in range(10)], "profile": profile_file},
+        "devices": [DEMO_DEVICES],
+        "budgets": {"loss_pp": 0.5},
+        "secondary": "memory",
+        "fusion_hidden": MaterializeConfig().fusion_hidden,
+        "solver": {"time_limit_s": 10, "seed": 0, "workers": 1},
+    }
+
+
+def plan_demo(out_dir: Path) -> Plan:
+    """Profile the digits ViT, write the example inventory, and plan it with the CP-SAT planner."""
+    profile = profile_model(DIGITS_SHAPE, DEMO_RATIOS)
+    write_json_atomic(out_dir / "profile.json", profile.model_dump(mode="json"))
+    inventory_path = out_dir / "inventory.yaml"
+    write_text_atomic(inventory_path, yaml.safe_dump(demo_inventory("profile.json"),
+                                                     sort_keys=False))
+    return plan_inventory(inventory_path)
+
+
+def run_demo(out_dir: Path, retrain: bool = False, config: MaterializeConfig = MaterializeConfig(),
+             progress: ProgressCallback | None = None, predictions: int = 0) -> Evaluation:
+    """Train or reuse `out_dir/base`, plan, materialise into `out_dir/deploy`, evaluate."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base_dir = out_dir / "base"
+    splits = load_data(DIGITS, img_size=DIGITS_SHAPE.img_size)
+    if (base_dir / BASE_SPEC_FILE).is_file() and not retrain:
+        base = load_base(str(base_dir))
+        log.info("reusing base model %s", base_dir)
+    else:
+        base = train_base(splits, DIGITS_SHAPE, DIGITS_FIT,
+                          phase_progress(progress, 0, 3, "train base"))
+        save_base(base, base_dir, force=True)
+    plan = plan_demo(out_dir)
+    write_json_atomic(out_dir / "plan.json", plan.model_dump(mode="json"))
+    materialize(plan, base, splits, out_dir / "deploy", config, force=True,
+                progress=phase_progress(progress, 1, 3, "materialize"),
+                plan_source=str(out_dir / "plan.json"))
+    return evaluate_deployment(out_dir / "deploy", splits, predictions=predictions,
+                               progress=phase_progress(progress, 2, 3, "evaluate"))
+
+
+COMMANDS = {
+    "train-base": Command(add_train_base_arguments, run_train_base,
+                          description="Train a small ViT from scratch; writes "
+                                      "DIR/model.safetensors + DIR/model.json."),
+    "materialize": Command(
+        add_materialize_arguments, run_materialize,
+        description="Class-wise importance, structural pruning to the plan's counts, fine-tuning "
+                    "with distillation, fusion head, safetensors + JSON + ONNX in DEPLOY_DIR."),
+    "evaluate": Command(add_evaluate_arguments, run_evaluate,
+                        description="Evaluate DEPLOY_DIR on the held-out split of DATA."),
+    "demo": Command(
+        add_demo_arguments, run_demo_command,
+        description="Train the digits base (or reuse DIR/base), plan for an example fleet of four "
+                    "Raspberry Pi 4, materialise into DIR/deploy and print the evaluation."),
+    "profile-accuracy": Command(
+        add_profile_accuracy_arguments, run_profile_accuracy,
+        description="Build sub-models as `materialize` does on a grid of (keep ratio, class-group "
+                    "size), measure their accuracy loss against the base on the validation split "
+                    "and write the profile with each variant's measured `loss_steps`."),
+}

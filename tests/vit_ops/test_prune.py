@@ -8,7 +8,7 @@ import torch
 from planner.errors import InputError
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.architecture import build_vit
-from vit_ops.counts import counts_for_ratio, full_counts
+from planner.vit_shape import counts_for_ratio, full_counts
 from vit_ops.importance import UnitImportance, group_log_probs, score_importance
 from vit_ops.prune import apply_prune_spec, select_units
 

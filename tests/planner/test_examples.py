@@ -11,13 +11,13 @@ import yaml
 from planner.inventory import compile_inventory, inventory_from_dict
 from planner.plan_inventory import plan_inventory
 from planner.profiles import builtin_archs, builtin_profile
-from tests.test_planner_cli import edvit
+from tests.conftest import EXAMPLES
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("*.yaml"))
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.yaml"))
 
 
 def test_there_are_at_least_three_examples():
-    assert len(EXAMPLES) >= 3
+    assert len(EXAMPLE_FILES) >= 3
 
 
 def test_builtin_profiles_cover_the_standard_vits():
@@ -28,8 +28,8 @@ def test_builtin_profiles_cover_the_standard_vits():
     assert flops == sorted(flops)  # smaller ratios are cheaper
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
-def test_example_plans_are_optimal_and_self_contained(path, tmp_path):
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_example_plans_are_optimal_and_self_contained(path, tmp_path, edvit):
     out = tmp_path / "plan.json"
     result = edvit("plan", str(path), "--json", "--out", str(out))
     assert result.returncode == 0, result.stderr
@@ -45,8 +45,8 @@ def test_example_plans_are_optimal_and_self_contained(path, tmp_path):
     assert plan["greedy"]["makespan_s"] >= plan["makespan_s"]
 
 
-def test_emitted_problem_solves_to_the_same_makespan(tmp_path):
-    inventory = EXAMPLES[0]
+def test_emitted_problem_solves_to_the_same_makespan(tmp_path, edvit):
+    inventory = EXAMPLE_FILES[0]
     problem_path = tmp_path / "problem.yaml"
     planned = edvit("plan", str(inventory), "--json", "--emit-problem", str(problem_path))
     solved = edvit("solve", str(problem_path), "--json")
@@ -67,7 +67,7 @@ def test_plan_carries_class_names_and_counts_from_the_profile():
     assert plan.model.shape.num_classes == 3
 
 
-def test_profile_for_another_arch_is_refused(tmp_path):
+def test_profile_for_another_arch_is_refused(tmp_path, edvit):
     profile = builtin_profile("vit_tiny_patch16_224")
     path = tmp_path / "tiny.json"
     path.write_text(profile.model_dump_json())
@@ -80,7 +80,7 @@ def test_profile_for_another_arch_is_refused(tmp_path):
     assert "vit_tiny_patch16_224" in result.stderr and "model.arch" in result.stderr
 
 
-def test_profile_from_another_schema_version_is_refused(tmp_path):
+def test_profile_from_another_schema_version_is_refused(tmp_path, edvit):
     data = json.loads(builtin_profile("vit_tiny_patch16_224").model_dump_json())
     data["schema_version"] = 99
     path = tmp_path / "old.json"
@@ -124,8 +124,8 @@ def test_calibrated_traffic_model_reaches_the_plan(tmp_path):
         assert sm.latency.overhead_s == pytest.approx(12 * 0.001)
 
 
-def test_human_summary_gives_the_secondary_objective_with_its_unit(tmp_path):
-    path = next(p for p in EXAMPLES if p.stem == "pi4-cluster")
+def test_human_summary_gives_the_secondary_objective_with_its_unit(tmp_path, edvit):
+    path = next(p for p in EXAMPLE_FILES if p.stem == "pi4-cluster")
     out = tmp_path / "plan.json"
     result = edvit("plan", str(path), "--out", str(out))
     assert result.returncode == 0, result.stderr
