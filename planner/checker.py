@@ -2,14 +2,20 @@
 
 Knows nothing of CP-SAT. The solver's plans are re-scored here in floating point, and the tests check
 this module on hand-made plans, valid and invalid. It is the executable form of the "Semantics"
-section of the problem format (README).
+section of the problem format (README), with its extension: the aggregator sends the input
+(`input_bytes`) to the other used devices one after another, and a device starts when its input
+has arrived.
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from planner.problem import Device, Problem, ProfileRow
+
+Key = TypeVar("Key", bound=Hashable)
 
 MAKESPAN_REL_TOL = 1e-9  # plans within this relative distance of T* tie on the makespan
 
@@ -36,6 +42,21 @@ class SubModelCost:
         return self.compute_s + self.overhead_s + self.comm_s
 
 
+@dataclass(frozen=True)
+class InputSchedule:
+    """How the input reaches the devices: the aggregator sends it to one device after another.
+
+    `order` lists the used devices other than the aggregator, first sent first (empty when the
+    problem sends no input); `transfer_s` is each one's b_d; `arrival_s` holds every used device
+    (0 on the aggregator, and everywhere when no input is sent); `finish_s` = arrival + busy time.
+    """
+
+    order: tuple[str, ...]
+    transfer_s: dict[str, float]
+    arrival_s: dict[str, float]
+    finish_s: dict[str, float]
+
+
 @dataclass
 class PlanScore:
     """Every figure of a plan, and the rules it breaks (empty `violations` = valid)."""
@@ -47,6 +68,7 @@ class PlanScore:
     memory_sum_bytes: int
     max_loss_pp: float | None
     similarity_sum: int | None
+    input: InputSchedule
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -72,6 +94,56 @@ def submodel_latency(row: ProfileRow, device: Device, on_aggregator: bool) -> Su
                         mem_bytes=row.mem_bytes, loss_pp=None)
 
 
+def input_transfer_s(problem: Problem, device: Device) -> float:
+    """b_d = input_bytes / min(link of the aggregator, link of d); 0 on the aggregator or when the
+    problem sends no input."""
+    aggregator = problem.device(problem.aggregator_name)
+    if not problem.input_bytes_sent or device.name == aggregator.name:
+        return 0.0
+    return problem.input_bytes_sent / min(aggregator.link_bytes_per_s, device.link_bytes_per_s)
+
+
+def jackson_order(busy: Mapping[Key, float]) -> list[Key]:
+    """Send order that minimises the latest finish: largest busy time first (Jackson's rule);
+    ties keep the mapping's order, so the schedule is deterministic."""
+    return sorted(busy, key=lambda k: -busy[k])
+
+
+def arrivals(order: Sequence[Key], transfer: Mapping[Key, float]) -> dict[Key, float]:
+    """When each device's input has arrived: the sends before it and its own, one after another."""
+    arrival, elapsed = {}, 0.0
+    for k in order:
+        elapsed += transfer[k]
+        arrival[k] = elapsed
+    return arrival
+
+
+def latest_finish(local_busy: float, remote: Sequence[tuple[float, float]]) -> float:
+    """max(local busy, max over remote devices of arrival + busy) under Jackson's order, for
+    remote = [(busy, transfer), ...]; in any unit (the solver uses it on integers too)."""
+    finish, elapsed = local_busy, 0
+    for busy, transfer in sorted(remote, key=lambda bt: -bt[0]):
+        elapsed += transfer
+        finish = max(finish, elapsed + busy)
+    return finish
+
+
+def schedule_input(problem: Problem, device_times: Mapping[str, float],
+                   order: Sequence[str] | None = None) -> InputSchedule:
+    """Arrival and finish of every used device; `order` None = Jackson's rule (the optimum)."""
+    aggregator = problem.aggregator_name
+    in_listing = {d.name: i for i, d in enumerate(problem.devices)}
+    used = sorted(device_times, key=in_listing.__getitem__)
+    remote = [d for d in used if d != aggregator] if problem.input_bytes_sent else []
+    transfer = {d: input_transfer_s(problem, problem.device(d)) for d in remote}
+    if order is None:
+        order = jackson_order({d: device_times[d] for d in remote})
+    arrival = {d: 0.0 for d in used} | arrivals(order, transfer)
+    finish = {d: arrival[d] + device_times[d] for d in used}
+    return InputSchedule(order=tuple(order), transfer_s=transfer, arrival_s=arrival,
+                         finish_s=finish)
+
+
 def fusion_latency(problem: Problem, num_submodels: int) -> float:
     """(flops_fixed + K x flops_per_submodel) / flops_per_s(aggregator)."""
     aggregator = problem.device(problem.aggregator_name)
@@ -86,8 +158,13 @@ def group_similarity(similarity: list[list[int]], groups: list[list[int]] | list
                for j in group[a + 1:])
 
 
-def score_plan(problem: Problem, placements: list[Placement]) -> PlanScore:
-    """Score `placements` against `problem`; every broken rule is listed in `violations`."""
+def score_plan(problem: Problem, placements: list[Placement],
+               send_order: Sequence[str] | None = None) -> PlanScore:
+    """Score `placements` against `problem`; every broken rule is listed in `violations`.
+
+    With `input_bytes`, the input is sent in `send_order` (the used devices other than the
+    aggregator, first sent first); None = Jackson's rule, the best order for these placements.
+    """
     violations: list[str] = []
     devices = {d.name: d for d in problem.devices}
     rows = {row.ratio: row for row in problem.profile}
@@ -123,6 +200,9 @@ def score_plan(problem: Problem, placements: list[Placement]) -> PlanScore:
         if row is None:
             violations.append(f"sub-model {k} uses ratio {p.ratio}, not in the profile")
             continue
+        if p.device == aggregator and not problem.hosts_on_aggregator:
+            violations.append(f"sub-model {k} is placed on the aggregator {aggregator}, but "
+                              "aggregator_hosts_submodels is false")
         cost = submodel_latency(row, device, on_aggregator=(p.device == aggregator))
         loss = row.loss(len(p.classes)) if p.classes else row.loss(1)
         cost = SubModelCost(cost.compute_s, cost.overhead_s, cost.comm_s, cost.mem_bytes, loss)
@@ -146,8 +226,14 @@ def score_plan(problem: Problem, placements: list[Placement]) -> PlanScore:
         if need > devices[name].mem_bytes:
             violations.append(f"device {name} needs {need} bytes, has {devices[name].mem_bytes}")
 
+    remote = {d for d in device_times if d != aggregator} if problem.input_bytes_sent else set()
+    if send_order is not None and (len(send_order) != len(remote) or set(send_order) != remote):
+        violations.append(f"send order {list(send_order)} is not an order of the devices that "
+                          f"need the input {sorted(remote)}")
+        send_order = None
+    schedule = schedule_input(problem, device_times, send_order)
     fusion_s = fusion_latency(problem, len(placements))
-    makespan = max(device_times.values(), default=0.0) + fusion_s
+    makespan = max(schedule.finish_s.values(), default=0.0) + fusion_s
     if problem.latency_budget_s is not None and makespan > problem.latency_budget_s:
         violations.append(f"makespan {makespan:.6g} s exceeds the latency budget "
                           f"{problem.latency_budget_s} s")
@@ -161,4 +247,5 @@ def score_plan(problem: Problem, placements: list[Placement]) -> PlanScore:
     return PlanScore(
         makespan_s=makespan, fusion_s=fusion_s, device_times_s=device_times, costs=costs,
         memory_sum_bytes=sum(c.mem_bytes for c in costs),
-        max_loss_pp=max(losses, default=None), similarity_sum=similarity, violations=violations)
+        max_loss_pp=max(losses, default=None), similarity_sum=similarity, input=schedule,
+        violations=violations)

@@ -2,7 +2,20 @@
 
 Decision: `run[t, q]` = how many devices of type t run configuration q. The makespan is
 max over used configurations of their time, plus the fusion time, which grows with the number of
-sub-models K. Capacity: the configurations' summed class capacity covers all C classes (any group
+sub-models K.
+
+With the input extension (`input_bytes`), a remote device starts when the aggregator has sent the
+input to it, one device after another; Jackson's rule (largest device time first) is an optimal
+order, so a placement's latest finish is
+
+    max(t_agg, max over remote levels j of [tau_j + S_j]),   S_j = sum of b over remote used
+                                                                   devices with time >= tau_j
+
+(ties count all tied devices, as the last of them is sent last). Over the order-encoded busy
+levels tau_j this is linear: S_j = S_{j+1} + sum of b_type x run[q] over remote configurations
+with time tau_j (a chain, so the model grows by one variable per remote level), and
+`finish >= tau_j x busy_at_least[j] + S_j`. A level no used device sits at is dominated by the
+next used level above it (same S, larger tau), so no reification is needed. Capacity: the configurations' summed class capacity covers all C classes (any group
 sizes between 1 and each sub-model's capacity that add up to C then exist, since K <= C).
 
 Stage 1 minimises the makespan; stage 2 fixes it (within a relative 1e-9) and optimises the secondary
@@ -58,6 +71,10 @@ def make_solver(config: SolverConfig, time_limit_s: float) -> cp_model.CpSolver:
     params.num_workers = config.workers
     params.random_seed = config.seed
     params.log_search_progress = config.log_search
+    # OR-Tools 9.15's linear-inclusion presolve can certify a wrong optimum on models with large
+    # coefficients (google/or-tools#5293); the time-unit coefficients here are ~1e12, and on the
+    # input-transfer instances it cut the true optimum off (tests/test_planner_golden.py, q05).
+    params.presolve_inclusion_work_limit = 0
     return solver
 
 
@@ -84,8 +101,14 @@ class ConfigurationModel:
         inst = self.instance
         self.run: list[cp_model.IntVar] = []
         self.used: list[cp_model.IntVar] = []
+        # a cap on the makespan (a known plan's, or the budget) bounds every used device's own
+        # finish, its input transfer included: configurations that cannot meet it are fixed to 0
+        self.finish_cap = inst.finish_cap_units(self.makespan_cap_units)
         for q, config in enumerate(inst.configs):
             count = len(inst.types[config.type_index].devices)
+            if self.finish_cap is not None and \
+                    config.time_units + inst.types[config.type_index].input_units > self.finish_cap:
+                count = 0
             label = f"t{config.type_index}_r{'-'.join(map(str, config.rows))}"
             self.run.append(self.model.new_int_var(0, count, f"run[{label}]"))
             self.used.append(self.model.new_bool_var(f"used[{label}]"))
@@ -96,9 +119,12 @@ class ConfigurationModel:
         self.busy_at_least = [self.model.new_bool_var(f"busy_at_least[{t}]")
                               for t in self.times]
         self.num_submodels = self.model.new_int_var(0, inst.num_classes, "num_submodels")
+        self.send_horizon = sum(t.input_units * len(t.devices) for t in inst.types
+                                if not t.is_aggregator)
+        self.finish = self.model.new_int_var(0, horizon + self.send_horizon, "latest_finish")
         self.makespan = self.model.new_int_var(
-            0, horizon + inst.fusion_fixed_units + inst.num_classes * inst.fusion_per_submodel_units,
-            "makespan")
+            0, horizon + self.send_horizon + inst.fusion_fixed_units
+            + inst.num_classes * inst.fusion_per_submodel_units, "makespan")
 
     def _add_constraints(self) -> None:
         inst, m = self.instance, self.model
@@ -120,7 +146,12 @@ class ConfigurationModel:
                                    * self.busy_at_least[j] for j in range(len(self.times))))
         m.add(self.num_submodels == sum(c.size * self.run[q] for q, c in enumerate(inst.configs)))
         m.add(self.num_submodels >= 1)
-        m.add(self.makespan == self.busy + inst.fusion_fixed_units
+        if inst.sends_input:
+            m.add(self.finish >= self.busy)
+            self._add_input_transfer(index_of_time)
+        else:
+            m.add(self.finish == self.busy)
+        m.add(self.makespan == self.finish + inst.fusion_fixed_units
               + inst.fusion_per_submodel_units * self.num_submodels)
         if inst.latency_budget_units is not None:
             m.add(self.makespan <= inst.latency_budget_units)
@@ -131,6 +162,26 @@ class ConfigurationModel:
         else:
             m.add(sum(c.capacity(inst.row_capacity) * self.run[q]
                       for q, c in enumerate(inst.configs)) >= inst.num_classes)
+
+    def _add_input_transfer(self, index_of_time: dict[int, int]) -> None:
+        """finish >= tau_j + (input sends to remote devices at level >= j), by a suffix chain."""
+        inst, m = self.instance, self.model
+        at_level: dict[int, list] = {}
+        for q, config in enumerate(inst.configs):
+            device_type = inst.types[config.type_index]
+            if not device_type.is_aggregator and device_type.input_units:
+                at_level.setdefault(index_of_time[config.time_units], []).append(
+                    device_type.input_units * self.run[q])
+        above = 0
+        for j in sorted(at_level, reverse=True):
+            sent = m.new_int_var(0, self.send_horizon, f"input_sent_at_or_above[{self.times[j]}]")
+            m.add(sent == above + sum(at_level[j]))
+            m.add(self.finish >= self.times[j] * self.busy_at_least[j] + sent)
+            if self.finish_cap is not None and self.finish_cap >= self.times[j]:
+                # S_j = 0 unless level j is used, and then tau_j + S_j <= cap: the LP relaxation
+                # otherwise lets a fraction of a slow device look fast
+                m.add(sent <= (self.finish_cap - self.times[j]) * self.busy_at_least[j])
+            above = sent
 
     def _add_loss_levels(self) -> None:
         """Pick one loss level; every sub-model must then stay within it and still cover C."""
@@ -182,11 +233,4 @@ class ConfigurationModel:
 
     def makespan_of(self, run_counts: dict[int, int]) -> int:
         """Makespan in units of a run-count assignment (used to re-state stage 1 in stage 2)."""
-        inst = self.instance
-        busy = max((inst.configs[q].time_units for q, n in run_counts.items() if n), default=0)
-        k = sum(inst.configs[q].size * n for q, n in run_counts.items())
-        return busy + inst.fusion_fixed_units + inst.fusion_per_submodel_units * k
-
-    def within_budget(self, run_counts: dict[int, int]) -> bool:
-        budget = self.instance.latency_budget_units
-        return budget is None or self.makespan_of(run_counts) <= budget
+        return self.instance.makespan_units(run_counts)

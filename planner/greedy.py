@@ -1,7 +1,7 @@
 """The paper-style greedy plan (ED-ViT assigns sub-models greedily), as a baseline for comparison.
 
-Balanced class split over all devices (the fastest C devices when there are fewer classes than
-devices), one uniform keep ratio - the largest that fits the smallest device used and can serve the
+Balanced class split over all devices that may host one (the fastest C devices when there are
+fewer classes than devices), one uniform keep ratio - the largest that fits the smallest device used and can serve the
 largest group within the loss budget - and the biggest groups on the fastest devices.
 """
 
@@ -22,12 +22,15 @@ class GreedyResult:
 
 
 def greedy_plan(problem: Problem) -> GreedyResult:
-    devices = sorted(problem.devices, key=lambda d: -d.flops_per_s)  # stable: ties keep input order
+    aggregator = problem.aggregator_name
+    hosts = [d for d in problem.devices if problem.hosts_on_aggregator or d.name != aggregator]
+    if not hosts:
+        return GreedyResult([], None, None, "no device may host a sub-model")
+    devices = sorted(hosts, key=lambda d: -d.flops_per_s)  # stable: ties keep input order
     used = devices[: min(len(devices), problem.num_classes)]
     k = len(used)
     base, extra = divmod(problem.num_classes, k)
     sizes = [base + (1 if i < extra else 0) for i in range(k)]  # biggest groups first
-    aggregator = problem.aggregator_name
 
     def fits(row) -> bool:
         for d in used:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 
-from planner.checker import submodel_latency
+from planner.checker import input_transfer_s, latest_finish, submodel_latency
 from planner.problem import Problem
 from planner.scaling import budget_to_units, seconds_to_units
 
@@ -25,6 +25,7 @@ class DeviceType:
     index: int
     devices: tuple[str, ...]
     is_aggregator: bool
+    input_units: int = 0   # b_d: receiving the input from the aggregator (0 on it, or no input)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,40 @@ class Instance:
         """The distinct busy times of its configurations, ascending."""
         return sorted({c.time_units for c in self.configs})
 
+    @property
+    def sends_input(self) -> bool:
+        """Whether some device receives the input before it starts (input_bytes > 0)."""
+        return any(t.input_units for t in self.types)
+
+    def makespan_units(self, run_counts: dict[int, int]) -> int:
+        """Makespan of a run-count assignment: latest finish + fusion of its K sub-models."""
+        k = sum(self.configs[q].size * n for q, n in run_counts.items())
+        return (self.latest_finish(run_counts) + self.fusion_fixed_units
+                + self.fusion_per_submodel_units * k)
+
+    def within_budget(self, run_counts: dict[int, int]) -> bool:
+        return (self.latency_budget_units is None
+                or self.makespan_units(run_counts) <= self.latency_budget_units)
+
+    def finish_cap_units(self, makespan_cap_units: int | None) -> int | None:
+        """The latest finish any plan within a makespan cap (and the budget) can have."""
+        caps = [c for c in (makespan_cap_units, self.latency_budget_units) if c is not None]
+        if not caps:
+            return None
+        return min(caps) - self.fusion_fixed_units - self.fusion_per_submodel_units
+
+    def latest_finish(self, run_counts: dict[int, int]) -> int:
+        """Time units until the last used device finishes, the input sent by Jackson's rule."""
+        local, remote = 0, []
+        for q, n in run_counts.items():
+            config = self.configs[q]
+            device_type = self.types[config.type_index]
+            if device_type.is_aggregator or not device_type.input_units:
+                local = max(local, config.time_units) if n else local
+            else:
+                remote.extend([(config.time_units, device_type.input_units)] * n)
+        return latest_finish(local, remote)
+
 
 def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
                      use_loss_budget: bool = True, use_latency_budget: bool = True) -> Instance:
@@ -80,12 +115,16 @@ def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
         if d.name == aggregator:
             key = key + (d.name,)
         groups.setdefault(key, []).append(d.name)
-    types = tuple(DeviceType(index=i, devices=tuple(names), is_aggregator=key[0])
+    types = tuple(DeviceType(index=i, devices=tuple(names), is_aggregator=key[0],
+                             input_units=seconds_to_units(
+                                 input_transfer_s(problem, problem.device(names[0]))))
                   for i, (key, names) in enumerate(groups.items()))
 
     max_slots = min(problem.max_per_device, problem.num_classes)
     configs: list[Configuration] = []
     for t in types:
+        if t.is_aggregator and not problem.hosts_on_aggregator:
+            continue  # it only fuses
         device = problem.device(t.devices[0])
         mem_limit = device.mem_bytes - (problem.fusion.mem_bytes if t.is_aggregator else 0)
         row_units = {i: seconds_to_units(submodel_latency(problem.profile[i], device,

@@ -61,6 +61,22 @@ class FusionPlan(_Strict):
     latency_s: float
 
 
+class InputTransfer(_Strict):
+    """How the input reaches the devices: the aggregator sends it over its own link to one device
+    after another (the problem's `input_bytes`); a device starts when its input has arrived."""
+
+    input_bytes: int = Field(description="bytes of one input as sent (0: transfer not modelled)")
+    send_order: list[str] = Field(
+        description="devices the input is sent to, first sent first (largest device time first)")
+    transfer_s: dict[str, float] = Field(
+        description="seconds to send the input to each of them: input_bytes / min(link of the "
+                    "aggregator, link of the device)")
+    input_arrival_s: dict[str, float] = Field(
+        description="when each used device has its input (0 on the aggregator)")
+    finish_s: dict[str, float] = Field(
+        description="when each used device has finished: input arrival + device time")
+
+
 class SolverReport(_Strict):
     """What the solver proved, and with which settings."""
 
@@ -108,6 +124,8 @@ class Plan(_Strict):
     fusion: FusionPlan | None = None
     device_times_s: dict[str, float] = Field(
         default_factory=dict, description="busy time of every used device (sum of its sub-models)")
+    input: InputTransfer | None = Field(
+        default=None, description="input arrival per device and the send order (plans only)")
     loss_budget: float | None = None
     latency_budget_s: float | None = None
     binding: Binding | None = Field(default=None, description="for infeasible plans")

@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator,
+                      model_validator)
 
-from planner.validation import validate_document
+from planner.validation import field_error, validate_document
 
 Secondary = Literal["none", "memory", "max_loss", "similarity"]
+
+MAX_INPUT_BYTES = 2**30  # one input over 1 GiB is a unit mistake, not an image
 
 
 class Device(BaseModel):
@@ -27,7 +30,11 @@ class Device(BaseModel):
     mem_bytes: int = Field(gt=0)
     flops_per_s: float = Field(gt=0)
     overhead_s: float = Field(ge=0)
-    link_bytes_per_s: float = Field(gt=0)
+    link_bytes_per_s: float | None = Field(
+        default=None, gt=0,
+        description="bandwidth of its link to the aggregator; on the aggregator itself: of its "
+                    "own link, which carries the input to every other device (may be absent "
+                    "only on the aggregator, and there only while no input is sent)")
     weight_bytes_per_s: float | None = Field(
         default=None, gt=0,
         description="extension: rate of reading weights; with a row's param_bytes adds "
@@ -108,6 +115,13 @@ class Problem(BaseModel):
     profile: list[ProfileRow] = Field(min_length=1)
     devices: list[Device] = Field(min_length=1)
     similarity: list[list[int]] | None = None
+    input_bytes: StrictInt | None = Field(
+        default=None, ge=0, le=MAX_INPUT_BYTES,
+        description="extension: bytes of one input, sent by the aggregator to every other device "
+                    "that hosts a sub-model, one device after another (absent or 0: not modelled)")
+    aggregator_hosts_submodels: StrictBool | None = Field(
+        default=None, description="extension: false = no sub-model on the aggregator "
+                                  "(absent: true)")
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "Problem":
@@ -124,7 +138,25 @@ class Problem(BaseModel):
             self._check_similarity()
         if self.secondary == "similarity" and self.similarity is None:
             raise ValueError("secondary 'similarity' needs a similarity matrix")
+        self._check_links()
         return self
+
+    def _check_links(self) -> None:
+        """Every other device sends features over its link; the aggregator's link carries the
+        input. A missing figure is reported at its own field."""
+        aggregator = self.aggregator_name
+        for i, d in enumerate(self.devices):
+            if d.link_bytes_per_s is not None:
+                continue
+            if d.name != aggregator:
+                raise field_error(f"devices.{i}.link_bytes_per_s",
+                                  "required: the device sends its features to the aggregator "
+                                  f"{aggregator} over this link")
+            if self.sends_input:
+                raise field_error(f"devices.{i}.link_bytes_per_s",
+                                  f"required on the aggregator when input_bytes="
+                                  f"{self.input_bytes}: its link carries the input to the other "
+                                  "devices")
 
     def _check_similarity(self) -> None:
         c = self.num_classes
@@ -148,6 +180,22 @@ class Problem(BaseModel):
             if device.flops_per_s > best.flops_per_s:
                 best = device
         return best.name
+
+    @property
+    def hosts_on_aggregator(self) -> bool:
+        """Whether sub-models may run on the aggregator (`aggregator_hosts_submodels`, default
+        true)."""
+        return self.aggregator_hosts_submodels is not False
+
+    @property
+    def input_bytes_sent(self) -> int:
+        """B of the input extension (0 when absent)."""
+        return self.input_bytes or 0
+
+    @property
+    def sends_input(self) -> bool:
+        """Whether some device other than the aggregator could need the input."""
+        return self.input_bytes_sent > 0 and len(self.devices) > 1
 
     def device(self, name: str) -> Device:
         for d in self.devices:
@@ -182,6 +230,10 @@ def dump_problem(problem: Problem) -> str:
         if row["param_bytes"] is None:
             del row["param_bytes"]
     for device in data["devices"]:
-        if device["weight_bytes_per_s"] is None:
-            del device["weight_bytes_per_s"]
+        for optional in ("weight_bytes_per_s", "link_bytes_per_s"):
+            if device[optional] is None:
+                del device[optional]
+    for optional in ("input_bytes", "aggregator_hosts_submodels"):
+        if data[optional] is None:  # absent: the format's original semantics, written as before
+            del data[optional]
     return yaml.safe_dump(data, sort_keys=False)

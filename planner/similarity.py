@@ -2,7 +2,8 @@
 
 Small problems (C <= EXACT_MAX_CLASSES) are solved exactly with one joint CP-SAT model: per device
 slot a ratio, per class a slot, per class pair whether they share a group, under the stage-1
-makespan. Larger problems keep the stage-1 plan's group sizes and cluster classes into groups of
+makespan; with the input extension, the sends of the input are optional intervals on the
+aggregator's link (no overlap) and a device finishes after its own send plus its device time. Larger problems keep the stage-1 plan's group sizes and cluster classes into groups of
 exactly those sizes (capacity-constrained clustering): a greedy seed, then improving swaps. That
 value is a heuristic's and is reported as unproven.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from ortools.sat.python import cp_model
 
-from planner.checker import submodel_latency
+from planner.checker import input_transfer_s, submodel_latency
 from planner.cpsat_model import STATUS_NAMES, SolverConfig, make_solver
 from planner.problem import Problem
 from planner.scaling import budget_to_units, seconds_to_units
@@ -47,17 +48,31 @@ def solve_similarity_exact(problem: Problem, makespan_cap_units: int, config: So
         size.append(m.new_int_var(0, C, f"group_size[{device.name}#{s}]"))
         m.add(size[k] <= sum(capacities[r] * pick[k, r] for r in usable))
         m.add(size[k] >= used)
-    busy = m.new_int_var(0, makespan_cap_units, "busiest_device_time")
+    busy = m.new_int_var(0, makespan_cap_units, "latest_finish")
+    sends = []
     for device in problem.devices:
         ks = [k for k, (d, _) in enumerate(slots) if d is device]
         on_agg = device.name == aggregator
         units = {r: seconds_to_units(submodel_latency(problem.profile[r], device, on_agg).total_s)
                  for r in usable}
-        m.add(busy >= sum(units[r] * pick[k, r] for k in ks for r in usable))
+        device_time = sum(units[r] * pick[k, r] for k in ks for r in usable)
+        m.add(busy >= device_time)
+        if on_agg and not problem.hosts_on_aggregator:
+            m.add(sum(pick[k, r] for k in ks for r in usable) == 0)
+        transfer = seconds_to_units(input_transfer_s(problem, device))
+        if transfer:
+            hosts = m.new_bool_var(f"receives_input[{device.name}]")
+            m.add(hosts == sum(pick[ks[0], r] for r in usable))  # slots fill in order
+            start = m.new_int_var(0, makespan_cap_units, f"input_send_start[{device.name}]")
+            sends.append(m.new_optional_fixed_size_interval_var(
+                start, transfer, hosts, f"input_send[{device.name}]"))
+            m.add(busy >= start + transfer + device_time).only_enforce_if(hosts)
         mem = device.mem_bytes - (problem.fusion.mem_bytes if on_agg else 0)
         m.add(sum(problem.profile[r].mem_bytes * pick[k, r] for k in ks for r in usable) <= mem)
         for a, b in zip(ks, ks[1:]):  # fill a device's slots in order
             m.add(sum(pick[a, r] for r in usable) >= sum(pick[b, r] for r in usable))
+    if sends:
+        m.add_no_overlap(sends)  # one send at a time over the aggregator's link
     num_submodels = sum(pick.values())
     limit = makespan_cap_units
     if problem.latency_budget_s is not None:

@@ -21,8 +21,8 @@ from planner.decode import contiguous_classes, group_sizes, place_submodels
 from planner.greedy import greedy_plan
 from planner.heuristic import covering_plan, makespan_lower_bound
 from planner.instance import aggregator_fits, prepare_instance
-from planner.plan_schema import (FusionPlan, GreedyBaseline, LatencyBreakdown, Plan, SolverReport,
-                                 SubModelPlan)
+from planner.plan_schema import (FusionPlan, GreedyBaseline, InputTransfer, LatencyBreakdown, Plan,
+                                 SolverReport, SubModelPlan)
 from planner.problem import Problem
 from planner.scaling import units_to_seconds
 from planner.similarity import EXACT_MAX_CLASSES, cluster_by_similarity, solve_similarity_exact
@@ -48,11 +48,15 @@ def solve(problem: Problem, config: SolverConfig | None = None,
     instance = prepare_instance(problem)
     stage1 = None
     if aggregator_fits(problem, unlimited_memory=False):
-        model = ConfigurationModel(instance)
         fallback = covering_plan(instance)
-        if fallback is not None and not model.within_budget(fallback):
+        if fallback is not None and not instance.within_budget(fallback):
             fallback = None
-        start = _counts_of_hint(problem, instance, model, hint) if hint else None
+        start = _counts_of_hint(problem, instance, hint) if hint else None
+        # the best known plan's makespan caps stage 1 (the optimum is no worse): configurations
+        # that cannot beat it drop out of the model, which is what keeps large fleets fast
+        known = [instance.makespan_units(c) for c in (fallback, start) if c is not None]
+        cap = min(known) if known else None
+        model = ConfigurationModel(instance, makespan_cap_units=cap)
         if start is not None or fallback is not None:
             model.add_hint(start if start is not None else fallback)
         stage1 = model.solve(config, remaining())
@@ -103,7 +107,7 @@ def solve(problem: Problem, config: SolverConfig | None = None,
                           time.perf_counter() - started)
 
 
-def _counts_of_hint(problem, instance, model, hint) -> dict[int, int] | None:
+def _counts_of_hint(problem, instance, hint) -> dict[int, int] | None:
     """Run counts of the `hint` (device, ratio) pairs here, or None if they are no complete plan."""
     type_of = {d: t.index for t in instance.types for d in t.devices}
     rows_of = {ratio: i for i, ratio in enumerate(row.ratio for row in problem.profile)}
@@ -122,7 +126,7 @@ def _counts_of_hint(problem, instance, model, hint) -> dict[int, int] | None:
     covered = sum(instance.row_capacity[i] for rows in per_device.values() for i in rows)
     if covered < instance.num_classes or len(hint) > instance.num_classes:
         return None
-    return counts if model.within_budget(counts) else None
+    return counts if instance.within_budget(counts) else None
 
 
 def _similarity_plan(problem, instance, stage1, cap, config, time_left, proven):
@@ -187,7 +191,12 @@ def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> 
         submodels=submodels,
         fusion=FusionPlan(device=aggregator, flops=fusion_flops, mem_bytes=problem.fusion.mem_bytes,
                           latency_s=score.fusion_s),
-        device_times_s=score.device_times_s, loss_budget=problem.loss_budget,
+        device_times_s=score.device_times_s,
+        input=InputTransfer(input_bytes=problem.input_bytes_sent,
+                            send_order=list(score.input.order),
+                            transfer_s=score.input.transfer_s,
+                            input_arrival_s=score.input.arrival_s, finish_s=score.input.finish_s),
+        loss_budget=problem.loss_budget,
         latency_budget_s=problem.latency_budget_s, explanation=explanation,
         solver=_report(problem, config, status, makespan, bound, secondary_value, proven, wall),
         greedy=_greedy_baseline(problem))

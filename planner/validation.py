@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NoReturn, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from planner.errors import InputError
 
@@ -42,3 +43,12 @@ def raise_validation_error(exc: ValidationError, source: str) -> NoReturn:
     if more:
         message += f" (and {more} more problem{'s' if more > 1 else ''})"
     raise InputError(message, file=source, field=field, value=value) from None
+
+
+def field_error(field: str, message: str, value: object = None) -> ValidationError:
+    """A ValidationError located at a dotted `field` path (e.g. "devices.2.link_bytes_per_s"),
+    for a model validator whose complaint belongs to one field rather than to the whole model."""
+    loc = tuple(int(part) if part.isdigit() else part for part in field.split("."))
+    detail = InitErrorDetails(type=PydanticCustomError("field_error", message), loc=loc,
+                              input=value)
+    return ValidationError.from_exception_data("field_error", [detail])
