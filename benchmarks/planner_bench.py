@@ -1,8 +1,9 @@
 """Planner scale and quality benchmark: prints a table.
 
-1. Time to a proven optimum at C = 1000 classes on D = 64 heterogeneous devices (every device its own
-   figures: Pi 3 / Pi 4 / Jetson Nano class, +-20% FLOP/s, +-10% memory), 1-3 sub-models per device,
-   median over repeats, on the cores this machine has.
+1. Time to a proven optimum at C = 1000 classes on D = 64 and D = 256 heterogeneous devices (every
+   device its own figures: Pi 3 / Pi 4 / Jetson Nano class, +-20% FLOP/s, +-10% memory), 1-3
+   sub-models per device, without and with the input sent to the devices (`input_bytes`: 224 px
+   uint8 and float32), median over repeats, on the cores this machine has.
 2. On 20 random mixed fleets (C in {10, 100, 1000}, D in 4..32): greedy makespan / optimal makespan.
 3. The time limit is honoured: a limit too short to prove optimality returns the best plan found.
 
@@ -51,25 +52,42 @@ def random_fleet(num_classes: int, num_devices: int, seed: int, max_per_device: 
                                    "latency_budget_s": None})
 
 
+SCALE_ROWS = (  # (devices, input bytes or None, seeds); targets: D = 64 < 2 s, D = 256 < 10 s
+    (64, None, (1, 2)),
+    (256, None, (1,)),
+    (64, 150_528, (1,)),      # 224 x 224 x 3 uint8
+    (64, 602_112, (1,)),      # 224 x 224 x 3 float32
+    (256, 150_528, (1,)),
+    (256, 602_112, (1,)),
+)
+TARGET_S = {64: 2.0, 256: 10.0}
+
+
 def bench_scale(repeats: int) -> None:
-    print("\n## Proven optimum at C=1000, D=64 heterogeneous devices "
-          f"(median of {repeats}, {os.cpu_count()} cores, 1 CP-SAT worker)")
-    print(f"| {'fleet':<22} | {'slots':>5} | {'status':>8} | {'gap':>5} | {'makespan ms':>11} "
-          f"| {'median s':>8} | {'max s':>6} | {'target':>7} |")
-    print(f"|{'-' * 24}|{'-' * 7}|{'-' * 10}|{'-' * 7}|{'-' * 13}|{'-' * 10}|{'-' * 8}|{'-' * 9}|")
-    for seed in (1, 2):
-        for slots in (1, 2, 3):
-            problem = random_fleet(1000, 64, seed=seed, max_per_device=slots)
-            times, plan = [], None
-            for _ in range(repeats):
-                started = time.perf_counter()
-                plan = solve(problem, SolverConfig(time_limit_s=60))
-                times.append(time.perf_counter() - started)
-            median = statistics.median(times)
-            ok = plan.status == "optimal" and median < 2.0
-            print(f"| {'mixed seed ' + str(seed):<22} | {slots:>5} | {plan.status:>8} | "
-                  f"{plan.solver.gap:>5.1%} | {plan.makespan_s * 1e3:>11.1f} | {median:>8.3f} | "
-                  f"{max(times):>6.3f} | {'< 2 s ' + ('ok' if ok else 'MISS'):>7} |")
+    print("\n## Proven optimum at C=1000 on D heterogeneous devices, with and without the input "
+          f"sent to the devices (median of {repeats}, {os.cpu_count()} cores, 1 CP-SAT worker)")
+    print(f"| {'fleet':<14} | {'D':>3} | {'input B':>7} | {'slots':>5} | {'status':>8} | "
+          f"{'gap':>5} | {'makespan ms':>11} | {'used':>4} | {'median s':>8} | {'max s':>6} | "
+          f"{'target':>9} |")
+    print(f"|{'-' * 16}|{'-' * 5}|{'-' * 9}|{'-' * 7}|{'-' * 10}|{'-' * 7}|{'-' * 13}|{'-' * 6}|"
+          f"{'-' * 10}|{'-' * 8}|{'-' * 11}|")
+    for devices, input_bytes, seeds in SCALE_ROWS:
+        for seed in seeds:
+            for slots in (1, 2, 3):
+                problem = random_fleet(1000, devices, seed=seed, max_per_device=slots)
+                problem = problem.model_copy(update={"input_bytes": input_bytes})
+                times, plan = [], None
+                for _ in range(repeats):
+                    started = time.perf_counter()
+                    plan = solve(problem, SolverConfig(time_limit_s=60))
+                    times.append(time.perf_counter() - started)
+                median, target = statistics.median(times), TARGET_S[devices]
+                ok = plan.status == "optimal" and median < target
+                used = len({sm.device for sm in plan.submodels})
+                print(f"| {'mixed seed ' + str(seed):<14} | {devices:>3} | {input_bytes or '-':>7} | "
+                      f"{slots:>5} | {plan.status:>8} | {plan.solver.gap:>5.1%} | "
+                      f"{plan.makespan_s * 1e3:>11.1f} | {used:>4} | {median:>8.3f} | "
+                      f"{max(times):>6.3f} | {f'< {target:g} s ' + ('ok' if ok else 'MISS'):>9} |")
 
 
 def bench_greedy() -> None:

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+                      field_validator, model_validator)
 
 from planner.catalog import DeviceKind, lookup_kind
 from planner.errors import InputError, ProfileMismatchError
 from planner.files import read_yaml
 from planner.loss_rule import default_loss_steps
-from planner.problem import Device, Fusion, Problem, ProfileRow, Secondary
+from planner.problem import MAX_INPUT_BYTES, Device, Fusion, Problem, ProfileRow, Secondary
 from planner.profile_schema import ModelProfile
 from planner.profiles import builtin_profile, load_profile
 from planner.units import parse_bytes
 from planner.validation import raise_validation_error, validate_document
+from planner.wire import input_bytes as wire_input_bytes
 
 INVENTORY_SCHEMA_VERSION = 1
 FLOAT_BYTES = 4
@@ -103,6 +105,13 @@ class Inventory(_Strict):
     budgets: Budgets = Budgets()
     secondary: Secondary = "memory"
     aggregator: str | None = Field(default=None, description="device name; default: fastest")
+    aggregator_hosts_submodels: StrictBool = Field(
+        default=True, description="false: the aggregator only sends the input and fuses")
+    input_bytes: StrictInt | None = Field(
+        default=None, ge=0, le=MAX_INPUT_BYTES,
+        description="bytes of one image as the aggregator sends it to each device; default: "
+                    "the model's input shape in the runtime's wire format (planner.wire); "
+                    "0: leave the transfer out (every device gets its images elsewhere)")
     fusion_hidden: int = Field(default=256, gt=0, description="hidden units of the fusion MLP")
     similarity: str | None = Field(default=None, description="YAML/JSON file with a C x C matrix")
     solver: SolverSettings = SolverSettings()
@@ -199,12 +208,17 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
     fusion = fusion_cost(max(v.feat_bytes for v in variants) // FLOAT_BYTES, inv.fusion_hidden,
                          c, max_submodels)
     similarity = _load_similarity(inv, base_dir, source) if inv.similarity else None
+    shape = profile.shape
+    input_bytes = inv.input_bytes if inv.input_bytes is not None else \
+        wire_input_bytes(shape.img_size, shape.in_chans)
     try:
         problem = Problem(
             name=inv.name, num_classes=c, max_per_device=inv.max_per_device,
             aggregator=inv.aggregator, latency_budget_s=inv.budgets.latency_s,
             loss_budget=inv.budgets.loss_pp, secondary=inv.secondary, fusion=fusion,
-            profile=rows, devices=problem_devices, similarity=similarity)
+            profile=rows, devices=problem_devices, similarity=similarity,
+            input_bytes=input_bytes,
+            aggregator_hosts_submodels=None if inv.aggregator_hosts_submodels else False)
     except ValidationError as exc:
         raise_validation_error(exc, source)
     return CompiledInventory(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from planner.cli.common import Command
 from planner.cli.solve_cmd import report_plan
@@ -11,6 +13,7 @@ from planner.errors import InputError
 from planner.files import write_text_atomic
 from planner.plan_inventory import compile_inventory_file, plan_compiled, solver_config_of
 from planner.problem import dump_problem
+from planner.timeline import write_timeline
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,9 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, help="CP-SAT workers (default: inventory's)")
     parser.add_argument("--out", metavar="PLAN.json", help="write the plan file here")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    parser.add_argument("--timeline", metavar="TIMELINE.png",
+                        help="draw one request as a Gantt chart (PNG) and write its data as "
+                             "<name>_data.csv beside it")
 
 
 def run(args: argparse.Namespace) -> int:
+    timeline = _timeline_path(args)
     compiled = compile_inventory_file(args.inventory, profile_path=args.profile)
     config = solver_config_of(compiled.inventory)
     for flag, field in (("time_limit", "time_limit_s"), ("seed", "seed"), ("workers", "workers")):
@@ -39,7 +46,28 @@ def run(args: argparse.Namespace) -> int:
             config = replace(config, **{field: value})
     if args.emit_problem:
         write_text_atomic(args.emit_problem, dump_problem(compiled.problem))
-    return report_plan(plan_compiled(compiled, config), args)
+    plan = plan_compiled(compiled, config)
+    if timeline is not None:
+        if plan.makespan_s is None:
+            print(f"edvit plan: no timeline: the plan is {plan.status}", file=sys.stderr)
+        else:
+            write_timeline(plan, timeline)
+    return report_plan(plan, args)
+
+
+def _timeline_path(args: argparse.Namespace) -> Path | None:
+    """--timeline must name a PNG that is not one of the inputs (outputs never overwrite them)."""
+    if not args.timeline:
+        return None
+    path = Path(args.timeline)
+    if path.is_dir() or path.suffix.lower() != ".png":
+        raise InputError("the timeline is written as PNG; name it *.png", field="--timeline",
+                         value=args.timeline)
+    inputs = [Path(p).resolve() for p in (args.inventory, args.profile) if p]
+    if {path.resolve(), path.with_name(f"{path.stem}_data.csv").resolve()} & set(inputs):
+        raise InputError("would overwrite an input file", field="--timeline",
+                         value=args.timeline)
+    return path
 
 
 COMMANDS = {"plan": Command(add_arguments, run, description=__doc__)}

@@ -89,10 +89,23 @@ def format_plan(plan) -> str:
     if s.secondary != "none":
         lines.append(f"  {_secondary_text(s.secondary, s.secondary_value)}"
                      + ("" if s.secondary_proven else " (heuristic, not proven)"))
-    lines.append(f"  {'device':<16} {'ratio':>6} {'classes':>8} {'loss':>6} {'latency ms':>11}")
+    transfer = plan.input
+    if transfer and transfer.send_order:
+        last = max(transfer.input_arrival_s.values())
+        lines.append(f"  input {transfer.input_bytes:,} B sent over {plan.fusion.device}'s link "
+                     f"to {len(transfer.send_order)} device(s) in turn; last arrives at "
+                     f"{last * 1e3:.2f} ms")
+    lines.append(f"  {'device':<16} {'ratio':>6} {'classes':>8} {'loss':>6} {'input ms':>9} "
+                 f"{'compute ms':>11} {'send ms':>8} {'done ms':>9}")
+    elapsed: dict[str, float] = {}
     for sm in plan.submodels:
+        arrival = transfer.input_arrival_s.get(sm.device, 0.0) if transfer else 0.0
+        done = elapsed.get(sm.device, arrival) + sm.latency.total_s
+        elapsed[sm.device] = done
         lines.append(f"  {sm.device:<16} {sm.ratio:>6g} {len(sm.classes):>8} {sm.loss_pp:>6g} "
-                     f"{sm.latency.total_s * 1e3:>11.2f}")
+                     f"{arrival * 1e3:>9.2f} "
+                     f"{(sm.latency.compute_s + sm.latency.overhead_s) * 1e3:>11.2f} "
+                     f"{sm.latency.comm_s * 1e3:>8.2f} {done * 1e3:>9.2f}")
     if plan.fusion:
         lines.append(f"  fusion on {plan.fusion.device}: {plan.fusion.latency_s * 1e3:.3f} ms")
     return "\n".join(lines)

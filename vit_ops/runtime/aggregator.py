@@ -225,7 +225,8 @@ class _Run:
         # first measured no better with a core per process, and worse on 2 cores.)
         receives = [dist.irecv(reply, src=link.group_rank, group=link.group)
                     for link, reply in zip(live, replies)]
-        sends = [dist.isend(batch, dst=link.group_rank, group=link.group) for link in live]
+        wire = protocol.to_wire(batch)
+        sends = [dist.isend(wire, dst=link.group_rank, group=link.group) for link in live]
         answered: list[tuple[_Link, torch.Tensor]] = []
         compute_s = 0.0
         for link, send, recv, reply in zip(live, sends, receives, replies):

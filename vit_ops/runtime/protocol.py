@@ -4,7 +4,8 @@ operations on their two-rank group (see `rendezvous`).
 1. header (aggregator -> worker), int64[HEADER_LEN]: images in the run, request size, C, H, W,
    whether to calibrate;
 2. calibration, if asked, one worker at a time: go (int64[1]) -> median seconds alone (float64[1]);
-3. per request: images float32 (b, C, H, W) -> features float32 (b * width + 1), whose last float is
+3. per request: images (b, C, H, W) in the wire dtype (`planner.wire.WIRE_DTYPE`, which the planner
+   charges as the input transfer) -> features float32 (b * width + 1), whose last float is
    the worker's compute time for the request in seconds (so the aggregator can split a request's
    time into compute and communication without another message);
 4. bye (int64[1]): the worker leaves.
@@ -19,7 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from planner import wire
+
 HEADER_LEN = 6
+WIRE_DTYPE = getattr(torch, wire.WIRE_DTYPE)  # the images' dtype on the wire
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,16 @@ class Header:
 
 def empty_header() -> torch.Tensor:
     return torch.zeros(HEADER_LEN, dtype=torch.int64)
+
+
+def to_wire(images: torch.Tensor) -> torch.Tensor:
+    """Images as they are sent (no copy when they already are in the wire dtype)."""
+    return images.to(WIRE_DTYPE).contiguous()
+
+
+def image_buffer(batch: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Where a worker receives one request's images."""
+    return torch.empty(batch, *image_shape, dtype=WIRE_DTYPE)
 
 
 def pack_features(features: torch.Tensor, compute_s: float) -> torch.Tensor:

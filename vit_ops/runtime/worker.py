@@ -110,7 +110,7 @@ def _answer_requests(model: Extractor, link: dist.ProcessGroup, width: int,
         alone_s = median_latency_s(model, example, threads)
         dist.send(torch.tensor([alone_s], dtype=torch.float64), dst=0, group=link)
     for batch in header.request_sizes():
-        images = torch.empty(batch, *header.image_shape)
+        images = protocol.image_buffer(batch, header.image_shape)
         dist.recv(images, src=0, group=link)
         start = time.perf_counter()
         features = model(images)
