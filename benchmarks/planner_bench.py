@@ -5,7 +5,9 @@
    sub-models per device, without and with the input sent to the devices (`input_bytes`: 224 px
    uint8 and float32), median over repeats, on the cores this machine has.
 2. On 20 random mixed fleets (C in {10, 100, 1000}, D in 4..32): greedy makespan / optimal makespan.
-3. The time limit is honoured: a limit too short to prove optimality returns the best plan found.
+3. The cost of ignoring the input transfer: the compute-only optimal plan, re-scored with it, against
+   the transfer-aware optimum on 20 random fleets.
+4. The time limit is honoured: a limit too short to prove optimality returns the best plan found.
 
 Profiles are the ViT-B/16 rows of the shared planning instances (p07 for C=10, p08 for C=100, p09 for
 C=1000), so the figures are comparable with the golden tests.
@@ -115,6 +117,33 @@ def bench_greedy() -> None:
           f"max {max(ratios):.2f}x")
 
 
+def bench_cost_model() -> None:
+    print("\n## Planning without the input transfer: the compute-only optimum re-scored with the "
+          "transfer vs the transfer-aware optimum (20 random mixed fleets, float32 224 px)")
+    from planner.checker import Placement, score_plan
+
+    rng = random.Random(2025)
+    print(f"| {'C':>5} | {'D':>3} | {'aware ms':>9} | {'used':>4} | {'blind ms':>9} | "
+          f"{'used':>4} | {'blind/aware':>11} |")
+    print(f"|{'-' * 7}|{'-' * 5}|{'-' * 11}|{'-' * 6}|{'-' * 11}|{'-' * 6}|{'-' * 13}|")
+    ratios = []
+    for i in range(20):
+        c, d = (10, 100, 1000)[i % 3], rng.randint(4, 32)
+        problem = random_fleet(c, d, seed=300 + i).model_copy(update={"input_bytes": 602_112})
+        aware = solve(problem, SolverConfig(time_limit_s=60))
+        blind = solve(problem.model_copy(update={"input_bytes": None}),
+                      SolverConfig(time_limit_s=60))
+        rescored = score_plan(problem, [Placement(s.device, s.ratio, tuple(s.classes))
+                                        for s in blind.submodels])
+        ratio = rescored.makespan_s / aware.makespan_s
+        ratios.append(ratio)
+        print(f"| {c:>5} | {d:>3} | {aware.makespan_s * 1e3:>9.1f} | "
+              f"{len(aware.input.input_arrival_s):>4} | {rescored.makespan_s * 1e3:>9.1f} | "
+              f"{len(rescored.device_times_s):>4} | {ratio:>11.2f} |")
+    print(f"\nblind/aware over {len(ratios)} fleets: min {min(ratios):.2f}x, median "
+          f"{statistics.median(ratios):.2f}x, max {max(ratios):.2f}x")
+
+
 def bench_time_limit() -> None:
     print("\n## Time limit honoured (C=1000, D=64, 3 slots per device)")
     print(f"| {'limit s':>7} | {'wall s':>7} | {'status':>8} | {'makespan ms':>11} | "
@@ -203,6 +232,7 @@ def main() -> None:
     args = parser.parse_args()
     bench_scale(args.repeats)
     bench_greedy()
+    bench_cost_model()
     bench_time_limit()
     bench_naive(args.naive_limit)
 
