@@ -2,7 +2,8 @@
 
 Decision: `run[t, q]` = how many devices of type t run configuration q. The makespan is
 max over used configurations of their time, plus the fusion time, which grows with the number of
-sub-models K.
+sub-models K. Capacity: the configurations' summed class capacity covers all C classes (any group
+sizes between 1 and each sub-model's capacity that add up to C then exist, since K <= C).
 
 With the input extension (`input_bytes`), a remote device starts when the aggregator has sent the
 input to it, one device after another; Jackson's rule (largest device time first) is an optimal
@@ -15,8 +16,12 @@ order, so a placement's latest finish is
 levels tau_j this is linear: S_j = S_{j+1} + sum of b_type x run[q] over remote configurations
 with time tau_j (a chain, so the model grows by one variable per remote level), and
 `finish >= tau_j x busy_at_least[j] + S_j`. A level no used device sits at is dominated by the
-next used level above it (same S, larger tau), so no reification is needed. Capacity: the configurations' summed class capacity covers all C classes (any group
-sizes between 1 and each sub-model's capacity that add up to C then exist, since K <= C).
+next used level above it (same S, larger tau), so no reification is needed.
+
+A makespan cap (stage 1: the best known plan's; stage 2: T*; always: the latency budget) fixes to 0
+every configuration whose own time plus input transfer exceeds it, and adds
+S_j <= (cap - tau_j) x busy_at_least[j], which the LP relaxation needs when fractions of slow
+devices would otherwise look fast.
 
 Stage 1 minimises the makespan; stage 2 fixes it (within a relative 1e-9) and optimises the secondary
 objective. Class identities are not decided here: with interchangeable classes only group sizes

@@ -186,6 +186,9 @@ def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> 
     explanation = (f"{len(submodels)} sub-model(s) on {len(score.device_times_s)} device(s); "
                    f"makespan {makespan * 1e3:.2f} ms "
                    f"({'proven optimal' if status == 'optimal' else 'best found, not proven'}).")
+    if score.input.order:
+        explanation += (f" The input reaches the last of {len(score.input.order)} device(s) at "
+                        f"{max(score.input.arrival_s.values()) * 1e3:.2f} ms.")
     return Plan(
         name=problem.name, num_classes=problem.num_classes, status=status, makespan_s=makespan,
         submodels=submodels,
