@@ -78,7 +78,7 @@ def make_solver(config: SolverConfig, time_limit_s: float) -> cp_model.CpSolver:
     params.log_search_progress = config.log_search
     # OR-Tools 9.15's linear-inclusion presolve can certify a wrong optimum on models with large
     # coefficients (google/or-tools#5293); the time-unit coefficients here are ~1e12, and on the
-    # input-transfer instances it cut the true optimum off (tests/test_planner_golden.py, q05).
+    # input-transfer instances it cut the true optimum off (tests/planner/test_golden.py, q05).
     params.presolve_inclusion_work_limit = 0
     return solver
 

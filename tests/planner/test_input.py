@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import subprocess
-import sys
 import pytest
 import yaml
 
@@ -280,12 +278,11 @@ BAD_INPUT = {  # case -> (problem, field named, fragment of the message)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_input_fields_give_one_line_and_exit_2(tmp_path, case):
+def test_bad_input_fields_give_one_line_and_exit_2(tmp_path, edvit, case):
     data, field, fragment = BAD_INPUT[case]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
-    result = subprocess.run([sys.executable, "-m", "planner.cli", "solve", str(path)],
-                            capture_output=True, text=True, timeout=60)
+    result = edvit("solve", str(path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
