@@ -66,7 +66,11 @@ BAD_PROBLEMS = {
 
 @pytest.mark.parametrize("case", sorted(BAD_PROBLEMS))
 def test_bad_problem_gives_one_line_and_exit_2(tmp_path, case, edvit):
-    data, field, fragment = BAD_PROBLEMS[case]
+    assert_refused(edvit, tmp_path, *BAD_PROBLEMS[case])
+
+
+def assert_refused(edvit, tmp_path, data: dict, field: str, fragment: str) -> None:
+    """`edvit solve` on `data` exits 2 with one line naming the file, the field and the fault."""
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data))
     result = edvit("solve", str(path))

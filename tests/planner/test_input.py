@@ -17,6 +17,7 @@ from planner.greedy import greedy_plan
 from planner.problem import Problem
 from planner.solve import solve
 from tests.conftest import PLANNING
+from tests.planner.test_cli import assert_refused
 
 B = 150_528  # 224 x 224 x 3 uint8
 
@@ -279,14 +280,7 @@ BAD_INPUT = {  # case -> (problem, field named, fragment of the message)
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
 def test_bad_input_fields_give_one_line_and_exit_2(tmp_path, edvit, case):
-    data, field, fragment = BAD_INPUT[case]
-    path = tmp_path / "bad.yaml"
-    path.write_text(yaml.safe_dump(data))
-    result = edvit("solve", str(path))
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert str(path) in lines[0] and field in lines[0] and fragment in lines[0]
+    assert_refused(edvit, tmp_path, *BAD_INPUT[case])
 
 
 def test_an_aggregator_link_is_needed_only_when_the_input_is_sent():
