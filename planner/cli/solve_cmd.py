@@ -54,6 +54,7 @@ def plan_summary(plan) -> dict:
         "wall_time_s": plan.solver.wall_time_s,
         "submodels": [{"device": s.device, "ratio": s.ratio, "classes": s.classes}
                       for s in plan.submodels],
+        "input": plan.input.model_dump() if plan.input else None,
     }
 
 
