@@ -86,8 +86,8 @@ def bench_scale(repeats: int) -> None:
                 median, target = statistics.median(times), TARGET_S[devices]
                 ok = plan.status == "optimal" and median < target
                 used = len({sm.device for sm in plan.submodels})
-                print(f"| {'mixed seed ' + str(seed):<14} | {devices:>3} | {input_bytes or '-':>7} | "
-                      f"{slots:>5} | {plan.status:>8} | {plan.solver.gap:>5.1%} | "
+                print(f"| {'mixed seed ' + str(seed):<14} | {devices:>3} | "
+                      f"{input_bytes or '-':>7} | {slots:>5} | {plan.status:>8} | {plan.solver.gap:>5.1%} | "
                       f"{plan.makespan_s * 1e3:>11.1f} | {used:>4} | {median:>8.3f} | "
                       f"{max(times):>6.3f} | {f'< {target:g} s ' + ('ok' if ok else 'MISS'):>9} |")
 

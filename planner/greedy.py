@@ -1,8 +1,9 @@
 """The paper-style greedy plan (ED-ViT assigns sub-models greedily), as a baseline for comparison.
 
 Balanced class split over all devices that may host one (the fastest C devices when there are
-fewer classes than devices), one uniform keep ratio - the largest that fits the smallest device used and can serve the
-largest group within the loss budget - and the biggest groups on the fastest devices.
+fewer classes than devices), one uniform keep ratio - the largest that fits the smallest device
+used and can serve the largest group within the loss budget - and the biggest groups on the
+fastest devices. It is scored by the checker, so it pays for the input transfer like any plan.
 """
 
 from __future__ import annotations
