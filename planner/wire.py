@@ -1,14 +1,16 @@
 """What the runtime sends a device for one image, defined once for the runtime and the planner.
 
 The aggregator sends every device that hosts a sub-model the whole image, as a tensor of
-`WIRE_DTYPE` (C, H, W). The runtime sends and receives that dtype (`vit_ops.runtime.protocol`); the
-planner charges `input_bytes(...)` for each such send (the problem's `input_bytes`), so a change of
-the wire format changes both at once. No torch here: the dtype is named by its string.
+`WIRE_DTYPE` (C, H, W): 8-bit pixels, normalised on the worker (`vit_ops.runtime.transform`), a
+quarter of float32's bytes and exact, since every image the runtime serves is 8-bit to begin with.
+The runtime sends and receives that dtype (`vit_ops.runtime.protocol`); the planner charges
+`input_bytes(...)` for each such send (the problem's `input_bytes`), so a change of the wire
+format changes both at once. No torch here: the dtype is named by its string.
 """
 
 from __future__ import annotations
 
-WIRE_DTYPE = "float32"   # what vit_ops.runtime sends today
+WIRE_DTYPE = "uint8"   # what vit_ops.runtime sends
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
 

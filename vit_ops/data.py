@@ -3,7 +3,10 @@
 `load_data(spec, ...)` takes `"digits"` (scikit-learn's bundled 8x8 handwritten digits, upsampled;
 nothing is downloaded) or the path of an image folder (one sub-folder per class, sorted by name).
 It returns `DataSplits`: float32 images (N, 3, H, W), normalised as `(x - mean) / std` with x in
-[0, 1], int64 labels, and the class names. The split is stratified and seeded by `SPLIT_SEED`, fixed
+[0, 1], int64 labels, and the class names. Every image is an 8-bit image first (`image_pixels`, the
+digits quantised to 8 bits after upsampling), normalised by `normalize_pixels`: the runtime sends the
+same 8-bit pixels to its workers and normalises them there with the same function, so a served
+image gives the features it gives here, bit for bit. The split is stratified and seeded by `SPLIT_SEED`, fixed
 on purpose: every command (train-base, materialize, evaluate) sees the same held-out test images
 whatever training seed it uses.
 """
@@ -101,7 +104,8 @@ def load_digits(img_size: int = 32) -> DataSplits:
     bunch = sk_load_digits()
     pixels = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # (N,1,8,8) in [0,1]
     pixels = F.interpolate(pixels, size=(img_size, img_size), mode="bilinear", align_corners=False)
-    images = ((pixels - NORM_MEAN) / NORM_STD).expand(-1, 3, -1, -1).contiguous()
+    as_bytes = (pixels * 255.0).round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
+    images = normalize_pixels(as_bytes.contiguous())
     labels = torch.tensor(bunch.target, dtype=torch.int64)
     names = [str(int(n)) for n in bunch.target_names]
     return _split(DIGITS, names, img_size, images, labels)
@@ -126,15 +130,28 @@ def load_image_folder(root: Path, img_size: int) -> DataSplits:
         for path in files:
             try:
                 with Image.open(path) as img:
-                    rgb = img.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
+                    images.append(image_pixels(img, img_size))
             except (UnidentifiedImageError, OSError) as exc:
                 raise InputError(f"cannot read image ({exc.__class__.__name__})",
                                  file=str(path)) from None
-            images.append(torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0))
             labels.append(label)
-    stacked = (torch.stack(images).permute(0, 3, 1, 2) - NORM_MEAN) / NORM_STD
-    return _split(str(root), [d.name for d in class_dirs], img_size, stacked.contiguous(),
+    stacked = normalize_pixels(torch.stack(images))
+    return _split(str(root), [d.name for d in class_dirs], img_size, stacked,
                   torch.tensor(labels, dtype=torch.int64))
+
+
+def image_pixels(image, img_size: int) -> torch.Tensor:
+    """A PIL image as the model sees it before normalising: RGB, resized (bilinear) to
+    img_size x img_size, uint8 (3, H, W)."""
+    from PIL import Image
+
+    rgb = image.convert("RGB").resize((img_size, img_size), Image.BILINEAR)
+    return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, C, H, W) -> float32 `(x / 255 - mean) / std`, the models' input."""
+    return ((pixels.to(torch.float32) / 255.0 - NORM_MEAN) / NORM_STD).contiguous()
 
 
 def _split(source: str, names: list[str], img_size: int, images: torch.Tensor,

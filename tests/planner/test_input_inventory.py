@@ -37,7 +37,7 @@ def test_wire_bytes_follow_shape_and_dtype():
 
 def test_inventory_charges_the_model_input_in_the_wire_format():
     compiled = compile_inventory(inventory())
-    assert WIRE_DTYPE == "float32"  # what the runtime sends today (vit_ops.runtime.protocol)
+    assert WIRE_DTYPE == "uint8"  # what the runtime sends (vit_ops.runtime.protocol)
     assert compiled.problem.input_bytes == input_bytes(224, 3, WIRE_DTYPE)
     assert compiled.problem.aggregator_hosts_submodels is None
     assert compile_inventory(inventory(input_bytes=0)).problem.input_bytes == 0

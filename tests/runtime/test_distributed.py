@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from planner.cli import main as cli_main
+from vit_ops.data import normalize_pixels
 from vit_ops.runtime import (FeatureSlot, RuntimeConfig, WorkerFailedError, predict_fused,
                              serve_local)
 
@@ -99,9 +100,10 @@ class StandIn:
         return 3, 8, 8
 
     def eval_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random 8-bit images, normalised (every image the runtime serves is 8-bit)."""
         generator = torch.Generator().manual_seed(3)
-        return (torch.randn(n, 3, 8, 8, generator=generator),
-                torch.randint(0, 10, (n,), generator=generator))
+        pixels = torch.randint(0, 256, (n, 3, 8, 8), generator=generator, dtype=torch.uint8)
+        return normalize_pixels(pixels), torch.randint(0, 10, (n,), generator=generator)
 
 
 def _proc_table() -> dict[int, tuple[int, str]]:

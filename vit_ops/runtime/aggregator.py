@@ -1,12 +1,12 @@
-"""The aggregator (rank 0): feeds the images, collects every device's features, runs the fusion head.
+"""The aggregator (rank 0) in benchmark mode: feeds the first N held-out images, reports the run.
 
-For each request it sends the images to every live worker and posts a receive for each worker's
-features at once (torch.distributed point-to-point operations, one two-rank gloo group per worker),
-then waits for each with the request's deadline (`timeout_s` from the start of the request). A
-worker whose link breaks (its process died) or that does not answer in time (hung) is a
-`DeviceFailure`, named by device. Without `degraded` the run stops and `WorkerFailedError` is
-raised; with it, the failed device's slots of the fusion input stay zero from then on and every
-prediction made so is marked.
+It joins the fleet (`vit_ops.runtime.fleet`), optionally calibrates, then sends the images as
+8-bit pixels, `batch_size` per request, to every live worker at once and fuses their features.
+A device whose link breaks (its process died) or that does not answer within `timeout_s` of the
+request's start (hung) is a `DeviceFailure`, named by device. Without `degraded` the run stops and
+`WorkerFailedError` is raised; with it, the failed device's slots of the fusion input stay zero
+from then on and every prediction made so is marked. (The long-running service,
+`vit_ops.runtime.service`, answers HTTP requests over the same fleet instead.)
 """
 
 from __future__ import annotations
@@ -16,21 +16,14 @@ import os
 import statistics
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 
 from planner.errors import InputError
 from planner.progress import ProgressCallback
-from vit_ops.runtime import protocol
-from vit_ops.runtime.rendezvous import (
-    close_links,
-    connect_links,
-    post_verdict,
-    wait_for_workers,
-)
+from vit_ops.runtime.fleet import ExitStatus, Fleet
+from vit_ops.runtime.rendezvous import close_fleet
 from vit_ops.runtime.results import (
     Calibration,
     DeviceFailure,
@@ -40,36 +33,11 @@ from vit_ops.runtime.results import (
     WorkerFailedError,
     WorkerInfo,
 )
-from vit_ops.runtime.source import (
-    DeploymentSource,
-    device_columns,
-    devices_of,
-    feature_width,
-)
+from vit_ops.runtime.source import DeploymentSource, feature_width
 from vit_ops.runtime.timing import median_latency_s, pin_threads
+from vit_ops.runtime.transform import eval_transform
 
 log = logging.getLogger(__name__)
-
-ExitStatus = Callable[[int], "str | None"]
-EXIT_STATUS_GRACE_S = 1.0
-
-
-@dataclass
-class _Link:
-    """The aggregator's view of one worker."""
-
-    device: str
-    rank: int  # the worker's rank in the fleet (device order)
-    group_rank: int  # its rank in the process group of the members
-    group: dist.ProcessGroup
-    columns: torch.Tensor  # fusion-input columns its features fill
-    alive: bool = True
-    pending: list = field(default_factory=list)  # works abandoned after a failure, kept referenced
-
-    @property
-    def width(self) -> int:
-        """Feature floats per image it sends."""
-        return len(self.columns)
 
 
 @dataclass
@@ -89,224 +57,77 @@ def serve_aggregator(source: DeploymentSource, store: dist.Store, config: Runtim
     """
     if num_images < 1:
         raise InputError("must be >= 1", field="--images", value=num_images)
-    devices = devices_of(source)
-    slots = source.slots()
     try:
         images, labels = source.eval_images(num_images)
-        fusion = source.load_fusion().eval()
+        pixels = eval_transform(source).quantize(images)
+        fleet = Fleet(source, store, config, exit_status)
     except BaseException:  # let waiting workers go at once, then report the cause
-        post_verdict(store, None, "the aggregator could not start")
+        close_fleet(store, "the aggregator could not start")
         raise
     previous_threads = torch.get_num_threads()
     setup_start = time.perf_counter()
     pin_threads(config.aggregator_threads, interop=False)
+    fleet.start()
     try:
-        joined, failures = wait_for_workers(store, devices, config.join_limit_s, exit_status)
-        if not joined or (failures and not config.degraded):
-            post_verdict(store, None, "; ".join(f"{f.device}: {f.reason}" for f in failures))
-            raise WorkerFailedError(failures)
-        members = sorted(joined)
-        post_verdict(store, members)
-        links = _connect(store, members, devices, slots, config, exit_status)
+        never_joined = fleet.wait_joined(config.join_limit_s)
+        if len(never_joined) == len(fleet.devices) or (never_joined and not config.degraded):
+            raise WorkerFailedError(never_joined)
+        joined = {w.rank: w for w in fleet.workers()}
         setup_s = time.perf_counter() - setup_start
-        run = _Run(links, fusion, feature_width(slots), config, exit_status, failures)
-        run.send_header(images)
-        calibration = run.calibrate(images) if config.calibrate else None
-        predictions, degraded, timings, wall_s = run.serve(images, progress)
-        run.dismiss()
+        calibration = _calibrate(fleet, config, pixels) if config.calibrate else None
+        predictions, degraded, failures, timings, wall_s = _serve(
+            fleet, config, pixels, never_joined, progress)
     finally:
-        close_links()
+        fleet.close()
         torch.set_num_threads(previous_threads)
     return _result(source, config, images, labels, predictions, degraded, timings, wall_s,
-                   setup_s, joined, run.failures, calibration)
+                   setup_s, joined, failures, calibration)
 
 
-def _connect(store: dist.Store, members: list[int], devices: list[str], slots, config,
-             exit_status: ExitStatus | None) -> list[_Link]:
-    """Join the process group of the members; a member lost in between fails the setup, named."""
-    columns = device_columns(slots)
-    try:
-        groups = connect_links(store, 0, len(members) + 1, config.timeout_s)
-    except (RuntimeError, dist.DistError) as exc:
-        failures = []
-        for rank in members:
-            status = exit_status(rank) if exit_status else None
-            reason = f"process {status}" if status else f"process group setup failed ({exc})"
-            failures.append(DeviceFailure(device=devices[rank - 1], rank=rank,
-                                          reason=reason[:300]))
-        raise WorkerFailedError(failures) from None
-    return [_Link(device=devices[rank - 1], rank=rank, group_rank=i + 1, group=groups[i + 1],
-                  columns=columns[devices[rank - 1]])
-            for i, rank in enumerate(members)]
+def _calibrate(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor) -> Calibration:
+    """Each worker times its extractor alone (the others idle), then the fusion head here."""
+    batch = min(config.batch_size, int(pixels.shape[0]))
+    alone = fleet.calibrate(batch)
+    _check(fleet, config, [], 0)
+    example = torch.zeros(batch, fleet.total_width)
+    fusion_s = median_latency_s(fleet.fusion, example, config.aggregator_threads)
+    return Calibration(alone_latency_s=alone, fusion_latency_s=fusion_s,
+                       critical_path_s=max(alone.values()) + fusion_s, latency_ratio=float("nan"))
 
 
-class _Run:
-    """One run over established links: header, calibration, requests, bye."""
+def _serve(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor,
+           never_joined: list[DeviceFailure], progress: ProgressCallback | None):
+    """Every request in order: predictions, degraded marks, failures (with the first image
+    served without each device), timings and the wall time."""
+    predictions: list[int] = []
+    degraded: list[bool] = []
+    failures = list(never_joined)
+    timings = _Timings()
+    total = int(pixels.shape[0])
+    start_all = time.perf_counter()
+    for start in range(0, total, config.batch_size):
+        batch = pixels[start:start + config.batch_size].contiguous()
+        answer = fleet.infer(batch, time.monotonic() + config.timeout_s)
+        known = {f.device for f in failures}
+        failures += [f.model_copy(update={"at_image": start}) for f in fleet.failures
+                     if f.device not in known]
+        _check(fleet, config, failures, len(predictions))
+        predictions.extend(int(p) for p in answer.logits.argmax(dim=-1))
+        degraded.extend([answer.degraded] * batch.shape[0])
+        timings.latency_s.append(answer.elapsed_s)
+        timings.compute_s.append(max(answer.device_s.values()))
+        timings.fusion_s.append(answer.fusion_s)
+        if progress:
+            progress(len(predictions), total, "degraded" if answer.degraded else "")
+    return predictions, degraded, failures, timings, time.perf_counter() - start_all
 
-    def __init__(self, links: list[_Link], fusion: torch.nn.Module, total_width: int,
-                 config: RuntimeConfig, exit_status: ExitStatus | None,
-                 failures: list[DeviceFailure]) -> None:
-        self.links = links
-        self.fusion = fusion
-        self.total_width = total_width
-        self.config = config
-        self.exit_status = exit_status
-        self.failures = list(failures)  # devices that never joined (degraded mode)
-        self.served = 0
-        # every device's features fill one block of columns, in link order: replies concatenate
-        columns = [int(c) for link in links for c in link.columns]
-        self.columns_in_order = columns == list(range(total_width))
 
-    def live(self) -> list[_Link]:
-        return [link for link in self.links if link.alive]
-
-    def send_header(self, images: torch.Tensor) -> None:
-        header = protocol.Header(num_images=int(images.shape[0]),
-                                 batch_size=self.config.batch_size,
-                                 image_shape=tuple(images.shape[1:]),
-                                 calibrate=self.config.calibrate)
-        message = header.to_tensor()
-        deadline = time.monotonic() + self.config.timeout_s
-        works = [(link, dist.isend(message, dst=link.group_rank, group=link.group))
-                 for link in self.live()]
-        for link, work in works:
-            self._wait(link, work, deadline)
-        self._check_failures()
-
-    def calibrate(self, images: torch.Tensor) -> Calibration:
-        """Each worker times its extractor alone (the others idle), then the fusion head here."""
-        alone: dict[str, float] = {}
-        for link in self.live():
-            deadline = time.monotonic() + self.config.timeout_s
-            answer = torch.zeros(1, dtype=torch.float64)
-            send = dist.isend(torch.ones(1, dtype=torch.int64), dst=link.group_rank,
-                              group=link.group)
-            recv = dist.irecv(answer, src=link.group_rank, group=link.group)
-            if self._wait(link, send, deadline) and self._wait(link, recv, deadline):
-                alone[link.device] = float(answer)
-        self._check_failures()
-        example = torch.zeros(min(self.config.batch_size, images.shape[0]), self.total_width)
-        fusion_s = median_latency_s(self.fusion, example, self.config.aggregator_threads)
-        critical = max(alone.values()) + fusion_s
-        return Calibration(alone_latency_s=alone, fusion_latency_s=fusion_s,
-                           critical_path_s=critical, latency_ratio=float("nan"))
-
-    @torch.no_grad()
-    def serve(self, images: torch.Tensor, progress: ProgressCallback | None
-              ) -> tuple[list[int], list[bool], _Timings, float]:
-        predictions: list[int] = []
-        degraded: list[bool] = []
-        timings = _Timings()
-        total = int(images.shape[0])
-        start_all = time.perf_counter()
-        for start in range(0, total, self.config.batch_size):
-            batch = images[start:start + self.config.batch_size].contiguous()
-            logits, compute_s, fusion_s, elapsed_s = self._request(batch, start)
-            predictions.extend(int(p) for p in logits.argmax(dim=-1))
-            degraded.extend([bool(self.failures)] * batch.shape[0])
-            timings.latency_s.append(elapsed_s)
-            timings.compute_s.append(compute_s)
-            timings.fusion_s.append(fusion_s)
-            self.served = len(predictions)
-            if progress:
-                progress(self.served, total, "degraded" if self.failures else "")
-        return predictions, degraded, timings, time.perf_counter() - start_all
-
-    def _request(self, batch: torch.Tensor, first_image: int
-                 ) -> tuple[torch.Tensor, float, float, float]:
-        """One request: (logits, slowest worker's compute s, fusion s, end-to-end s)."""
-        started = time.perf_counter()
-        deadline = time.monotonic() + self.config.timeout_s
-        n = int(batch.shape[0])
-        live = self.live()
-        replies = [protocol.reply_buffer(n, link.width) for link in live]
-        # Every receive is posted before the first send: no reply waits for a buffer, and on a host
-        # with fewer cores than processes the woken workers do not preempt the posting. (Sends
-        # first measured no better with a core per process, and worse on 2 cores.)
-        receives = [dist.irecv(reply, src=link.group_rank, group=link.group)
-                    for link, reply in zip(live, replies)]
-        wire = protocol.to_wire(batch)
-        sends = [dist.isend(wire, dst=link.group_rank, group=link.group) for link in live]
-        answered: list[tuple[_Link, torch.Tensor]] = []
-        compute_s = 0.0
-        for link, send, recv, reply in zip(live, sends, receives, replies):
-            if self._wait(link, send, deadline, first_image) and \
-                    self._wait(link, recv, deadline, first_image):
-                values, worker_s = protocol.unpack_features(reply, n, link.width)
-                answered.append((link, values))
-                compute_s = max(compute_s, worker_s)
-        self._check_failures()
-        features = self._fusion_input(answered, n)
-        received = time.perf_counter()
-        logits = self.fusion(features)
-        done = time.perf_counter()
-        return logits, compute_s, done - received, done - started
-
-    def _fusion_input(self, answered: list[tuple[_Link, torch.Tensor]], n: int) -> torch.Tensor:
-        """(n, total width) fusion input; the columns of devices that did not answer stay zero."""
-        if self.columns_in_order and len(answered) == len(self.links):
-            return torch.cat([values for _, values in answered], dim=1)  # one op, no scatter
-        features = torch.zeros(n, self.total_width)
-        for link, values in answered:
-            features[:, link.columns] = values
-        return features
-
-    def _wait(self, link: _Link, work, deadline: float, first_image: int | None = None) -> bool:
-        """Wait for one operation of `link` until `deadline`; a failure marks the link dead."""
-        if not link.alive:
-            return False
-        remaining = max(deadline - time.monotonic(), 1e-3)
-        try:
-            work.wait(timeout=timedelta(seconds=remaining))
-            return True
-        except RuntimeError as exc:
-            link.alive = False
-            link.pending.append(work)
-            reason = self._reason(link, exc)
-            self.failures.append(DeviceFailure(device=link.device, rank=link.rank, reason=reason,
-                                               at_image=first_image))
-            log.warning("device %s (rank %d) failed: %s", link.device, link.rank, reason)
-            return False
-
-    def _reason(self, link: _Link, exc: RuntimeError) -> str:
-        text = str(exc)
-        if "Timed out" in text or "timeout" in text.lower():
-            reason = f"no answer within {self.config.timeout_s:g} s (hung or too slow)"
-            status = self.exit_status(link.rank) if self.exit_status else None
-        else:
-            reason = "connection lost"
-            status = self._exit_status(link.rank)
-        return f"{reason}; process {status}" if status else reason
-
-    def _exit_status(self, rank: int) -> str | None:
-        """How a local worker ended, waiting briefly for the OS to report a death just seen."""
-        if self.exit_status is None:
-            return None
-        deadline = time.monotonic() + EXIT_STATUS_GRACE_S
-        while (status := self.exit_status(rank)) is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return status
-
-    def _check_failures(self) -> None:
-        """Stop the run on a failure unless degraded mode may go on (some device still answers)."""
-        if not self.failures:
-            return
-        if not self.config.degraded or not self.live():
-            raise WorkerFailedError(self.failures, completed_images=self.served)
-
-    def dismiss(self) -> None:
-        """Say bye to every live worker after the last request. (A failed run sends none: closing
-        the links tells the workers, which then exit with 'lost the aggregator'.)"""
-        deadline = time.monotonic() + self.config.timeout_s
-        works = []
-        for link in self.live():
-            works.append((link, dist.isend(torch.zeros(1, dtype=torch.int64), dst=link.group_rank,
-                                           group=link.group)))
-        for link, work in works:
-            try:
-                work.wait(timeout=timedelta(seconds=max(deadline - time.monotonic(), 1e-3)))
-            except RuntimeError as exc:
-                log.warning("device %s: bye not delivered (%s)", link.device, exc)
+def _check(fleet: Fleet, config: RuntimeConfig, failures: list[DeviceFailure],
+           served: int) -> None:
+    """Stop the run on a failure unless degraded mode may go on (some device still answers)."""
+    missing = fleet.missing()
+    if missing and (not config.degraded or len(missing) == len(fleet.devices)):
+        raise WorkerFailedError(failures or missing, completed_images=served)
 
 
 def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tensor,

@@ -18,7 +18,9 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from planner.progress import ProgressCallback
@@ -76,18 +78,38 @@ def resolve_source(source: DeploymentSource | str | Path) -> DeploymentSource:
     return source
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a local fleet brings back a dead worker: at most `max_restarts` per device within
+    `window_s`, the k-th of them after `backoff_s * 2**k` seconds (at most `max_backoff_s`)."""
+
+    max_restarts: int = 0  # 0: never (a benchmark run reports the failure instead)
+    backoff_s: float = 0.2
+    max_backoff_s: float = 5.0
+    window_s: float = 300.0
+
+
 class LocalFleet:
-    """The worker processes of a local fleet: started on enter, all gone on exit."""
+    """The worker processes of a local fleet: started on enter, restarted by `restart(rank)` within
+    the `RestartPolicy`, all gone on exit."""
 
     def __init__(self, source: DeploymentSource, world_size: int, endpoint: Endpoint,
-                 config: RuntimeConfig) -> None:
+                 config: RuntimeConfig, policy: RestartPolicy = RestartPolicy()) -> None:
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(PRELOAD)
-        self.processes = {
-            rank: self.context.Process(
-                target=_local_worker_main, name=f"edvit-worker-{rank}", daemon=True,
-                args=(source, rank, world_size, endpoint, config, logging.getLogger().level))
-            for rank in range(1, world_size)}
+        self.args = (source, world_size, endpoint, config, logging.getLogger().level)
+        self.policy = policy
+        self.processes = {rank: self._new_process(rank) for rank in range(1, world_size)}
+        self.restarts: dict[int, list[float]] = {rank: [] for rank in self.processes}
+        self.lock = threading.Lock()
+        self._timers: list[threading.Timer] = []
+        self._stopping = False
+
+    def _new_process(self, rank: int):
+        source, world_size, endpoint, config, level = self.args
+        return self.context.Process(target=_local_worker_main, name=f"edvit-worker-{rank}",
+                                    daemon=True,
+                                    args=(source, rank, world_size, endpoint, config, level))
 
     def __enter__(self) -> "LocalFleet":
         try:
@@ -113,9 +135,45 @@ class LocalFleet:
             return f"killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
 
+    def restart(self, rank: int) -> bool:
+        """Kill worker `rank` if it still runs (its link was dropped: it is hung or dead) and
+        start a new one after the policy's backoff; False when the policy allows no more."""
+        with self.lock:
+            now = time.monotonic()
+            recent = [t for t in self.restarts[rank] if now - t < self.policy.window_s]
+            if self._stopping or len(recent) >= self.policy.max_restarts:
+                if self.policy.max_restarts:
+                    log.error("worker %d: not restarted (%d restarts within %g s)", rank,
+                              len(recent), self.policy.window_s)
+                return False
+            delay = min(self.policy.backoff_s * 2 ** len(recent), self.policy.max_backoff_s)
+            self.restarts[rank] = recent + [now]
+            timer = threading.Timer(delay, self._replace, args=(rank,))
+            timer.daemon = True
+            self._timers.append(timer)
+            timer.start()
+        log.warning("worker %d: restarting in %.2f s", rank, delay)
+        return True
+
+    def _replace(self, rank: int) -> None:
+        with self.lock:
+            if self._stopping:
+                return
+            old = self.processes[rank]
+            if old.is_alive():
+                old.kill()
+            old.join(REAP_TIMEOUT_S)
+            process = self._new_process(rank)
+            process.start()
+            self.processes[rank] = process
+
     def stop(self, grace_s: float = 0.0) -> None:
         """Give workers `grace_s` to exit on their own (after a normal run), then kill and reap
         the rest."""
+        with self.lock:
+            self._stopping = True
+            for timer in self._timers:
+                timer.cancel()
         started = [p for p in self.processes.values() if p.pid is not None]
         deadline = time.monotonic() + grace_s
         for process in started:

@@ -1,61 +1,46 @@
-"""The messages between the aggregator and one worker, all torch.distributed point-to-point
-operations on their two-rank group (see `rendezvous`).
+"""The messages between the aggregator and one worker, point-to-point on the worker's own link
+(`vit_ops.runtime.link`).
 
-1. header (aggregator -> worker), int64[HEADER_LEN]: images in the run, request size, C, H, W,
-   whether to calibrate;
-2. calibration, if asked, one worker at a time: go (int64[1]) -> median seconds alone (float64[1]);
-3. per request: images (b, C, H, W) in the wire dtype (`planner.wire.WIRE_DTYPE`, which the planner
-   charges as the input transfer) -> features float32 (b * width + 1), whose last float is
-   the worker's compute time for the request in seconds (so the aggregator can split a request's
-   time into compute and communication without another message);
-4. bye (int64[1]): the worker leaves.
+Every exchange starts with a control message (aggregator -> worker), int64[2] = (op, n):
 
-Request sizes follow from the header (full batches, then the remainder), so no per-request header
-is sent: one message each way per request and worker.
+- REQUEST, n images: then the images (n, C, H, W) in the wire dtype (`planner.wire.WIRE_DTYPE`,
+  uint8, which the planner charges as the input transfer), normalised on the worker; the worker answers features float32 (n * width + 1), whose last float is its compute time
+  for the request in seconds (so the aggregator can split a request's time into compute and
+  communication without another message). n = 0 is a ping: no images, the answer is the time alone.
+- CALIBRATE, n = batch size: the worker times its extractor alone on n blank images and answers
+  float32[1], the median seconds.
+- BYE: the worker leaves (exit code 0).
+
+Requests are any size: a service batches whatever is waiting, a benchmark its fixed batch.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 
 from planner import wire
 
-HEADER_LEN = 6
+REQUEST, CALIBRATE, BYE = 1, 2, 3
+CONTROL_LEN = 2
 WIRE_DTYPE = getattr(torch, wire.WIRE_DTYPE)  # the images' dtype on the wire
 
 
-@dataclass(frozen=True)
-class Header:
-    num_images: int
-    batch_size: int
-    image_shape: tuple[int, int, int]
-    calibrate: bool
-
-    def to_tensor(self) -> torch.Tensor:
-        c, h, w = self.image_shape
-        return torch.tensor([self.num_images, self.batch_size, c, h, w, int(self.calibrate)],
-                            dtype=torch.int64)
-
-    @classmethod
-    def from_tensor(cls, tensor: torch.Tensor) -> "Header":
-        n, b, c, h, w, calibrate = (int(v) for v in tensor.tolist())
-        return cls(n, b, (c, h, w), bool(calibrate))
-
-    def request_sizes(self) -> list[int]:
-        """Images per request, in order."""
-        full, rest = divmod(self.num_images, self.batch_size)
-        return [self.batch_size] * full + ([rest] if rest else [])
+def control(op: int, n: int = 0) -> torch.Tensor:
+    return torch.tensor([op, n], dtype=torch.int64)
 
 
-def empty_header() -> torch.Tensor:
-    return torch.zeros(HEADER_LEN, dtype=torch.int64)
+def empty_control() -> torch.Tensor:
+    return torch.zeros(CONTROL_LEN, dtype=torch.int64)
 
 
-def to_wire(images: torch.Tensor) -> torch.Tensor:
-    """Images as they are sent (no copy when they already are in the wire dtype)."""
-    return images.to(WIRE_DTYPE).contiguous()
+def read_control(message: torch.Tensor) -> tuple[int, int]:
+    op, n = (int(v) for v in message.tolist())
+    return op, n
+
+
+def to_wire(pixels: torch.Tensor) -> torch.Tensor:
+    """8-bit pixels as they are sent (no copy when they already are in the wire dtype)."""
+    return pixels.to(WIRE_DTYPE).contiguous()
 
 
 def image_buffer(batch: int, image_shape: tuple[int, int, int]) -> torch.Tensor:

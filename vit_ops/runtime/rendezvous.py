@@ -2,11 +2,12 @@
 
 Rank 0 is the aggregator, rank r >= 1 serves the r-th device of the deployment. All ranks meet at a
 `TCPStore` (hosted by rank 0, or by torchrun's agent when run under torchrun). A worker first loads
-its sub-model, then writes `joined/<rank>` (its `WorkerInfo`) or `failed/<rank>` (why loading
-failed) to the store, so the aggregator can name a device that never joins instead of timing out
-anonymously. Then every rank joins the gloo default group and one two-rank group per worker,
-`{0, r}`: gloo closes every connection of a group when one operation in it times out, so a hung
-worker may only take its own link down, and the aggregator keeps serving the others.
+its sub-model, then writes `joined/<rank>/<generation>` (its `WorkerInfo`) or
+`failed/<rank>/<generation>` (why loading failed) to the store, so the aggregator can name a device
+that never joins instead of timing out anonymously. Each announcement has a generation (a counter per rank in the store): a restarted
+worker announces the next one, and the aggregator, which watches the counters for as long as it
+runs, accepts it and builds a fresh link with it (`vit_ops.runtime.link`). No step waits for all
+workers at once, so a device that dies while the fleet joins delays nobody else.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Callable
 
 import torch.distributed as dist
 
 from planner.errors import InputError
-from vit_ops.runtime.results import DeviceFailure, WorkerInfo
+from vit_ops.runtime.results import WorkerInfo
 
 log = logging.getLogger(__name__)
 
@@ -62,86 +62,56 @@ def open_store(endpoint: Endpoint, rank: int, world_size: int, timeout_s: float)
     return dist.PrefixStore(f"{KEY_PREFIX}{run_id}/{restart}/", store)
 
 
-def announce_joined(store: dist.Store, info: WorkerInfo) -> None:
-    store.set(f"joined/{info.rank}", info.model_dump_json())
+def announce_joined(store: dist.Store, info: WorkerInfo) -> int:
+    """A worker that loaded its model asks to join; returns its generation (1, 2, ... per rank:
+    a restarted worker takes the next one, and its link is built under that generation)."""
+    generation = store.add(f"generation/{info.rank}", 1)
+    store.set(f"joined/{info.rank}/{generation}", info.model_dump_json())
+    return generation
 
 
 def announce_failed(store: dist.Store, rank: int, reason: str) -> None:
-    store.set(f"failed/{rank}", reason[:500])
+    generation = store.add(f"generation/{rank}", 1)
+    store.set(f"failed/{rank}/{generation}", reason[:500])
 
 
-def wait_for_workers(store: dist.Store, devices: list[str], timeout_s: float,
-                     exit_status: Callable[[int], str | None] | None = None
-                     ) -> tuple[dict[int, WorkerInfo], list[DeviceFailure]]:
-    """Wait until every worker rank has joined or failed, or `timeout_s` passed.
+def latest_generation(store: dist.Store, rank: int) -> int:
+    """The newest generation worker `rank` announced (0: none yet)."""
+    return store.add(f"generation/{rank}", 0)
 
-    `exit_status(rank)` (local fleets) says how a worker process ended, if it did, so a worker that
-    crashed while loading is reported at once. Returns the joined workers and the failures.
-    """
-    pending = set(range(1, len(devices) + 1))
-    joined: dict[int, WorkerInfo] = {}
-    failures: list[DeviceFailure] = []
+
+def read_announcement(store: dist.Store, rank: int, generation: int
+                      ) -> WorkerInfo | str | None:
+    """What generation `generation` of worker `rank` said: its WorkerInfo (joined), the reason it
+    could not start (str), or None while it has not written it yet."""
+    if store.check([f"joined/{rank}/{generation}"]):
+        return WorkerInfo.model_validate_json(store.get(f"joined/{rank}/{generation}"))
+    if store.check([f"failed/{rank}/{generation}"]):
+        return store.get(f"failed/{rank}/{generation}").decode("utf-8", "replace")
+    return None
+
+
+def accept(store: dist.Store, rank: int, generation: int) -> None:
+    """The aggregator takes generation `generation` of worker `rank`: both sides build the link."""
+    store.set(f"accept/{rank}/{generation}", "1")
+
+
+def close_fleet(store: dist.Store, reason: str) -> None:
+    """The aggregator is done (or aborted): workers still waiting to be accepted leave."""
+    store.set("closed", json.dumps({"reason": reason}))
+
+
+def wait_for_accept(store: dist.Store, rank: int, generation: int, timeout_s: float) -> bool:
+    """Whether the aggregator accepted this worker within `timeout_s` (False when it closed the
+    fleet or never answered)."""
     deadline = time.monotonic() + timeout_s
-    while pending:
-        for rank in sorted(pending):
-            device = devices[rank - 1]
-            if store.check([f"joined/{rank}"]):
-                joined[rank] = WorkerInfo.model_validate_json(store.get(f"joined/{rank}"))
-                pending.discard(rank)
-            elif store.check([f"failed/{rank}"]):
-                reason = store.get(f"failed/{rank}").decode("utf-8", "replace")
-                failures.append(DeviceFailure(device=device, rank=rank,
-                                              reason=f"could not start: {reason}"))
-                pending.discard(rank)
-            elif exit_status is not None and (status := exit_status(rank)) is not None:
-                failures.append(DeviceFailure(device=device, rank=rank,
-                                              reason=f"process {status} before joining"))
-                pending.discard(rank)
-        if not pending:
-            break
-        if time.monotonic() >= deadline:
-            for rank in sorted(pending):
-                failures.append(DeviceFailure(device=devices[rank - 1], rank=rank,
-                                              reason=f"never joined within {timeout_s:g} s"))
-            break
+    while time.monotonic() < deadline:
+        if store.check([f"accept/{rank}/{generation}"]):
+            return True
+        if store.check(["closed"]):
+            reason = json.loads(store.get("closed"))["reason"]
+            log.error("rank %d: the aggregator closed the fleet (%s)", rank, reason or "done")
+            return False
         time.sleep(POLL_S)
-    return joined, failures
-
-
-def post_verdict(store: dist.Store, members: list[int] | None, reason: str = "") -> None:
-    """Rank 0 tells the workers who serves: `members` (worker ranks, ascending), or None = abort."""
-    store.set("verdict", json.dumps({"members": members, "reason": reason}))
-
-
-def wait_for_verdict(store: dist.Store, rank: int, timeout_s: float) -> tuple[int, int] | None:
-    """A worker's (rank, size) in the process group of the members, or None when the run was
-    aborted or goes on without it."""
-    store.wait(["verdict"], timedelta(seconds=timeout_s))
-    verdict = json.loads(store.get("verdict"))
-    members = verdict["members"]
-    if members is None or rank not in members:
-        log.error("rank %d: the aggregator goes on without this worker (%s)", rank,
-                  verdict["reason"] or "joined too late")
-        return None
-    return 1 + members.index(rank), 1 + len(members)
-
-
-def connect_links(store: dist.Store, rank: int, world_size: int,
-                  timeout_s: float) -> dict[int, dist.ProcessGroup]:
-    """Join the gloo default group of the members (`rank`/`world_size` are process-group ranks:
-    0 = aggregator, i = i-th member), then every `{0, i}` group. Returns the links by group rank
-    (a worker gets only its own). Every member calls this with the same world size."""
-    dist.init_process_group("gloo", store=dist.PrefixStore("pg/", store), rank=rank,
-                            world_size=world_size, timeout=timedelta(seconds=timeout_s))
-    links = {}
-    for worker in range(1, world_size):
-        group = dist.new_group([0, worker], timeout=timedelta(seconds=timeout_s), backend="gloo")
-        if rank in (0, worker):
-            links[worker] = group
-    return links
-
-
-def close_links() -> None:
-    """Tear down the process groups (safe to call when none exists)."""
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    log.error("rank %d: the aggregator did not accept this worker within %g s", rank, timeout_s)
+    return False

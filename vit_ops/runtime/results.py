@@ -137,3 +137,9 @@ class WorkerFailedError(EdvitError):
         """The `--json` object of a failed run."""
         return {"status": "failed", "completed_images": self.completed_images,
                 "failed_devices": [f.model_dump() for f in self.failures]}
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (gloo's run long), for a device's reason."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:300] if lines else exc.__class__.__name__

@@ -21,6 +21,7 @@ from planner.errors import InputError
 from planner.vit_shape import ViTShape
 from vit_ops.architecture import build_vit
 from planner.vit_shape import counts_for_ratio
+from vit_ops.data import normalize_pixels
 from vit_ops.fusion import FusionHead
 from vit_ops.runtime.source import FeatureSlot
 from vit_ops.shapes import shape_for_arch
@@ -90,6 +91,8 @@ class SyntheticDeployment:
         if n < 1:
             raise InputError("must be >= 1", field="--images", value=n)
         generator = torch.Generator().manual_seed(self.seed)
-        images = torch.randn(n, *self.image_shape(), generator=generator)
+        pixels = torch.randint(0, 256, (n, *self.image_shape()), generator=generator,
+                               dtype=torch.uint8)
+        images = normalize_pixels(pixels)  # random 8-bit images, as the wire carries them
         labels = torch.randint(self.num_classes, (n,), generator=generator)
         return images, labels

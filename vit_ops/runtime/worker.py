@@ -1,8 +1,9 @@
 """A worker: one device of the fleet, serving its own sub-model(s) to the aggregator.
 
-`serve_worker` loads only the feature extractor of its device (threads pinned), joins the fleet,
-and answers every request of the aggregator with the features of the images it received, until
-the aggregator says bye. It returns a process exit code: 0 after a normal run, 1 when the run was
+`serve_worker` loads only the feature extractor of its device (threads pinned), joins the fleet
+(a fresh link of its own, `vit_ops.runtime.link`, so it may also rejoin a running service after a
+restart), and answers every request of the aggregator with the features of the 8-bit images it
+received, normalised here with the deployment's eval transform, until the aggregator says bye. It returns a process exit code: 0 after a normal run, 1 when the run was
 aborted or the aggregator was lost (every wait is bounded: `3 x timeout_s`, since a worker may
 legitimately idle while the aggregator waits out another device's timeout).
 """
@@ -15,16 +16,17 @@ import socket
 import time
 
 import torch
-import torch.distributed as dist
 
 from planner.errors import InputError
 from vit_ops.runtime import protocol
 from vit_ops.runtime.engine import Extractor, prepare_extractor
-from vit_ops.runtime.rendezvous import (Endpoint, announce_failed, announce_joined, close_links,
-                                        connect_links, open_store, wait_for_verdict)
-from vit_ops.runtime.results import RuntimeConfig, WorkerInfo
+from vit_ops.runtime.link import WORKER, Link
+from vit_ops.runtime.rendezvous import (Endpoint, announce_failed, announce_joined, open_store,
+                                        wait_for_accept)
+from vit_ops.runtime.results import RuntimeConfig, WorkerInfo, first_line
 from vit_ops.runtime.source import DeploymentSource, devices_of, feature_width
 from vit_ops.runtime.timing import median_latency_s, pin_threads
+from vit_ops.runtime.transform import EvalTransform, eval_transform
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +64,19 @@ def serve_worker(source: DeploymentSource, rank: int, world_size: int, endpoint:
     except Exception as exc:  # any load failure is reported to the aggregator, then raised
         announce_failed(store, rank, f"{exc.__class__.__name__}: {exc}")
         raise
-    announce_joined(store, WorkerInfo(device=device, rank=rank, host=socket.gethostname(),
-                                      pid=os.getpid(), threads=threads, interop_threads=interop,
-                                      feature_dim=width, engine=config.engine))
-    log.info("rank %d (%s) joined: %d threads, feature width %d", rank, device, threads, width)
-    verdict = wait_for_verdict(store, rank, idle_s)
-    if verdict is None:
+    generation = announce_joined(store, WorkerInfo(
+        device=device, rank=rank, host=socket.gethostname(), pid=os.getpid(), threads=threads,
+        interop_threads=interop, feature_dim=width, engine=config.engine))
+    log.info("rank %d (%s) announced (generation %d): %d threads, feature width %d", rank, device,
+             generation, threads, width)
+    if not wait_for_accept(store, rank, generation, idle_s):
         return 1
-    group_rank, group_size = verdict
     try:
-        link = connect_links(store, group_rank, group_size, idle_s)[group_rank]
-        _answer_requests(model, link, width, threads)
+        link = Link(store, rank, generation, WORKER, idle_s)
+        _answer_requests(model, link, width, threads, eval_transform(source), idle_s)
     except RuntimeError as exc:  # gloo: the aggregator closed the link, died or stopped talking
-        log.error("rank %d (%s): lost the aggregator: %s", rank, device, _first_line(exc))
+        log.error("rank %d (%s): lost the aggregator: %s", rank, device, first_line(exc))
         return 1
-    finally:
-        close_links()
     log.info("rank %d (%s): done", rank, device)
     return 0
 
@@ -97,29 +96,26 @@ def _load_checked(source: DeploymentSource, device: str, width: int, config: Run
 
 
 @torch.no_grad()
-def _answer_requests(model: Extractor, link: dist.ProcessGroup, width: int,
-                     threads: int) -> None:
-    """The worker side of `protocol`: header, optional calibration, requests, bye."""
-    header_buf = protocol.empty_header()
-    dist.recv(header_buf, src=0, group=link)
-    header = protocol.Header.from_tensor(header_buf)
-    if header.calibrate:
-        go = torch.zeros(1, dtype=torch.int64)
-        dist.recv(go, src=0, group=link)
-        example = torch.zeros(header.batch_size, *header.image_shape)
-        alone_s = median_latency_s(model, example, threads)
-        dist.send(torch.tensor([alone_s], dtype=torch.float64), dst=0, group=link)
-    for batch in header.request_sizes():
-        images = protocol.image_buffer(batch, header.image_shape)
-        dist.recv(images, src=0, group=link)
+def _answer_requests(model: Extractor, link: Link, width: int, threads: int,
+                     transform: EvalTransform, idle_s: float) -> None:
+    """The worker side of `protocol`: requests (and pings), calibration, until bye."""
+    shape = (transform.in_chans, transform.img_size, transform.img_size)
+    message = protocol.empty_control()
+    while True:
+        link.recv(message, idle_s)
+        op, n = protocol.read_control(message)
+        if op == protocol.BYE:
+            return
+        if op == protocol.CALIBRATE:
+            alone_s = median_latency_s(model, torch.zeros(n, *shape), threads)
+            link.send(torch.tensor([alone_s], dtype=torch.float32), idle_s)
+            continue
+        if op != protocol.REQUEST:
+            raise RuntimeError(f"unknown operation {op} from the aggregator")
+        pixels = protocol.image_buffer(n, shape)
+        if n:
+            link.recv(pixels, idle_s)
         start = time.perf_counter()
-        features = model(images)
+        features = model(transform.normalize(pixels)) if n else torch.empty(0, width)
         compute_s = time.perf_counter() - start
-        dist.send(protocol.pack_features(features, compute_s), dst=0, group=link)
-    bye = torch.zeros(1, dtype=torch.int64)
-    dist.recv(bye, src=0, group=link)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:300] if lines else exc.__class__.__name__
+        link.send(protocol.pack_features(features, compute_s), idle_s)

@@ -1,0 +1,300 @@
+"""The aggregator's fleet: who is joined, one request over every live device, rejoins, bye.
+
+`Fleet` watches the store for as long as it runs (a thread): every worker announcement of a new
+generation (`rendezvous`) is accepted and gets a fresh `Link`, built in a thread of its own, so a
+device that is slow or dies while joining holds up nobody, and a restarted worker rejoins a
+running fleet. `infer` sends one batch of 8-bit images to every live device at once (every receive
+posted before the first send), waits for each answer until the request's deadline, and fuses the
+features; a device whose link breaks (process died) or that misses the deadline (hung) is dropped
+at once, named as a `DeviceFailure`, and `on_lost(rank)` tells the launcher. Its slots of the
+fusion input stay zero while it is away; the answer lists every device it lacks, and the caller
+decides whether such an answer may be served (degraded mode) or not.
+
+`infer`, `ping`, `calibrate` and `close` are called from one thread (the caller's); the watcher
+only adds links, under the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+
+from vit_ops.runtime import protocol
+from vit_ops.runtime.link import AGGREGATOR, Link
+from vit_ops.runtime.rendezvous import (POLL_S, accept, close_fleet, latest_generation,
+                                        read_announcement)
+from vit_ops.runtime.results import DeviceFailure, RuntimeConfig, WorkerInfo, first_line
+from vit_ops.runtime.source import DeploymentSource, device_columns, devices_of, feature_width
+
+log = logging.getLogger(__name__)
+
+ExitStatus = Callable[[int], "str | None"]
+EXIT_STATUS_GRACE_S = 1.0
+NOT_JOINED = "not joined yet"
+
+
+@dataclass
+class _Device:
+    """The aggregator's view of one device's worker."""
+
+    name: str
+    rank: int  # the worker's rank in the fleet (device order)
+    columns: torch.Tensor  # fusion-input columns its features fill
+    link: Link | None = None
+    seen_generation: int = 0
+    info: WorkerInfo | None = None
+    problem: str | None = NOT_JOINED  # why it is not serving; None while it is
+    final: bool = False  # failed for good in this fleet's eyes until it announces again
+    abandoned: list = field(default_factory=list)  # dead links and works, kept referenced
+
+    @property
+    def width(self) -> int:
+        return len(self.columns)
+
+
+@dataclass
+class FleetAnswer:
+    """One request's outcome: logits of every image and which devices it was made without."""
+
+    logits: torch.Tensor  # (n, classes)
+    missing: list[DeviceFailure]  # devices whose features are zeros in this answer
+    device_s: dict[str, float]  # device -> its compute seconds for this request
+    fusion_s: float
+    elapsed_s: float
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.missing)
+
+
+class Fleet:
+    """The workers of a deployment as the aggregator sees them (see the module docstring)."""
+
+    def __init__(self, source: DeploymentSource, store: dist.Store, config: RuntimeConfig,
+                 exit_status: ExitStatus | None = None,
+                 on_lost: Callable[[int], None] | None = None) -> None:
+        self.store, self.config = store, config
+        self.exit_status, self.on_lost = exit_status, on_lost
+        slots = source.slots()
+        columns = device_columns(slots)
+        self.devices = [_Device(name=d, rank=r, columns=columns[d])
+                        for r, d in enumerate(devices_of(source), start=1)]
+        self.total_width = feature_width(slots)
+        self.fusion = source.load_fusion().eval()
+        self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)
+        self.failures: list[DeviceFailure] = []  # every failure seen, in order
+        self._closed = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="edvit-fleet-watch", daemon=True)
+
+    # ------------------------------------------------------------------ membership
+
+    def start(self) -> "Fleet":
+        self._watcher.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._closed.is_set():
+            for device in self.devices:
+                try:
+                    self._check_announcements(device)
+                except (RuntimeError, dist.DistError) as exc:  # the store is closing
+                    if not self._closed.is_set():
+                        log.warning("fleet watcher: %s", exc)
+            self._closed.wait(POLL_S)
+
+    def _check_announcements(self, device: _Device) -> None:
+        newest = latest_generation(self.store, device.rank)
+        if newest > device.seen_generation:
+            said = read_announcement(self.store, device.rank, newest)
+            if said is None:
+                return  # the counter moved, the message is on its way
+            device.seen_generation = newest
+            if isinstance(said, str):
+                self._set_problem(device, f"could not start: {said}", final=True)
+            else:
+                threading.Thread(target=self._connect, args=(device, newest, said), daemon=True,
+                                 name=f"edvit-link-{device.rank}").start()
+        elif device.link is None and not device.final and self.exit_status is not None:
+            status = self.exit_status(device.rank)
+            if status is not None:
+                self._set_problem(device, f"process {status} before joining", final=True)
+
+    def _connect(self, device: _Device, generation: int, info: WorkerInfo) -> None:
+        accept(self.store, device.rank, generation)
+        try:
+            link = Link(self.store, device.rank, generation, AGGREGATOR, self.config.join_limit_s)
+        except (RuntimeError, dist.DistError) as exc:
+            if generation == device.seen_generation:
+                self._set_problem(device, f"could not connect: {first_line(exc)}", final=True)
+            return
+        with self.changed:
+            if generation != device.seen_generation or self._closed.is_set():
+                device.abandoned.append(link)  # a newer worker already announced itself
+                return
+            if device.link is not None:
+                device.abandoned.append(device.link)
+            device.link, device.info, device.problem, device.final = link, info, None, False
+            self.changed.notify_all()
+        log.info("device %s (rank %d) joined, generation %d", device.name, device.rank,
+                 generation)
+
+    def _set_problem(self, device: _Device, problem: str, final: bool) -> None:
+        with self.changed:
+            device.problem, device.final = problem, final
+            self.failures.append(DeviceFailure(device=device.name, rank=device.rank,
+                                               reason=problem))
+            self.changed.notify_all()
+
+    def wait_joined(self, limit_s: float) -> list[DeviceFailure]:
+        """Wait until every device has joined or failed for good, at most `limit_s`; returns a
+        failure for every device not joined then."""
+        deadline = time.monotonic() + limit_s
+        with self.changed:
+            while any(d.link is None and not d.final for d in self.devices):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.changed.wait(min(remaining, 0.1))
+            return [DeviceFailure(device=d.name, rank=d.rank,
+                                  reason=d.problem if d.final else f"never joined within "
+                                                                   f"{limit_s:g} s")
+                    for d in self.devices if d.link is None]
+
+    def readiness(self) -> dict[str, str | None]:
+        """device -> why it is not serving now (None: it is)."""
+        with self.lock:
+            return {d.name: d.problem for d in self.devices}
+
+    def workers(self) -> list[WorkerInfo]:
+        """What the joined workers reported, in rank order."""
+        with self.lock:
+            return [d.info for d in self.devices if d.link is not None and d.info is not None]
+
+    def missing(self) -> list[DeviceFailure]:
+        """A failure for each device not serving now."""
+        with self.lock:
+            return [DeviceFailure(device=d.name, rank=d.rank, reason=d.problem or "")
+                    for d in self.devices if d.link is None]
+
+    # ------------------------------------------------------------------ requests
+
+    @torch.no_grad()
+    def infer(self, pixels: torch.Tensor, deadline: float) -> FleetAnswer:
+        """Fused logits of uint8 images (n, C, H, W), every live device asked at once; `deadline`
+        is a `time.monotonic()` instant."""
+        started = time.perf_counter()
+        n = int(pixels.shape[0])
+        replies = self._exchange(protocol.control(protocol.REQUEST, n), protocol.to_wire(pixels),
+                                 n, deadline)
+        features = torch.zeros(n, self.total_width)
+        device_s = {}
+        for device, reply in replies:
+            values, device_s[device.name] = protocol.unpack_features(reply, n, device.width)
+            features[:, device.columns] = values
+        received = time.perf_counter()
+        logits = self.fusion(features)
+        done = time.perf_counter()
+        return FleetAnswer(logits=logits, missing=self.missing(), device_s=device_s,
+                           fusion_s=done - received, elapsed_s=done - started)
+
+    def ping(self, timeout_s: float) -> None:
+        """A request of no images to every live device: finds a dead or hung one while idle."""
+        self._exchange(protocol.control(protocol.REQUEST, 0), None, 0,
+                       time.monotonic() + timeout_s)
+
+    def calibrate(self, batch: int) -> dict[str, float]:
+        """Each device times its extractor alone on `batch` images (one device at a time)."""
+        alone = {}
+        for device in self._live():
+            answer = torch.zeros(1, dtype=torch.float32)
+            recv = device.link.irecv(answer)
+            send = device.link.isend(protocol.control(protocol.CALIBRATE, batch))
+            deadline = time.monotonic() + self.config.timeout_s
+            if self._wait(device, send, deadline) and self._wait(device, recv, deadline):
+                alone[device.name] = float(answer)
+        return alone
+
+    def _live(self) -> list[_Device]:
+        with self.lock:
+            return [d for d in self.devices if d.link is not None]
+
+    def _exchange(self, message: torch.Tensor, pixels: torch.Tensor | None, n: int,
+                  deadline: float) -> list[tuple[_Device, torch.Tensor]]:
+        """Send `message` (and the pixels) to every live device, collect each one's reply."""
+        live = self._live()
+        replies = [protocol.reply_buffer(n, d.width) for d in live]
+        # Every receive is posted before the first send: no reply waits for a buffer, and on a host
+        # with fewer cores than processes the woken workers do not preempt the posting.
+        receives = [d.link.irecv(r) for d, r in zip(live, replies)]
+        sends = [[d.link.isend(message)] + ([d.link.isend(pixels)] if n else []) for d in live]
+        answered = []
+        for device, works, recv, reply in zip(live, sends, receives, replies):
+            if all(self._wait(device, w, deadline) for w in works) and \
+                    self._wait(device, recv, deadline):
+                answered.append((device, reply))
+        return answered
+
+    def _wait(self, device: _Device, work, deadline: float) -> bool:
+        """Wait for one operation until `deadline`; a failure drops the device's link."""
+        if device.link is None:
+            return False
+        remaining = max(deadline - time.monotonic(), 1e-3)
+        try:
+            work.wait(timedelta(seconds=remaining))
+            return True
+        except RuntimeError as exc:
+            self._drop(device, work, self._reason(device, exc))
+            return False
+
+    def _drop(self, device: _Device, work, reason: str) -> None:
+        with self.changed:
+            if device.link is None:
+                return
+            device.abandoned.extend([device.link, work])
+            device.link, device.problem, device.final = None, reason, True
+            self.failures.append(DeviceFailure(device=device.name, rank=device.rank,
+                                               reason=reason))
+            self.changed.notify_all()
+        log.warning("device %s (rank %d) failed: %s", device.name, device.rank, reason)
+        if self.on_lost is not None and not self._closed.is_set():
+            self.on_lost(device.rank)
+
+    def _reason(self, device: _Device, exc: RuntimeError) -> str:
+        text = str(exc)
+        if "Timed out" in text or "timeout" in text.lower():
+            reason = f"no answer within {self.config.timeout_s:g} s (hung or too slow)"
+            status = self.exit_status(device.rank) if self.exit_status else None
+        else:
+            reason = "connection lost"
+            status = self._exit_status(device.rank)
+        return f"{reason}; process {status}" if status else reason
+
+    def _exit_status(self, rank: int) -> str | None:
+        """How a local worker ended, waiting briefly for the OS to report a death just seen."""
+        if self.exit_status is None:
+            return None
+        deadline = time.monotonic() + EXIT_STATUS_GRACE_S
+        while (status := self.exit_status(rank)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return status
+
+    # ------------------------------------------------------------------ the end
+
+    def close(self, reason: str = "") -> None:
+        """Say bye to every live worker, tell late joiners to leave, stop watching."""
+        self._closed.set()
+        close_fleet(self.store, reason)
+        deadline = time.monotonic() + self.config.timeout_s
+        works = [(d, d.link.isend(protocol.control(protocol.BYE))) for d in self._live()]
+        for device, work in works:
+            self._wait(device, work, deadline)
+        if self._watcher.is_alive():
+            self._watcher.join(timeout=1.0)
