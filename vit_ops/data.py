@@ -149,9 +149,10 @@ def image_pixels(image, img_size: int) -> torch.Tensor:
     return torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+def normalize_pixels(pixels: torch.Tensor, mean: float = NORM_MEAN,
+                     std: float = NORM_STD) -> torch.Tensor:
     """uint8 images (N, C, H, W) -> float32 `(x / 255 - mean) / std`, the models' input."""
-    return ((pixels.to(torch.float32) / 255.0 - NORM_MEAN) / NORM_STD).contiguous()
+    return ((pixels.to(torch.float32) / 255.0 - mean) / std).contiguous()
 
 
 def _split(source: str, names: list[str], img_size: int, images: torch.Tensor,

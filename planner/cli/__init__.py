@@ -53,6 +53,8 @@ COMMANDS: dict[str, CommandInfo] = {
                                                 "process per device)"),
     "worker": CommandInfo("vit_ops.runtime.cli", "run one node of a distributed deployment "
                                                  "(rank 0 = aggregator)"),
+    "classify": CommandInfo("vit_ops.runtime.cli", "classify image files with a running "
+                                                   "service (--url) or in this process (--deploy)"),
 }
 
 

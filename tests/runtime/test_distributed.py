@@ -89,6 +89,8 @@ class StandIn:
                 time.sleep(600)
             if kind == "load_error":
                 raise FileNotFoundError("model.safetensors")
+            if kind == "die_on_load":  # killed while the fleet joins
+                os.kill(os.getpid(), signal.SIGKILL)
             model = _Fault(model, kind, at, stamp)
         return model
 
@@ -208,6 +210,18 @@ def test_worker_that_never_joins_is_named(kind):
     assert _leftover_workers() == []
 
 
+def test_a_device_killed_while_joining_does_not_stop_the_others():
+    """One device's worker dies while loading: the others still join and serve (degraded)."""
+    source = StandIn(fault=("b", "die_on_load", 0, ""))
+    result = serve_local(source, 6, RuntimeConfig(timeout_s=FAULT_TIMEOUT_S,
+                                                  join_timeout_s=JOIN_TIMEOUT_S, degraded=True))
+    assert sorted(w.device for w in result.workers) == ["a", "c"]
+    assert [(f.device, f.at_image) for f in result.failed_devices] == [("b", None)]
+    assert "killed by SIGKILL" in result.failed_devices[0].reason
+    assert result.degraded == [True] * 6 and result.status == "degraded"
+    assert _leftover_workers() == []
+
+
 def test_degraded_mode_fuses_without_the_dead_device_and_marks_it(tmp_path):
     source = StandIn(fault=("b", "die", 6, str(tmp_path / "fault")))
     result = serve_local(source, 15, RuntimeConfig(timeout_s=FAULT_TIMEOUT_S,
@@ -231,29 +245,6 @@ def test_degraded_mode_fuses_without_the_dead_device_and_marks_it(tmp_path):
 
 
 # ------------------------------------------------------------------ a real digits deployment
-
-@pytest.fixture(scope="session")
-def digits_deployment(tmp_path_factory):
-    """Four sub-models on three devices (pi-a hosts two), materialised with the fastest settings."""
-    from planner.vit_shape import ViTShape
-    from vit_ops.base_model import train_base
-    from vit_ops.data import load_data
-    from vit_ops.manual_plan import manual_plan
-    from vit_ops.materialize import MaterializeConfig, materialize
-    from vit_ops.training import FitConfig
-
-    shape = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
-                     num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)
-    digits = load_data("digits", img_size=16)
-    base = train_base(digits, shape, FitConfig(epochs=1))
-    plan = manual_plan(shape, [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]], [0.5, 0.75, 0.5, 0.25],
-                       ["pi-a", "pi-b", "pi-c", "pi-a"])
-    fast = MaterializeConfig(calibration_images=16, finetune=FitConfig(epochs=1),
-                             fusion=FitConfig(epochs=1, max_shift_px=0), export_onnx=False)
-    out = tmp_path_factory.mktemp("runtime") / "deploy"
-    materialize(plan, base, digits, out, fast)
-    return out
-
 
 def _cli_with_env(argv: list[str], env: dict[str, str]) -> None:
     """`edvit ARGV` in a process of its own with `env` set, as torchrun starts a node."""

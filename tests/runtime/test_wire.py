@@ -1,18 +1,172 @@
-"""The runtime sends what the planner charges: one wire format, planner.wire."""
+"""The runtime sends what the planner charges (one wire format, planner.wire): 8-bit pixels,
+normalised on the workers into the same tensors as evaluate's;
+the decoder in front of the service, and the dispatcher's queue and micro-batching, on a stand-in
+fleet that records what it was asked."""
 
 from __future__ import annotations
 
+import io
+import threading
+import time
+
+import pytest
 import torch
 
-from planner import wire
+from planner.wire import WIRE_DTYPE, input_bytes
+from vit_ops.data import load_image_folder
 from vit_ops.runtime import protocol
+from vit_ops.runtime.fleet import FleetAnswer
+from vit_ops.runtime.results import DeviceFailure, RuntimeConfig
+from vit_ops.runtime.service import (DevicesUnavailableError, InferenceService, QueueFullError,
+                                     ServiceConfig)
+from vit_ops.runtime.transform import EvalTransform, ImageDecodeError, decode_image
+
+
+def test_the_wire_carries_a_quarter_of_float32():
+    assert WIRE_DTYPE == "uint8"
+    assert input_bytes(224) == 3 * 224 * 224
+    assert input_bytes(224, dtype="float32") == 4 * input_bytes(224)
 
 
 def test_runtime_sends_the_planners_wire_dtype():
-    images = torch.rand(2, 3, 16, 16)
-    sent = protocol.to_wire(images)
-    assert sent.dtype == protocol.WIRE_DTYPE == getattr(torch, wire.WIRE_DTYPE)
-    per_image = sent[0].numel() * sent.element_size()
-    assert per_image == wire.input_bytes(16, 3, wire.WIRE_DTYPE)
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    sent = protocol.to_wire(pixels)
+    assert sent.dtype == protocol.WIRE_DTYPE == getattr(torch, WIRE_DTYPE)
+    assert sent[0].numel() * sent.element_size() == input_bytes(16, 3, WIRE_DTYPE)
     buffer = protocol.image_buffer(2, (3, 16, 16))
     assert buffer.dtype == sent.dtype and buffer.shape == sent.shape
+
+
+def test_worker_side_normalising_reproduces_evaluates_images_bit_for_bit(tmp_path):
+    """An image folder loaded as evaluate loads it, and the same files through the service's
+    path (decode -> 8-bit pixels -> wire -> normalise), give identical tensors."""
+    from PIL import Image
+
+    generator = torch.Generator().manual_seed(0)
+    for label in ("cat", "dog"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            pixels = torch.randint(0, 256, (20, 28, 3), generator=generator, dtype=torch.uint8)
+            Image.fromarray(pixels.numpy()).save(tmp_path / label / f"{i}.png")
+    loaded = load_image_folder(tmp_path, img_size=12)
+    images = torch.cat([loaded.train.images, loaded.val.images, loaded.test.images])
+    transform = EvalTransform(img_size=12)
+    served = []
+    for path in sorted(tmp_path.glob("*/*.png")):
+        with decode_image(path.read_bytes()) as image:
+            served.append(transform.pixels(image))
+    wire = torch.stack(served)
+    assert wire.dtype == torch.uint8
+    normalised = transform.normalize(wire)
+    assert len(normalised) == len(images) == 6
+    for served_image in normalised:  # the split reorders the files: find each one's twin
+        assert any(torch.equal(served_image, image) for image in images)
+    assert torch.equal(transform.quantize(images), transform.quantize(transform.normalize(
+        transform.quantize(images))))
+
+
+def _png(size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("data, words", [
+    (b"", "empty body"),
+    (b"BM" + b"\0" * 60, "not a JPEG or PNG"),
+    (_png((300, 300))[:60], "cannot decode PNG image"),
+])
+def test_undecodable_images_are_named(data, words):
+    with pytest.raises(ImageDecodeError, match=words):
+        decode_image(data)
+
+
+def test_a_decompression_bomb_is_refused_before_decoding():
+    with pytest.raises(ImageDecodeError, match="300x300 pixels exceeds the limit of 10000"):
+        decode_image(_png((300, 300)), max_pixels=10_000)
+    assert decode_image(_png((100, 100)), max_pixels=10_000).size == (100, 100)
+
+
+# ------------------------------------------------------------------ the dispatcher
+
+class RecordingFleet:
+    """Stands in for `Fleet`: answers each batch with logits = its pixel means, after `delay_s`,
+    and records the batch sizes; `missing_devices` are reported missing."""
+
+    def __init__(self, delay_s: float = 0.0, missing_devices: list[str] = ()) -> None:
+        self.delay_s, self.batches = delay_s, []
+        self.devices = ["a", "b"]
+        self.missing_devices = list(missing_devices)
+        self.release = threading.Event()
+        self.release.set()
+
+    def missing(self):
+        return [DeviceFailure(device=d, rank=1, reason="gone") for d in self.missing_devices]
+
+    def infer(self, pixels: torch.Tensor, deadline: float) -> FleetAnswer:
+        self.release.wait()
+        time.sleep(self.delay_s)
+        self.batches.append(int(pixels.shape[0]))
+        means = pixels.float().mean(dim=(1, 2, 3))
+        logits = torch.stack([means, -means], dim=1)
+        return FleetAnswer(logits=logits, missing=self.missing(), device_s={"a": 0.001},
+                           fusion_s=0.0, elapsed_s=self.delay_s)
+
+    def ping(self, timeout_s: float) -> None:
+        pass
+
+
+def _pixels(value: int) -> torch.Tensor:
+    return torch.full((1, 3, 4, 4), value, dtype=torch.uint8)
+
+
+def test_micro_batching_joins_waiting_requests_and_keeps_each_callers_rows():
+    fleet = RecordingFleet()
+    service = InferenceService(fleet, RuntimeConfig(timeout_s=5),
+                               ServiceConfig(max_batch=4, max_wait_ms=300)).start()
+    try:
+        futures = [service.submit(_pixels(v)) for v in (10, 200, 30)]
+        answers = [f.result(timeout=5) for f in futures]
+    finally:
+        service.stop()
+    assert fleet.batches == [3]
+    expected = [torch.softmax(torch.tensor([[v, -v]], dtype=torch.float32), -1)
+                for v in (10.0, 200.0, 30.0)]
+    assert all(torch.allclose(a.probabilities, e) for a, e in zip(answers, expected))
+
+
+def test_a_full_queue_refuses_at_once_and_stop_drains_the_queued():
+    fleet = RecordingFleet()
+    fleet.release.clear()  # the fleet is busy with the first request
+    service = InferenceService(fleet, RuntimeConfig(timeout_s=5),
+                               ServiceConfig(queue_size=2)).start()
+    first = service.submit(_pixels(1))
+    time.sleep(0.2)  # the dispatcher took it and waits in the fleet
+    queued = [service.submit(_pixels(2)), service.submit(_pixels(3))]
+    with pytest.raises(QueueFullError):
+        service.submit(_pixels(4))
+    fleet.release.set()
+    service.stop()
+    assert [f.result(timeout=5).probabilities.shape for f in [first, *queued]] == \
+        [(1, 2)] * 3
+    assert fleet.batches == [1, 1, 1]
+
+
+@pytest.mark.parametrize("degraded", [False, True])
+def test_a_missing_device_is_named_unless_degraded_mode_serves_without_it(degraded):
+    fleet = RecordingFleet(missing_devices=["b"])
+    service = InferenceService(fleet, RuntimeConfig(timeout_s=5, degraded=degraded),
+                               ServiceConfig()).start()
+    try:
+        future = service.submit(_pixels(5))
+        if degraded:
+            answer = future.result(timeout=5)
+            assert answer.degraded and answer.failed_devices == ["b"]
+        else:
+            with pytest.raises(DevicesUnavailableError, match="b: gone"):
+                future.result(timeout=5)
+            assert fleet.batches == []  # not sent to the fleet at all
+    finally:
+        service.stop()

@@ -5,6 +5,12 @@ inference over torch.distributed (gloo), one process per device plus the aggrega
 `edvit worker` (rank 0 = the aggregator, rank r = the r-th device of deployment.json), with
 `--rank/--world-size/--master` or torchrun's RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT.
 A device that fails is named on stderr and the exit code is 4 (unless `--degraded` goes on).
+
+With `--http [HOST:]PORT` the aggregator is a long-running service instead (Open Inference
+Protocol v2 over HTTP, bound to 127.0.0.1 unless HOST says otherwise) that answers new images
+until SIGTERM or SIGINT; workers that die rejoin it when restarted (`--local` restarts them).
+`edvit classify IMAGE... --url http://HOST:PORT` asks such a service; `--deploy DEPLOY_DIR`
+classifies in this one process, the reference the service must equal.
 """
 
 from __future__ import annotations
@@ -13,11 +19,15 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
-from vit_ops.runtime import Endpoint, RuntimeConfig, WorkerFailedError, run_node, serve_local
+from vit_ops.runtime import (Endpoint, RuntimeConfig, WorkerFailedError, run_node, run_node_http,
+                             serve_local, serve_local_http)
 from vit_ops.runtime.deployment import open_deployment
+from vit_ops.runtime.reference import ReferenceClassifier
+from vit_ops.runtime.service import ServiceConfig
 
 PREDICTIONS_SHOWN = 20
 
@@ -37,6 +47,20 @@ def add_worker_arguments(worker: argparse.ArgumentParser) -> None:
     worker.add_argument("--master", metavar="HOST:PORT",
                         help="the aggregator's address (env MASTER_ADDR, MASTER_PORT)")
     _add_run_arguments(worker)
+
+
+def add_classify_arguments(classify: argparse.ArgumentParser) -> None:
+    classify.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    where = classify.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a service started with --http: http://HOST:PORT")
+    where.add_argument("--deploy", metavar="DEPLOY_DIR",
+                       help="classify in this process (the single-process reference)")
+    classify.add_argument("--top", type=int, default=5, metavar="K",
+                          help="most probable classes listed per image (default 5)")
+    classify.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                          help="seconds to wait for each answer of the service (default 60)")
+    classify.add_argument("--json", action="store_true",
+                          help="print a JSON list: {file, label, class_id, top, degraded} each")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +85,20 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                              "latency against the critical path")
     parser.add_argument("--data", help="data of the held-out images (default: the deployment's)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    http = parser.add_argument_group("service (aggregator with --http)")
+    http.add_argument("--http", metavar="[HOST:]PORT",
+                      help="serve HTTP (Open Inference Protocol v2) until SIGTERM/SIGINT instead "
+                           "of a benchmark run; HOST defaults to 127.0.0.1, PORT 0 picks one")
+    http.add_argument("--max-batch", type=int, default=1, metavar="N",
+                      help="images per fleet request: batch waiting requests (default 1)")
+    http.add_argument("--max-wait-ms", type=float, default=0.0, metavar="MS",
+                      help="wait this long for more requests to batch (default 0)")
+    http.add_argument("--queue", type=int, default=64, metavar="N",
+                      help="requests waiting at most; more get 503 + Retry-After (default 64)")
+    http.add_argument("--max-body", type=int, default=8 * 2**20, metavar="BYTES",
+                      help="largest request body (default 8 MiB)")
+    http.add_argument("--restarts", type=int, default=5, metavar="N",
+                      help="--local: restarts of a dead worker within 5 minutes (default 5)")
 
 
 def _config(args: argparse.Namespace) -> RuntimeConfig:
@@ -78,6 +116,30 @@ def _config(args: argparse.Namespace) -> RuntimeConfig:
                          engine=args.engine)
 
 
+def _service_config(args: argparse.Namespace):
+    host, port = _http_address(args.http)
+    for flag, value, least in (("--max-batch", args.max_batch, 1), ("--queue", args.queue, 1),
+                               ("--max-body", args.max_body, 1), ("--restarts", args.restarts, 0),
+                               ("--max-wait-ms", args.max_wait_ms, 0)):
+        if value < least:
+            raise InputError(f"must be >= {least}", field=flag, value=value)
+    return ServiceConfig(host=host, port=port, max_batch=args.max_batch,
+                         max_wait_ms=args.max_wait_ms, queue_size=args.queue,
+                         max_body_bytes=args.max_body, max_restarts=args.restarts)
+
+
+def _http_address(text: str) -> tuple[str, int]:
+    """`PORT`, `HOST:PORT` or `[IPV6]:PORT` -> (host, port); the host defaults to loopback."""
+    if text.isdigit():
+        if int(text) > 65535:
+            raise InputError("port must be 0..65535", field="--http", value=text)
+        return "127.0.0.1", int(text)
+    if text.endswith(":0"):
+        return Endpoint.parse(text[:-2] + ":1", field="--http").host, 0
+    endpoint = Endpoint.parse(text, field="--http")
+    return endpoint.host, endpoint.port
+
+
 def _exit_on_sigterm() -> None:
     """SIGTERM unwinds like Ctrl-C, so the launcher still kills its workers."""
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
@@ -86,6 +148,8 @@ def _exit_on_sigterm() -> None:
 def run_serve(args: argparse.Namespace) -> int:
     config = _config(args)
     source = open_deployment(args.deploy_dir, args.data)
+    if args.http:
+        return serve_local_http(source, config, _service_config(args))
     _exit_on_sigterm()
     try:
         with progress_bar("serve", enabled=not args.json) as progress:
@@ -104,6 +168,11 @@ def run_worker(args: argparse.Namespace) -> int:
     world_size = _int_from(args.world_size, "WORLD_SIZE", "--world-size")
     endpoint = _endpoint(args.master)
     source = open_deployment(args.deploy_dir, args.data)
+    if args.http:
+        if rank != 0:
+            raise InputError("only the aggregator (rank 0) serves HTTP", field="--http",
+                             value=args.http)
+        return run_node_http(source, world_size, endpoint, config, _service_config(args))
     _exit_on_sigterm()
     try:
         with progress_bar("serve", enabled=rank == 0 and not args.json) as progress:
@@ -183,8 +252,37 @@ def format_result(result) -> str:
     return "\n".join(lines)
 
 
+def run_classify(args: argparse.Namespace) -> int:
+    if args.top < 1:
+        raise InputError("must be >= 1", field="--top", value=args.top)
+    files = [Path(f) for f in args.images]
+    for path in files:
+        if not path.is_file():
+            raise InputError("image file not found", file=str(path))
+    if args.url:
+        from vit_ops.runtime.client import Client  # httpx: the `serve` extra, only for --url
+
+        with Client(args.url, timeout_s=args.timeout, top_k=args.top) as client:
+            answers = [client.classify(path) for path in files]
+    else:
+        classifier = ReferenceClassifier(args.deploy, top_k=args.top)
+        answers = classifier.classify_files(files)
+    rows = [{"file": str(path), "label": a.label, "class_id": a.class_id,
+             "top": [t.model_dump() for t in a.top], "degraded": a.degraded}
+            for path, a in zip(files, answers)]
+    if args.json:
+        print_json(rows)
+        return 0
+    for row in rows:
+        mark = "  (degraded)" if row["degraded"] else ""
+        print(f"{row['file']}: {row['label']} ({row['top'][0]['prob']:.3f}){mark}")
+    return 0
+
+
 COMMANDS = {
     "serve": Command(add_serve_arguments, run_serve, description=__doc__, raw_description=True),
     "worker": Command(add_worker_arguments, run_worker, description=__doc__,
                       raw_description=True),
+    "classify": Command(add_classify_arguments, run_classify, description=__doc__,
+                        raw_description=True),
 }

@@ -17,6 +17,7 @@ from planner.errors import InputError
 from planner.files import read_json
 from vit_ops import deploy
 from vit_ops.runtime.source import FeatureSlot
+from vit_ops.runtime.transform import EvalTransform
 
 
 class DeviceExtractor(nn.Module):
@@ -73,6 +74,20 @@ class VitOpsDeployment:
 
     def image_shape(self) -> tuple[int, int, int]:
         return self.in_chans, self.manifest.img_size, self.manifest.img_size
+
+    def eval_transform(self) -> EvalTransform:
+        """The preprocessing `edvit evaluate` applies: the manifest's size and normalisation."""
+        return EvalTransform(img_size=self.manifest.img_size, in_chans=self.in_chans,
+                             mean=self.manifest.norm_mean, std=self.manifest.norm_std)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.manifest.class_names)
+
+    @property
+    def model_name(self) -> str:
+        """The name a service gives the deployment in URLs: its directory's name."""
+        return self.deploy_dir.resolve().name
 
     def eval_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         from vit_ops.data import load_data

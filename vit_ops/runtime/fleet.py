@@ -215,8 +215,9 @@ class Fleet:
         alone = {}
         for device in self._live():
             answer = torch.zeros(1, dtype=torch.float32)
-            recv = device.link.irecv(answer)
-            send = device.link.isend(protocol.control(protocol.CALIBRATE, batch))
+            recv = self._post(device, device.link.irecv, answer)
+            send = self._post(device, device.link.isend, protocol.control(protocol.CALIBRATE,
+                                                                          batch))
             deadline = time.monotonic() + self.config.timeout_s
             if self._wait(device, send, deadline) and self._wait(device, recv, deadline):
                 alone[device.name] = float(answer)
@@ -233,8 +234,10 @@ class Fleet:
         replies = [protocol.reply_buffer(n, d.width) for d in live]
         # Every receive is posted before the first send: no reply waits for a buffer, and on a host
         # with fewer cores than processes the woken workers do not preempt the posting.
-        receives = [d.link.irecv(r) for d, r in zip(live, replies)]
-        sends = [[d.link.isend(message)] + ([d.link.isend(pixels)] if n else []) for d in live]
+        receives = [self._post(d, d.link.irecv if d.link else None, r)
+                    for d, r in zip(live, replies)]
+        sends = [[self._post(d, d.link.isend if d.link else None, t)
+                  for t in ([message, pixels] if n else [message])] for d in live]
         answered = []
         for device, works, recv, reply in zip(live, sends, receives, replies):
             if all(self._wait(device, w, deadline) for w in works) and \
@@ -242,9 +245,20 @@ class Fleet:
                 answered.append((device, reply))
         return answered
 
+    def _post(self, device: _Device, operation, tensor: torch.Tensor):
+        """Start a send or receive on the device's link (None once the link is gone: gloo refuses
+        at once on a pair it already knows is closed)."""
+        if operation is None or device.link is None:
+            return None
+        try:
+            return operation(tensor)
+        except RuntimeError as exc:
+            self._drop(device, None, self._reason(device, exc))
+            return None
+
     def _wait(self, device: _Device, work, deadline: float) -> bool:
         """Wait for one operation until `deadline`; a failure drops the device's link."""
-        if device.link is None:
+        if device.link is None or work is None:
             return False
         remaining = max(deadline - time.monotonic(), 1e-3)
         try:
@@ -258,7 +272,7 @@ class Fleet:
         with self.changed:
             if device.link is None:
                 return
-            device.abandoned.extend([device.link, work])
+            device.abandoned.extend([device.link, work])  # gloo works must outlive their wait
             device.link, device.problem, device.final = None, reason, True
             self.failures.append(DeviceFailure(device=device.name, rank=device.rank,
                                                reason=reason))
@@ -293,7 +307,8 @@ class Fleet:
         self._closed.set()
         close_fleet(self.store, reason)
         deadline = time.monotonic() + self.config.timeout_s
-        works = [(d, d.link.isend(protocol.control(protocol.BYE))) for d in self._live()]
+        bye = protocol.control(protocol.BYE)
+        works = [(d, self._post(d, d.link.isend, bye)) for d in self._live()]
         for device, work in works:
             self._wait(device, work, deadline)
         if self._watcher.is_alive():

@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from planner.progress import ProgressCallback
 from vit_ops.runtime.aggregator import serve_aggregator
@@ -30,11 +31,15 @@ from vit_ops.runtime.results import RuntimeConfig, ServeResult
 from vit_ops.runtime.source import DeploymentSource, devices_of
 from vit_ops.runtime.worker import check_fleet_size, serve_worker
 
+if TYPE_CHECKING:
+    from vit_ops.runtime.service import ServiceConfig
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
 EXIT_GRACE_S = 2.0
 REAP_TIMEOUT_S = 5.0
+SUPERVISE_POLL_S = 0.1
 PRELOAD = ["vit_ops.runtime.worker", "vit_ops.runtime.deployment"]
 _PR_SET_PDEATHSIG = 1
 
@@ -68,6 +73,34 @@ def run_node(source: DeploymentSource | str | Path, rank: int, world_size: int,
     check_fleet_size(source, rank, world_size)
     store = open_store(endpoint, 0, world_size, config.timeout_s)
     return serve_aggregator(source, store, config, num_images, progress)
+
+
+def serve_local_http(source: DeploymentSource | str | Path, config: RuntimeConfig,
+                     service: "ServiceConfig", stop=None) -> int:
+    """The service (`vit_ops.runtime.server`) over a fleet on this machine whose dead or dropped
+    workers are restarted (`service.max_restarts` per device within the policy's window, with
+    backoff); returns the exit code after a graceful shutdown."""
+    from vit_ops.runtime.server import run_service
+
+    source = resolve_source(source)
+    world_size = len(devices_of(source)) + 1
+    store = open_store(Endpoint(LOOPBACK, 0), 0, world_size, config.timeout_s)
+    endpoint = Endpoint(LOOPBACK, store.underlying_store.port)
+    policy = RestartPolicy(max_restarts=service.max_restarts)
+    with LocalFleet(source, world_size, endpoint, config, policy) as fleet:
+        fleet.supervise()
+        return run_service(source, store, config, service, fleet.exit_status, fleet.restart, stop)
+
+
+def run_node_http(source: DeploymentSource | str | Path, world_size: int, endpoint: Endpoint,
+                  config: RuntimeConfig, service: "ServiceConfig", stop=None) -> int:
+    """Rank 0 of a fleet spread over machines as the service; workers (re)join it any time."""
+    from vit_ops.runtime.server import run_service
+
+    source = resolve_source(source)
+    check_fleet_size(source, 0, world_size)
+    store = open_store(endpoint, 0, world_size, config.timeout_s)
+    return run_service(source, store, config, service, stop=stop)
 
 
 def resolve_source(source: DeploymentSource | str | Path) -> DeploymentSource:
@@ -104,6 +137,8 @@ class LocalFleet:
         self.lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self._stopping = False
+        self._pending: set[int] = set()  # ranks with a restart scheduled
+        self._given_up: set[int] = set()  # ranks past the policy's restarts
 
     def _new_process(self, rank: int):
         source, world_size, endpoint, config, level = self.args
@@ -135,19 +170,37 @@ class LocalFleet:
             return f"killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
 
+    def supervise(self) -> None:
+        """Restart workers whose process ended, from a thread, for as long as the fleet runs."""
+        thread = threading.Thread(target=self._supervise, name="edvit-supervisor", daemon=True)
+        thread.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping:
+            for rank in list(self.processes):
+                if self.exit_status(rank) is not None and rank not in self._pending | self._given_up:
+                    self.restart(rank)
+            time.sleep(SUPERVISE_POLL_S)
+
     def restart(self, rank: int) -> bool:
         """Kill worker `rank` if it still runs (its link was dropped: it is hung or dead) and
         start a new one after the policy's backoff; False when the policy allows no more."""
         with self.lock:
             now = time.monotonic()
             recent = [t for t in self.restarts[rank] if now - t < self.policy.window_s]
-            if self._stopping or len(recent) >= self.policy.max_restarts:
+            if rank in self._pending:
+                return True
+            if self._stopping or rank in self._given_up:
+                return False
+            if len(recent) >= self.policy.max_restarts:
+                self._given_up.add(rank)
                 if self.policy.max_restarts:
-                    log.error("worker %d: not restarted (%d restarts within %g s)", rank,
+                    log.error("worker %d: not restarted again (%d restarts within %g s)", rank,
                               len(recent), self.policy.window_s)
                 return False
             delay = min(self.policy.backoff_s * 2 ** len(recent), self.policy.max_backoff_s)
             self.restarts[rank] = recent + [now]
+            self._pending.add(rank)
             timer = threading.Timer(delay, self._replace, args=(rank,))
             timer.daemon = True
             self._timers.append(timer)
@@ -166,6 +219,7 @@ class LocalFleet:
             process = self._new_process(rank)
             process.start()
             self.processes[rank] = process
+            self._pending.discard(rank)
 
     def stop(self, grace_s: float = 0.0) -> None:
         """Give workers `grace_s` to exit on their own (after a normal run), then kill and reap

@@ -74,20 +74,31 @@ def feature_width(slots: list[FeatureSlot], device: str | None = None) -> int:
     return sum(s.width for s in slots if device is None or s.device == device)
 
 
-@torch.no_grad()
+class FusedModel:
+    """The whole deployment in this one process: every device's extractor and the fusion head.
+    The reference a distributed run must reproduce; use it on a host with the memory."""
+
+    def __init__(self, source: DeploymentSource) -> None:
+        slots = source.slots()
+        self.columns = device_columns(slots)
+        self.width = feature_width(slots)
+        self.workers = {device: source.load_worker(device).eval() for device in self.columns}
+        self.fusion = source.load_fusion().eval()
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Logits (N, C) of normalised images (N, C, H, W)."""
+        outputs = []
+        for start in range(0, images.shape[0], batch_size):
+            batch = images[start:start + batch_size]
+            features = torch.zeros(batch.shape[0], self.width)
+            for device, model in self.workers.items():
+                features[:, self.columns[device]] = model(batch)
+            outputs.append(self.fusion(features))
+        return torch.cat(outputs)
+
+
 def predict_fused(source: DeploymentSource, images: torch.Tensor,
                   batch_size: int = 256) -> torch.Tensor:
-    """Logits (N, C) of the whole deployment in this one process: the reference a distributed run
-    must reproduce. Every device's extractor is loaded here, so use it on a host with the memory."""
-    slots = source.slots()
-    columns = device_columns(slots)
-    workers = {device: source.load_worker(device).eval() for device in columns}
-    fusion = source.load_fusion().eval()
-    outputs = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size]
-        features = torch.zeros(batch.shape[0], feature_width(slots))
-        for device, model in workers.items():
-            features[:, columns[device]] = model(batch)
-        outputs.append(fusion(features))
-    return torch.cat(outputs)
+    """Logits (N, C) of the whole deployment in this one process (see `FusedModel`)."""
+    return FusedModel(source)(images, batch_size)

@@ -44,7 +44,7 @@ class EvalTransform(BaseModel):
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) -> the float32 model input (on the worker)."""
-        return normalize_pixels(pixels)
+        return normalize_pixels(pixels, self.mean, self.std)
 
     def quantize(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised float images -> their uint8 pixels (exact for images that were 8-bit, as
