@@ -348,6 +348,12 @@ def test_serve_cli_names_a_killed_digits_worker_and_exits_4(digits_deployment, t
     (["serve", "{d}/missing", "--local"], "missing"),
     (["serve", "{d}", "--local", "--images", "0"], "--images"),
     (["serve", "{d}", "--local", "--images", "100000"], "--images"),
+    (["serve", "{d}", "--local", "--http", "localhost:port"], "--http"),
+    (["serve", "{d}", "--local", "--http", "70000"], "--http"),
+    (["serve", "{d}", "--local", "--http", "0", "--max-batch", "0"], "--max-batch"),
+    (["worker", "{d}", "--rank", "1", "--world-size", "4", "--master", "127.0.0.1:1",
+      "--http", "8000"], "--http"),
+    (["classify", "{d}/missing.png", "--deploy", "{d}"], "missing.png"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(digits_deployment, capsys, argv, field):
     code = cli_main([a.replace("{d}", str(digits_deployment)) for a in argv])

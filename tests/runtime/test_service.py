@@ -206,14 +206,20 @@ def test_tritonclient_speaks_to_the_service(service, digit_files, reference):
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(model)
     assert client.get_model_metadata(model)["inputs"][0]["datatype"] == "UINT8"
     pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in digit_files[:4]])
-    tensor = http.InferInput("image", list(pixels.shape), "UINT8")
-    tensor.set_data_from_numpy(pixels, binary_data=False)
-    outputs = [http.InferRequestedOutput("probabilities", binary_data=False),
-               http.InferRequestedOutput("label", binary_data=False)]
-    result = client.infer(model, [tensor], outputs=outputs)
-    labels = [v.decode() if isinstance(v, bytes) else str(v) for v in result.as_numpy("label")]
-    assert labels == [r.label for r in reference[:4]]
-    assert result.as_numpy("probabilities").shape == (4, 10)
+    files = np.array([f.read_bytes() for f in digit_files[:4]], dtype=np.object_)
+    for binary in (False, True):  # JSON tensors, and the binary tensor data extension
+        uint8 = http.InferInput("image", list(pixels.shape), "UINT8")
+        uint8.set_data_from_numpy(pixels, binary_data=binary)
+        encoded = http.InferInput("image_bytes", [4], "BYTES")
+        encoded.set_data_from_numpy(files, binary_data=True)
+        for tensor in ([uint8, encoded] if binary else [uint8]):
+            outputs = [http.InferRequestedOutput("probabilities", binary_data=False),
+                       http.InferRequestedOutput("label", binary_data=False)]
+            result = client.infer(model, [tensor], outputs=outputs)
+            labels = [v.decode() if isinstance(v, bytes) else str(v)
+                      for v in result.as_numpy("label")]
+            assert labels == [r.label for r in reference[:4]]
+            assert result.as_numpy("probabilities").shape == (4, 10)
 
 
 def test_python_client_takes_a_path_a_pil_image_and_an_array(service, digit_files, reference):

@@ -213,66 +213,68 @@ class Fleet:
     def calibrate(self, batch: int) -> dict[str, float]:
         """Each device times its extractor alone on `batch` images (one device at a time)."""
         alone = {}
-        for device in self._live():
+        for device, link in self._live():
             answer = torch.zeros(1, dtype=torch.float32)
-            recv = self._post(device, device.link.irecv, answer)
-            send = self._post(device, device.link.isend, protocol.control(protocol.CALIBRATE,
-                                                                          batch))
+            recv = self._post(device, link, link.irecv, answer)
+            send = self._post(device, link, link.isend,
+                              protocol.control(protocol.CALIBRATE, batch))
             deadline = time.monotonic() + self.config.timeout_s
-            if self._wait(device, send, deadline) and self._wait(device, recv, deadline):
+            if self._wait(device, link, send, deadline) and \
+                    self._wait(device, link, recv, deadline):
                 alone[device.name] = float(answer)
         return alone
 
-    def _live(self) -> list[_Device]:
+    def _live(self) -> list[tuple[_Device, Link]]:
+        """(device, its link) of every device serving now. Each exchange keeps to these links: a
+        device that rejoins meanwhile gets a new link, which an old operation never touches."""
         with self.lock:
-            return [d for d in self.devices if d.link is not None]
+            return [(d, d.link) for d in self.devices if d.link is not None]
 
     def _exchange(self, message: torch.Tensor, pixels: torch.Tensor | None, n: int,
                   deadline: float) -> list[tuple[_Device, torch.Tensor]]:
         """Send `message` (and the pixels) to every live device, collect each one's reply."""
         live = self._live()
-        replies = [protocol.reply_buffer(n, d.width) for d in live]
+        replies = [protocol.reply_buffer(n, d.width) for d, _ in live]
         # Every receive is posted before the first send: no reply waits for a buffer, and on a host
         # with fewer cores than processes the woken workers do not preempt the posting.
-        receives = [self._post(d, d.link.irecv if d.link else None, r)
-                    for d, r in zip(live, replies)]
-        sends = [[self._post(d, d.link.isend if d.link else None, t)
-                  for t in ([message, pixels] if n else [message])] for d in live]
+        receives = [self._post(d, link, link.irecv, r) for (d, link), r in zip(live, replies)]
+        sends = [[self._post(d, link, link.isend, t) for t in ([message, pixels] if n else
+                                                              [message])] for d, link in live]
         answered = []
-        for device, works, recv, reply in zip(live, sends, receives, replies):
-            if all(self._wait(device, w, deadline) for w in works) and \
-                    self._wait(device, recv, deadline):
+        for (device, link), works, recv, reply in zip(live, sends, receives, replies):
+            if all(self._wait(device, link, w, deadline) for w in works) and \
+                    self._wait(device, link, recv, deadline):
                 answered.append((device, reply))
         return answered
 
-    def _post(self, device: _Device, operation, tensor: torch.Tensor):
-        """Start a send or receive on the device's link (None once the link is gone: gloo refuses
-        at once on a pair it already knows is closed)."""
-        if operation is None or device.link is None:
+    def _post(self, device: _Device, link: Link, operation, tensor: torch.Tensor):
+        """Start a send or receive on `link` (None once it is gone: gloo also refuses at once on
+        a pair it already knows is closed)."""
+        if device.link is not link:
             return None
         try:
             return operation(tensor)
         except RuntimeError as exc:
-            self._drop(device, None, self._reason(device, exc))
+            self._drop(device, link, None, self._reason(device, exc))
             return None
 
-    def _wait(self, device: _Device, work, deadline: float) -> bool:
-        """Wait for one operation until `deadline`; a failure drops the device's link."""
-        if device.link is None or work is None:
+    def _wait(self, device: _Device, link: Link, work, deadline: float) -> bool:
+        """Wait for one operation on `link` until `deadline`; a failure drops the link."""
+        if device.link is not link or work is None:
             return False
         remaining = max(deadline - time.monotonic(), 1e-3)
         try:
             work.wait(timedelta(seconds=remaining))
             return True
         except RuntimeError as exc:
-            self._drop(device, work, self._reason(device, exc))
+            self._drop(device, link, work, self._reason(device, exc))
             return False
 
-    def _drop(self, device: _Device, work, reason: str) -> None:
+    def _drop(self, device: _Device, link: Link, work, reason: str) -> None:
         with self.changed:
-            if device.link is None:
-                return
-            device.abandoned.extend([device.link, work])  # gloo works must outlive their wait
+            if device.link is not link:
+                return  # already dropped, or replaced by a rejoined worker's link
+            device.abandoned.extend([link, work])  # gloo works must outlive their wait
             device.link, device.problem, device.final = None, reason, True
             self.failures.append(DeviceFailure(device=device.name, rank=device.rank,
                                                reason=reason))
@@ -308,8 +310,8 @@ class Fleet:
         close_fleet(self.store, reason)
         deadline = time.monotonic() + self.config.timeout_s
         bye = protocol.control(protocol.BYE)
-        works = [(d, self._post(d, d.link.isend, bye)) for d in self._live()]
-        for device, work in works:
-            self._wait(device, work, deadline)
+        works = [(d, link, self._post(d, link, link.isend, bye)) for d, link in self._live()]
+        for device, link, work in works:
+            self._wait(device, link, work, deadline)
         if self._watcher.is_alive():
             self._watcher.join(timeout=1.0)

@@ -7,7 +7,9 @@
 - `GET /v2/models/{name}`, `GET /v2/models/{name}/ready`: model metadata (inputs, outputs, class
   names in `parameters`) and readiness.
 - `POST /v2/models/{name}/infer`: OIP JSON tensors. One input, either UINT8 `[N, H, W, 3]` pixels
-  (any size: resized like an image file) or BYTES `[N]` of base64-encoded JPEG/PNG files. Outputs
+  (any size: resized like an image file) or BYTES `[N]` of base64-encoded JPEG/PNG files; the
+  input may also come as binary data after the JSON (Triton's binary tensor data extension, which
+  tritonclient uses by default); outputs are always JSON. Outputs
   `probabilities` FP32 `[N, C]` and `label` BYTES `[N]`; `parameters` says whether the answer is
   degraded, which devices it lacks and each device's compute milliseconds.
 - `POST /v2/models/{name}/classify`: the raw bytes of one JPEG or PNG (`Content-Type: image/*`);
@@ -31,7 +33,7 @@ import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vit_ops.runtime.classification import classify_probabilities
 from vit_ops.runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
@@ -40,6 +42,7 @@ from vit_ops.runtime.service import (DevicesUnavailableError, InferenceService, 
 from vit_ops.runtime.transform import EvalTransform, ImageDecodeError, decode_image
 
 SERVER_NAME = "edvit"
+BINARY_HEADER = "Inference-Header-Content-Length"  # the binary tensor data extension (Triton's)
 OFFLOAD_DECODE_BYTES = 256 * 1024  # decode bigger bodies in a worker thread, not the event loop
 
 
@@ -57,7 +60,7 @@ class InferTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list
+    data: list = Field(default_factory=list)
     parameters: dict | None = None
 
 
@@ -159,15 +162,21 @@ def create_app(service: InferenceService, model: ModelInfo,
     async def infer(name: str, request: Request):
         check_model(name)
         body = await _read_body(request, limits.max_body_bytes)
+        header_length = request.headers.get(BINARY_HEADER)
+        json_part = body if header_length is None else body[:_header_length(header_length,
+                                                                            len(body))]
         try:
-            parsed = InferRequest.model_validate_json(body)
+            parsed = InferRequest.model_validate_json(json_part)
         except ValidationError as exc:
             raise HTTPError(400, f"not an inference request: {_first_error(exc)}") from None
         if len(parsed.inputs) != 1:
             raise HTTPError(400, f"expected one input tensor, got {len(parsed.inputs)}")
         tensor = parsed.inputs[0]
+        raw = None
+        if header_length is not None:
+            tensor, raw = _with_binary_data(tensor, body[len(json_part):])
         pixels = await _maybe_offload(len(body), _tensor_pixels, tensor, model.transform,
-                                      limits.max_image_pixels, limits.max_request_images)
+                                      limits.max_image_pixels, limits.max_request_images, raw)
         answer = await _answer(pixels)
         probabilities = answer.probabilities
         labels = [model.class_names[i] for i in probabilities.argmax(dim=-1).tolist()]
@@ -298,8 +307,9 @@ def _image_pixels(data: bytes, transform: EvalTransform, max_pixels: int,
 
 
 def _tensor_pixels(tensor: InferTensor, transform: EvalTransform, max_pixels: int,
-                   max_images: int) -> torch.Tensor:
-    """An OIP input tensor -> uint8 (N, C, H, W) at the model's size."""
+                   max_images: int, raw: bytes | None = None) -> torch.Tensor:
+    """An OIP input tensor (UINT8 elements in `raw` when they came as binary data) -> uint8
+    (N, C, H, W) at the model's size."""
     from PIL import Image
 
     shape, where = tensor.shape, f"input {tensor.name!r}"
@@ -328,7 +338,8 @@ def _tensor_pixels(tensor: InferTensor, transform: EvalTransform, max_pixels: in
         raise HTTPError(400, f"{where}: {shape[1]}x{shape[2]} pixels exceed the limit of "
                              f"{max_pixels}")
     try:
-        values = np.asarray(tensor.data, dtype=np.int64).reshape(-1)
+        values = np.frombuffer(raw, dtype=np.uint8) if raw is not None else \
+            np.asarray(tensor.data, dtype=np.int64).reshape(-1)
     except (ValueError, TypeError):
         raise HTTPError(400, f"{where}: data must be integers (flat or nested lists)") from None
     if values.size != int(np.prod(shape)):
@@ -340,6 +351,33 @@ def _tensor_pixels(tensor: InferTensor, transform: EvalTransform, max_pixels: in
     if shape[1] == shape[2] == transform.img_size:
         return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
     return torch.stack([transform.pixels(Image.fromarray(a, "RGB")) for a in arrays])
+
+
+def _header_length(text: str, body_length: int) -> int:
+    if not text.isdigit() or int(text) > body_length:
+        raise HTTPError(400, f"{BINARY_HEADER}: {text!r} is not a length within the body")
+    return int(text)
+
+
+def _with_binary_data(tensor: InferTensor, data: bytes) -> tuple[InferTensor, bytes | None]:
+    """The tensor with its elements from the binary part of the body (the binary tensor data
+    extension: UINT8 as raw bytes, returned apart; BYTES as 4-byte little-endian lengths + bytes)."""
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        return tensor, None
+    if not isinstance(size, int) or size != len(data):
+        raise HTTPError(400, f"input {tensor.name!r}: binary_data_size {size!r}, but "
+                             f"{len(data)} bytes follow the JSON header")
+    if tensor.datatype == "UINT8":
+        return tensor, data
+    elements, offset = [], 0
+    while offset < len(data):
+        if offset + 4 > len(data):
+            raise HTTPError(400, f"input {tensor.name!r}: truncated BYTES element")
+        length = int.from_bytes(data[offset:offset + 4], "little")
+        elements.append(base64.b64encode(data[offset + 4:offset + 4 + length]).decode())
+        offset += 4 + length
+    return tensor.model_copy(update={"data": elements}), None
 
 
 def _check_count(n: int, limit: int, where: str) -> None:
