@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, counts_for_ratio, full_counts
 from profiler.flops import count_macs
 from profiler.latency import measure_latency
 from profiler.model_profile import example_input, runnable_backbone
@@ -36,7 +36,6 @@ from vit_ops.base_model import (
     save_base,
     train_base,
 )
-from planner.vit_shape import counts_for_ratio, full_counts
 from vit_ops.data import load_data
 from vit_ops.manual_plan import manual_plan
 from vit_ops.deploy import export_onnx

@@ -22,11 +22,10 @@ import time
 
 import torch
 
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.calibrate import (CALIBRATION_VARIANTS, fit_two_term_model, fit_traffic_model,
                                 time_variants)
 from profiler.model_profile import host_description, profile_model
-from planner.vit_shape import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
 
 PUBLISHED_GMACS = {"vit_tiny_patch16_224": 1.26, "vit_small_patch16_224": 4.6,

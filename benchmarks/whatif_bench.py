@@ -31,8 +31,7 @@ from planner.files import write_json_atomic
 from planner.inventory import inventory_from_dict
 from planner.profile_schema import ModelProfile, VariantProfile
 from planner.profiles import BUILTIN_DIR
-from planner.vit_shape import ViTShape
-from planner.vit_shape import counts_for_ratio
+from planner.vit_shape import ViTShape, counts_for_ratio
 
 ARCH = "vit_base_patch16_224"
 RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)

@@ -9,21 +9,23 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from planner.errors import InputError
 from planner.files import read_yaml
+from planner.schema_base import StrictModel
 from planner.units import parse_bytes
 from planner.validation import validate_document
 
 CATALOG_PATH = Path(__file__).parent / "catalog" / "devices.yaml"
 
 
-class DeviceKind(BaseModel):
-    """What one device of a kind can do."""
+class DeviceKind(StrictModel):
+    """What one device of a kind can do: the one device-kind type of the catalog, of inventories'
+    `kinds:` and of `edvit calibrate`'s output."""
 
-    model_config = ConfigDict(extra="forbid")
-
+    name: str | None = Field(default=None, description="the kind's own name, as `edvit "
+                             "calibrate` writes it; in an inventory the `kinds:` key names it")
     description: str = ""
     mem_bytes: int = Field(gt=0, description="physical memory; accepts units, e.g. 4GiB")
     runtime_overhead_bytes: int = Field(
@@ -49,9 +51,7 @@ class DeviceKind(BaseModel):
         return self.mem_bytes - self.runtime_overhead_bytes
 
 
-class Catalog(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class Catalog(StrictModel):
     schema_version: int = 1
     kinds: dict[str, DeviceKind]
 

@@ -35,20 +35,26 @@ import math
 from dataclasses import dataclass
 
 from ortools.sat.python import cp_model
+from pydantic import Field
 
+from planner.errors import InternalError
 from planner.instance import Instance
+from planner.schema_base import FrozenModel
 
 log = logging.getLogger(__name__)
+search_log = logging.getLogger("planner.cpsat.search")
 
 
-@dataclass(frozen=True)
-class SolverConfig:
-    """Solver parameters, always explicit."""
+class SolverConfig(FrozenModel):
+    """Solver parameters, always explicit and validated (the plan records them)."""
 
-    time_limit_s: float = 30.0
-    workers: int = 1
-    seed: int = 0
-    log_search: bool = False
+    time_limit_s: float = Field(default=30.0, gt=0, description="wall-clock limit, seconds")
+    workers: int = Field(default=1, ge=1, description="CP-SAT search workers; 1 = deterministic "
+                         "plans for the same inputs and seed")
+    seed: int = Field(default=0, ge=-(2**31), le=2**31 - 1,
+                      description="CP-SAT random seed (a 32-bit integer)")
+    log_search: bool = Field(default=False, description="CP-SAT's search log through `logging` "
+                             "(logger planner.cpsat.search, level INFO), never on stdout")
 
 
 @dataclass(frozen=True)
@@ -80,7 +86,25 @@ def make_solver(config: SolverConfig, time_limit_s: float) -> cp_model.CpSolver:
     # coefficients (google/or-tools#5293); the time-unit coefficients here are ~1e12, and on the
     # input-transfer instances it cut the true optimum off (tests/planner/test_golden.py, q05).
     params.presolve_inclusion_work_limit = 0
+    params.log_to_stdout = False
+    if config.log_search:
+        solver.log_callback = _log_search_line
     return solver
+
+
+def _log_search_line(line: str) -> None:
+    if line.strip():
+        search_log.info("%s", line.rstrip())
+
+
+def check_status(status: str, model: cp_model.CpModel) -> str:
+    """`status`, unless CP-SAT found the model invalid: that is a bug in edvit, never an answer
+    about the problem (not infeasible, not out of time), so it raises `InternalError`."""
+    if status == "invalid":
+        reason = model.validate() or "no reason given"
+        raise InternalError(f"CP-SAT rejected the model as invalid ({reason}); this is a bug in "
+                            "edvit's planner, not in the input")
+    return status
 
 
 class ConfigurationModel:
@@ -218,7 +242,7 @@ class ConfigurationModel:
 
     def solve(self, config: SolverConfig, time_limit_s: float) -> StageResult:
         solver = make_solver(config, time_limit_s)
-        status = STATUS_NAMES[solver.solve(self.model)]
+        status = check_status(STATUS_NAMES[solver.solve(self.model)], self.model)
         has_solution = status in ("optimal", "feasible")
         objective = bound = None
         run_counts: dict[int, int] = {}

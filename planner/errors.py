@@ -1,4 +1,5 @@
-"""Errors a user can cause, turned by the CLI into one line and exit code 2.
+"""Errors a user can cause, turned by the CLI into one line and exit code 2, and the one kind
+that says edvit itself is at fault (`InternalError`).
 
 Every error names where the bad value came from (file, field, value) so a person can fix it
 without reading a traceback.
@@ -39,6 +40,13 @@ class EdvitError(Exception):
 
 class InputError(EdvitError):
     """A file, field or argument the user gave is malformed or out of range."""
+
+
+class InternalError(EdvitError):
+    """Something inside edvit went wrong that no input should cause (a bug to report); the CLI
+    says so in one line with exit code 70 (EX_SOFTWARE)."""
+
+    exit_code = 70
 
 
 class ProfileMismatchError(InputError):

@@ -13,16 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
-                      field_validator, model_validator)
+from pydantic import Field, StrictBool, StrictInt, ValidationError, field_validator, model_validator
 
 from planner.catalog import DeviceKind, lookup_kind
+from planner.cpsat_model import SolverConfig
 from planner.errors import InputError, ProfileMismatchError
 from planner.files import read_yaml
 from planner.loss_rule import default_loss_steps
 from planner.problem import MAX_INPUT_BYTES, Device, Fusion, Problem, ProfileRow, Secondary
 from planner.profile_schema import ModelProfile
 from planner.profiles import builtin_profile, load_profile
+from planner.schema_base import StrictModel
 from planner.units import parse_bytes
 from planner.validation import raise_validation_error, validate_document
 from planner.wire import input_bytes as wire_input_bytes
@@ -31,11 +32,7 @@ INVENTORY_SCHEMA_VERSION = 1
 FLOAT_BYTES = 4
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class DeviceEntry(_Strict):
+class DeviceEntry(StrictModel):
     """`count` devices of one kind, optionally with figures overridden."""
 
     kind: str
@@ -62,7 +59,7 @@ class DeviceEntry(_Strict):
         return base.model_copy(update=overrides)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(StrictModel):
     arch: str = Field(description="timm architecture name, e.g. vit_base_patch16_224")
     num_classes: int = Field(gt=0)
     class_names: list[str] | None = None
@@ -76,23 +73,17 @@ class ModelSpec(_Strict):
         return self
 
 
-class Budgets(_Strict):
+class Budgets(StrictModel):
     latency_s: float | None = Field(default=None, gt=0, description="upper bound on the makespan")
     loss_pp: float | None = Field(
         default=1.0, ge=0, description="upper bound on every sub-model's accuracy loss (points)")
 
 
-class SolverSettings(_Strict):
-    time_limit_s: float = Field(default=30.0, gt=0)
-    seed: int = 0
-    workers: int = Field(default=1, ge=1)
-
-
-class KindFile(_Strict):
+class KindFile(StrictModel):
     file: str = Field(description="YAML file with one device kind, e.g. from `edvit calibrate`")
 
 
-class Inventory(_Strict):
+class Inventory(StrictModel):
     """What a user writes: `edvit plan INVENTORY.yaml`."""
 
     schema_version: Literal[1] = INVENTORY_SCHEMA_VERSION
@@ -114,7 +105,7 @@ class Inventory(_Strict):
                     "0: leave the transfer out (every device gets its images elsewhere)")
     fusion_hidden: int = Field(default=256, gt=0, description="hidden units of the fusion MLP")
     similarity: str | None = Field(default=None, description="YAML/JSON file with a C x C matrix")
-    solver: SolverSettings = SolverSettings()
+    solver: SolverConfig = SolverConfig()
 
 
 @dataclass(frozen=True)
@@ -144,10 +135,7 @@ def _resolve_kinds(inv: Inventory, base_dir: Path, source: str) -> dict[str, Dev
     for name, kind in inv.kinds.items():
         if isinstance(kind, KindFile):
             path = (base_dir / kind.file) if not Path(kind.file).is_absolute() else Path(kind.file)
-            data = read_yaml(path)
-            if isinstance(data, dict):
-                data = {k: v for k, v in data.items() if k != "name"}
-            kind = validate_document(DeviceKind, data, str(path))
+            kind = validate_document(DeviceKind, read_yaml(path), str(path))
         kinds[name] = kind
     return kinds
 

@@ -21,11 +21,6 @@ def compile_inventory_file(path: str | Path, *, profile_path: str | Path | None 
                              profile_path=profile_path)
 
 
-def solver_config_of(inventory: Inventory) -> SolverConfig:
-    s = inventory.solver
-    return SolverConfig(time_limit_s=s.time_limit_s, seed=s.seed, workers=s.workers)
-
-
 def plan_inventory(inventory: Inventory | str | Path, *, profile_path: str | Path | None = None,
                    config: SolverConfig | None = None) -> Plan:
     """Solve an inventory (object or YAML path); solver settings default to the inventory's."""
@@ -37,7 +32,7 @@ def plan_inventory(inventory: Inventory | str | Path, *, profile_path: str | Pat
 
 
 def plan_compiled(compiled: CompiledInventory, config: SolverConfig | None = None) -> Plan:
-    plan = solve(compiled.problem, config or solver_config_of(compiled.inventory))
+    plan = solve(compiled.problem, config or compiled.inventory.solver)
     return annotate_plan(plan, compiled)
 
 

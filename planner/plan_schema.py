@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.files import read_json
+from planner.schema_base import StrictModel
 from planner.validation import validate_document
 from planner.vit_shape import PruneCounts, ViTShape
 
@@ -21,11 +22,7 @@ Status = Literal["optimal", "feasible", "infeasible", "unknown"]
 Binding = Literal["capacity", "memory", "loss_budget", "latency_budget"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class LatencyBreakdown(_Strict):
+class LatencyBreakdown(StrictModel):
     """Latency of one sub-model on its device: compute + overhead + communication."""
 
     compute_s: float
@@ -34,7 +31,7 @@ class LatencyBreakdown(_Strict):
     total_s: float
 
 
-class SubModelPlan(_Strict):
+class SubModelPlan(StrictModel):
     """One class-specific sub-model and where it runs."""
 
     device: str
@@ -52,7 +49,7 @@ class SubModelPlan(_Strict):
     latency: LatencyBreakdown
 
 
-class FusionPlan(_Strict):
+class FusionPlan(StrictModel):
     """The fusion head on the aggregator."""
 
     device: str
@@ -61,7 +58,7 @@ class FusionPlan(_Strict):
     latency_s: float
 
 
-class InputTransfer(_Strict):
+class InputTransfer(StrictModel):
     """How the input reaches the devices: the aggregator sends it over its own link to one device
     after another (the problem's `input_bytes`); a device starts when its input has arrived."""
 
@@ -77,7 +74,7 @@ class InputTransfer(_Strict):
         description="when each used device has finished: input arrival + device time")
 
 
-class SolverReport(_Strict):
+class SolverReport(StrictModel):
     """What the solver proved, and with which settings."""
 
     status: Status
@@ -95,7 +92,7 @@ class SolverReport(_Strict):
     ortools_version: str
 
 
-class GreedyBaseline(_Strict):
+class GreedyBaseline(StrictModel):
     """The paper-style greedy plan on the same input, for comparison."""
 
     makespan_s: float | None = Field(description="None when the greedy finds no valid plan")
@@ -104,7 +101,7 @@ class GreedyBaseline(_Strict):
     note: str
 
 
-class ModelInfo(_Strict):
+class ModelInfo(StrictModel):
     """Which model the plan splits (absent for bare low-level problems)."""
 
     shape: ViTShape
@@ -112,7 +109,7 @@ class ModelInfo(_Strict):
     class_names: list[str] | None = None
 
 
-class Plan(_Strict):
+class Plan(StrictModel):
     """A deployment plan."""
 
     schema_version: Literal[1] = PLAN_SCHEMA_VERSION

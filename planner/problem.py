@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator,
-                      model_validator)
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
+from planner.schema_base import StrictModel
 from planner.validation import field_error, validate_document
 
 Secondary = Literal["none", "memory", "max_loss", "similarity"]
@@ -21,10 +21,8 @@ Secondary = Literal["none", "memory", "max_loss", "similarity"]
 MAX_INPUT_BYTES = 2**30  # one input over 1 GiB is a unit mistake, not an image
 
 
-class Device(BaseModel):
+class Device(StrictModel):
     """One device as the solver sees it."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1)
     mem_bytes: int = Field(gt=0)
@@ -41,10 +39,8 @@ class Device(BaseModel):
                     "param_bytes / weight_bytes_per_s to compute time (absent: no such term)")
 
 
-class ProfileRow(BaseModel):
+class ProfileRow(StrictModel):
     """Costs of a sub-model at one keep ratio, and its accuracy-loss step table."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(gt=0, le=1)
     flops: int = Field(gt=0)
@@ -89,20 +85,16 @@ class ProfileRow(BaseModel):
         return max(fitting, default=0)
 
 
-class Fusion(BaseModel):
+class Fusion(StrictModel):
     """Cost of the fusion head on the aggregator."""
-
-    model_config = ConfigDict(extra="forbid")
 
     flops_fixed: int = Field(ge=0)
     flops_per_submodel: int = Field(ge=0)
     mem_bytes: int = Field(ge=0)
 
 
-class Problem(BaseModel):
+class Problem(StrictModel):
     """A planning problem (the documented "problem" format)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     name: str = "problem"
     num_classes: int = Field(gt=0)

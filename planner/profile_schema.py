@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from planner.schema_base import StrictModel
 from planner.vit_shape import PruneCounts, ViTShape
 
 PROFILE_SCHEMA_VERSION = 1
@@ -23,10 +24,8 @@ PROFILE_SCHEMA_VERSION = 1
 LossSteps = list[tuple[int, float]]
 
 
-class LatencyStats(BaseModel):
+class LatencyStats(StrictModel):
     """Host latency of one inference at batch 1, from `torch.utils.benchmark`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     median_s: float = Field(gt=0)
     iqr_s: float = Field(ge=0, description="interquartile range of the repeats")
@@ -34,10 +33,8 @@ class LatencyStats(BaseModel):
     threads: int = Field(gt=0, description="torch intra-op threads, pinned while timing")
 
 
-class VariantProfile(BaseModel):
+class VariantProfile(StrictModel):
     """Costs of one pruned variant (one keep ratio)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     ratio: float = Field(gt=0, le=1)
     counts: PruneCounts
@@ -67,10 +64,8 @@ class VariantProfile(BaseModel):
         return self
 
 
-class ModelProfile(BaseModel):
+class ModelProfile(StrictModel):
     """All profiled variants of one model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = PROFILE_SCHEMA_VERSION
     shape: ViTShape

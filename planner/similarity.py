@@ -14,7 +14,7 @@ import numpy as np
 from ortools.sat.python import cp_model
 
 from planner.checker import input_transfer_s, submodel_latency
-from planner.cpsat_model import STATUS_NAMES, SolverConfig, make_solver
+from planner.cpsat_model import STATUS_NAMES, SolverConfig, check_status, make_solver
 from planner.problem import Problem
 from planner.scaling import budget_to_units, seconds_to_units
 
@@ -111,7 +111,7 @@ def solve_similarity_exact(problem: Problem, makespan_cap_units: int, config: So
                 m.add_hint(member[c, k], c in classes)
 
     solver = make_solver(config, time_limit_s)
-    status = STATUS_NAMES[solver.solve(m)]
+    status = check_status(STATUS_NAMES[solver.solve(m)], m)
     if status not in ("optimal", "feasible"):
         return status, None, None, []
     placements = []

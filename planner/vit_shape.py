@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from planner.errors import InputError
+from planner.schema_base import FrozenModel
 
 
-class ViTShape(BaseModel):
+class ViTShape(FrozenModel):
     """Architecture of a (timm-style) Vision Transformer classifier."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     arch: str = Field(description="timm architecture name, or a custom label")
     img_size: int = Field(gt=0)
@@ -60,14 +59,12 @@ def check_same_shape(given: ViTShape, base: ViTShape, *, what: str, source: str,
                              field=f"{field_prefix}{name}", value=getattr(given, name))
 
 
-class PruneCounts(BaseModel):
+class PruneCounts(FrozenModel):
     """Integer counts a pruned variant keeps.
 
     `embed_dim` is the residual stream width shared by all blocks; `heads` and `mlp_hidden` hold one
     entry per block. `head_dim` is never pruned (heads are removed whole).
     """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     embed_dim: int = Field(gt=0)
     head_dim: int = Field(gt=0)

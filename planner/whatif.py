@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.catalog import builtin_catalog
 from planner.cpsat_model import SolverConfig
@@ -46,10 +46,10 @@ from planner.inventory import (
     compile_inventory,
     load_inventory,
 )
-from planner.plan_inventory import solver_config_of
 from planner.plan_schema import Plan
 from planner.problem import Problem
 from planner.progress import ProgressCallback
+from planner.schema_base import StrictModel
 from planner.solve import solve
 
 log = logging.getLogger(__name__)
@@ -61,11 +61,7 @@ MAKESPAN_REL_TOL = 1e-9   # a makespan within this relative distance of the targ
 ScenarioStatus = Literal["optimal", "feasible", "infeasible", "unknown"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Scenario(_Strict):
+class Scenario(StrictModel):
     """One fleet of the sweep and its optimal plan's figures."""
 
     counts: dict[str, int] = Field(description="varied key (kind or entry name) -> devices")
@@ -92,7 +88,7 @@ class Scenario(_Strict):
     wall_time_s: float
 
 
-class CheapestFleet(_Strict):
+class CheapestFleet(StrictModel):
     """The answer to "what is the cheapest fleet in the sweep that meets the target?"."""
 
     target_latency_s: float
@@ -107,7 +103,7 @@ class CheapestFleet(_Strict):
     statement: str = Field(description="the answer as a sentence")
 
 
-class WhatIfResult(_Strict):
+class WhatIfResult(StrictModel):
     """A what-if sweep: one row per scenario, in the order of the varied ranges."""
 
     schema_version: Literal[1] = WHATIF_SCHEMA_VERSION
@@ -164,9 +160,7 @@ def what_if(inventory: Inventory | str | Path, vary: Mapping[str, Iterable[int]]
         raise InputError(f"the sweep has {total} scenarios, more than the maximum of "
                          f"{max_scenarios}; narrow the ranges or raise the maximum",
                          field="vary", value={k: f"{v[0]}..{v[-1]}" for k, v in ranges.items()})
-    config = config or solver_config_of(inventory)
-    config = SolverConfig(time_limit_s=config.time_limit_s, workers=1, seed=config.seed,
-                          log_search=False)
+    config = (config or inventory.solver).model_copy(update={"workers": 1, "log_search": False})
 
     notes: list[str] = []
     prepared: list[_Prepared] = []

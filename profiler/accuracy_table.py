@@ -27,14 +27,14 @@ import math
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.errors import InputError
 from planner.profile_schema import ModelProfile
 from planner.progress import ProgressCallback, phase_progress
-from planner.vit_shape import ViTShape, check_same_shape
+from planner.schema_base import StrictModel
+from planner.vit_shape import ViTShape, check_same_shape, counts_for_ratio
 from vit_ops.base_model import LoadedBase
-from planner.vit_shape import counts_for_ratio
 from vit_ops.data import DataSplits
 from vit_ops.importance import group_log_probs
 from vit_ops.materialize import MaterializeConfig, build_one_submodel
@@ -46,11 +46,7 @@ log = logging.getLogger(__name__)
 LOSS_DECIMALS = 2
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AccuracyTableConfig(_Strict):
+class AccuracyTableConfig(StrictModel):
     """The grid and how its sub-models are made (materialisation settings, ONNX export off)."""
 
     group_sizes: list[int] | None = Field(
@@ -63,7 +59,7 @@ class AccuracyTableConfig(_Strict):
     materialize: MaterializeConfig = MaterializeConfig(export_onnx=False)
 
 
-class GroupMeasurement(_Strict):
+class GroupMeasurement(StrictModel):
     """One sub-model: accuracies (0..1) on the validation images of its classes."""
 
     classes: list[int]
@@ -73,7 +69,7 @@ class GroupMeasurement(_Strict):
     loss_pp: float = Field(description="max(0, base - sub) in percentage points")
 
 
-class CellMeasurement(_Strict):
+class CellMeasurement(StrictModel):
     """One grid cell (ratio, group size): the mean loss over its sampled groups."""
 
     ratio: float
@@ -82,7 +78,7 @@ class CellMeasurement(_Strict):
     groups: list[GroupMeasurement]
 
 
-class AccuracyTable(_Strict):
+class AccuracyTable(StrictModel):
     """The profile with measured `loss_steps` on every variant, and what they were made from."""
 
     profile: ModelProfile

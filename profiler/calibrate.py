@@ -24,11 +24,13 @@ import platform
 import resource
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from planner.catalog import DeviceKind
 from planner.profile_schema import LatencyStats
 from planner.progress import ProgressCallback
-from planner.vit_shape import ViTShape
+from planner.schema_base import StrictModel
+from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.latency import Clock, default_threads, latency_stats, measure_latency
 from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
 from profiler.model_profile import (
@@ -38,7 +40,6 @@ from profiler.model_profile import (
     runnable_backbone,
     tool_versions,
 )
-from planner.vit_shape import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
@@ -50,25 +51,7 @@ CALIBRATION_VARIANTS: tuple[tuple[str, int, float], ...] = (
 )
 
 
-class DeviceEntry(BaseModel):
-    """A device kind as the planner's inventory reads it (`kinds: {NAME: {file: ...}}`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str
-    description: str = ""
-    mem_bytes: int = Field(gt=0)
-    runtime_overhead_bytes: int = Field(ge=0)
-    flops_per_s: float = Field(gt=0)
-    overhead_s: float = Field(ge=0)
-    link_bytes_per_s: float = Field(gt=0)
-    weight_bytes_per_s: float | None = Field(default=None, gt=0)
-    overhead_per_block_s: float = Field(default=0.0, ge=0)
-
-
-class TimedVariant(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class TimedVariant(StrictModel):
     label: str
     arch: str
     img_size: int
@@ -83,9 +66,7 @@ class TimedVariant(BaseModel):
         return self.latency.median_s
 
 
-class CalibrationSample(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CalibrationSample(StrictModel):
     label: str
     img_size: int
     flops: int
@@ -96,20 +77,16 @@ class CalibrationSample(BaseModel):
     traffic_predicted_s: float = Field(description="by the traffic model (the device kind's)")
 
 
-class TrafficFigures(BaseModel):
+class TrafficFigures(StrictModel):
     """The traffic model's figures (see profiler.latency_model); inf = term dropped by the fit."""
-
-    model_config = ConfigDict(extra="forbid")
 
     flops_per_s: float
     weight_bytes_per_s: float
     overhead_per_block_s: float
 
 
-class CalibrationResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    device: DeviceEntry
+class CalibrationResult(StrictModel):
+    device: DeviceKind
     traffic: TrafficFigures
     threads: int
     clock: str
@@ -186,7 +163,7 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
     fit = fit_two_term_model(timed)
     traffic = fit_traffic_model(timed)
     host = host_description(threads)
-    entry = DeviceEntry(
+    entry = DeviceKind(
         name=name or platform.node() or "this-host",
         description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock, "
                      f"torch {host['torch']}"),

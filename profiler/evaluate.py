@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.errors import InputError
 from planner.progress import ProgressCallback
+from planner.schema_base import StrictModel
 from profiler.flops import count_macs
 from profiler.latency import measure_latency
 from profiler.onnx_latency import measure_onnx_latency
@@ -45,11 +46,7 @@ BYTES_PER_PARAM = 4  # fp32 weights
 LatencyRuntime = Literal["torch", "onnxruntime", "both"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubModelEvaluation(_Strict):
+class SubModelEvaluation(StrictModel):
     device: str
     classes: list[int]
     params: int = Field(description="backbone parameters")
@@ -72,7 +69,7 @@ class SubModelEvaluation(_Strict):
                                        description="onnx_base_latency_s / onnx_latency_s")
 
 
-class Evaluation(_Strict):
+class Evaluation(StrictModel):
     deploy_dir: str
     data: str
     test_images: int

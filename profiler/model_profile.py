@@ -30,13 +30,12 @@ import torch
 from planner.errors import InputError
 from planner.profile_schema import ModelProfile, VariantProfile
 from planner.progress import ProgressCallback
-from planner.vit_shape import PruneCounts, ViTShape
+from planner.vit_shape import PruneCounts, ViTShape, counts_for_ratio
 from profiler.cache import ProfileCache, cache_key
 from profiler.flops import count_macs
 from profiler.latency import default_threads, measure_latency
 from profiler.memory import BYTES_PER_ELEMENT, Dtype, param_bytes, peak_activation_bytes
 from vit_ops.architecture import build_vit
-from planner.vit_shape import counts_for_ratio
 
 logger = logging.getLogger(__name__)
 

@@ -16,15 +16,15 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.errors import InputError
 from planner.files import read_json, staged_directory, write_json_atomic
 from planner.progress import ProgressCallback
+from planner.schema_base import StrictModel
 from planner.validation import validate_document
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, full_counts
 from vit_ops.architecture import build_vit
-from planner.vit_shape import full_counts
 from vit_ops.data import NORM_MEAN, NORM_STD, DataSplits
 from vit_ops.training import FitConfig, accuracy, fit, predict
 
@@ -42,10 +42,8 @@ DIGITS_FIT = FitConfig(epochs=40, batch_size=64, lr=3e-3, weight_decay=0.05, max
 LABEL_SMOOTHING = 0.1
 
 
-class BaseModelSpec(BaseModel):
+class BaseModelSpec(StrictModel):
     """`model.json` of a trained base model."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = BASE_SCHEMA_VERSION
     shape: ViTShape

@@ -33,10 +33,11 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from planner.errors import InputError
 from planner.files import read_json, write_json_atomic
+from planner.schema_base import StrictModel
 from planner.validation import validate_document
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.base_model import BASE_SPEC_FILE, LoadedBase, load_base, load_weights
@@ -51,11 +52,7 @@ DEPLOY_SCHEMA_VERSION = 1
 ONNX_OPSET = 17
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SubModelSpec(_Strict):
+class SubModelSpec(StrictModel):
     """`model.json` of one sub-model: enough to rebuild its skeleton and load its weights."""
 
     schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
@@ -75,7 +72,7 @@ class SubModelSpec(_Strict):
         default=None, description="max |torch - onnxruntime| on the check batch (logits, features)")
 
 
-class FusionSpec(_Strict):
+class FusionSpec(StrictModel):
     """`model.json` of the fusion head."""
 
     schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
@@ -88,7 +85,7 @@ class FusionSpec(_Strict):
     onnx_max_abs_diff: float | None = None
 
 
-class SubModelEntry(_Strict):
+class SubModelEntry(StrictModel):
     """One sub-model in the manifest (its spec lives in `dir/model.json`)."""
 
     index: int = Field(description="slot of its features in the fusion input")
@@ -102,7 +99,7 @@ class SubModelEntry(_Strict):
         "for one image (compute + per-call overhead, not sending its features)")
 
 
-class DeploymentManifest(_Strict):
+class DeploymentManifest(StrictModel):
     """`deployment.json`."""
 
     schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION

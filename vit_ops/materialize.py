@@ -20,15 +20,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.errors import InputError
 from planner.files import staged_directory
 from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
-from planner.vit_shape import PruneCounts, check_same_shape
+from planner.schema_base import StrictModel
+from planner.vit_shape import PruneCounts, check_same_shape, counts_for_ratio
 from vit_ops.base_model import LoadedBase, save_base
-from planner.vit_shape import counts_for_ratio
 from vit_ops.data import DataSplits
 from vit_ops.deploy import (
     ONNX_FILE,
@@ -58,10 +58,8 @@ ONNX_CHECK_IMAGES = 4
 ONNX_TOLERANCE = 1e-3
 
 
-class MaterializeConfig(BaseModel):
+class MaterializeConfig(StrictModel):
     """How sub-models and the fusion head are made (defaults suit the digits demo)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     importance: Method = "fisher"
     calibration_images: int = Field(default=256, gt=0, description="per sub-model, its classes only")

@@ -17,9 +17,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.progress import ProgressCallback
+from planner.schema_base import StrictModel
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.architecture import build_vit
 from vit_ops.data import Split
@@ -27,10 +28,8 @@ from vit_ops.importance import group_log_probs
 from vit_ops.training import FitConfig, fit
 
 
-class DistillConfig(BaseModel):
+class DistillConfig(StrictModel):
     """Knowledge-distillation settings of sub-model fine-tuning."""
-
-    model_config = ConfigDict(extra="forbid")
 
     temperature: float = Field(default=2.0, gt=0)
     hard_weight: float = Field(default=0.5, ge=0, le=1,

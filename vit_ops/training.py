@@ -12,9 +12,10 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.progress import ProgressCallback
+from planner.schema_base import StrictModel
 from vit_ops.data import Split, augment
 
 log = logging.getLogger(__name__)
@@ -22,10 +23,8 @@ log = logging.getLogger(__name__)
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class FitConfig(BaseModel):
+class FitConfig(StrictModel):
     """Optimisation settings (recorded in the JSON spec of what was trained)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     epochs: int = Field(gt=0)
     batch_size: int = Field(default=64, gt=0)

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from planner.cli.common import Command
-from planner.cli.solve_cmd import report_plan
+from planner.cli.solve_cmd import (
+    add_output_arguments,
+    add_solver_arguments,
+    report_plan,
+    solver_config,
+)
 from planner.errors import InputError
 from planner.files import write_text_atomic
-from planner.plan_inventory import compile_inventory_file, plan_compiled, solver_config_of
+from planner.plan_inventory import compile_inventory_file, plan_compiled
 from planner.problem import dump_problem
 from planner.timeline import write_timeline
 
@@ -23,12 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              " else the built-in one for the arch)")
     parser.add_argument("--emit-problem", metavar="PROBLEM.yaml",
                         help="also write the compiled low-level problem (for `edvit solve`)")
-    parser.add_argument("--time-limit", type=float, metavar="S",
-                        help="solver wall-clock limit (default: inventory's solver.time_limit_s)")
-    parser.add_argument("--seed", type=int, help="solver seed (default: inventory's solver.seed)")
-    parser.add_argument("--workers", type=int, help="CP-SAT workers (default: inventory's)")
-    parser.add_argument("--out", metavar="PLAN.json", help="write the plan file here")
-    parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_solver_arguments(parser, default="default: the inventory's solver: settings")
+    add_output_arguments(parser)
     parser.add_argument("--timeline", metavar="TIMELINE.png",
                         help="draw one request as a Gantt chart (PNG) and write its data as "
                              "<name>_data.csv beside it")
@@ -37,13 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     timeline = _timeline_path(args)
     compiled = compile_inventory_file(args.inventory, profile_path=args.profile)
-    config = solver_config_of(compiled.inventory)
-    for flag, field in (("time_limit", "time_limit_s"), ("seed", "seed"), ("workers", "workers")):
-        value = getattr(args, flag)
-        if value is not None:
-            if field != "seed" and value <= 0:
-                raise InputError("must be > 0", field=f"--{flag.replace('_', '-')}", value=value)
-            config = replace(config, **{field: value})
+    config = solver_config(args, start=compiled.inventory.solver)
     if args.emit_problem:
         write_text_atomic(args.emit_problem, dump_problem(compiled.problem))
     plan = plan_compiled(compiled, config)

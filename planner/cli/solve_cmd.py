@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from planner.cli.common import Command, check_output_path, print_json
 from planner.cpsat_model import SolverConfig
 from planner.errors import InputError
@@ -14,28 +16,50 @@ from planner.solve import solve
 EXIT_INFEASIBLE = 3
 
 
-def add_solver_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--time-limit", type=float, default=30.0, metavar="S",
-                        help="solver wall-clock limit in seconds (default 30)")
-    parser.add_argument("--seed", type=int, default=0, help="solver random seed (default 0)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="CP-SAT search workers (default 1: deterministic plans)")
+# Command-line flag -> SolverConfig field.
+SOLVER_FLAGS = {"time_limit": "time_limit_s", "seed": "seed", "workers": "workers"}
+
+
+def add_solver_arguments(parser: argparse.ArgumentParser, default: str = "") -> None:
+    """--time-limit, --seed, --workers; unset flags keep the solver settings they start from
+    (`SolverConfig`'s defaults, or an inventory's `solver:`), named in `default`."""
+    fields = SolverConfig.model_fields
+    shown = default or "default {}"
+    parser.add_argument("--time-limit", type=float, metavar="S",
+                        help="solver wall-clock limit in seconds "
+                             f"({shown.format(fields['time_limit_s'].default)})")
+    parser.add_argument("--seed", type=int,
+                        help=f"solver random seed ({shown.format(fields['seed'].default)})")
+    parser.add_argument("--workers", type=int,
+                        help="CP-SAT search workers "
+                             f"({shown.format(fields['workers'].default)}: 1 = deterministic plans)")
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="PLAN.json", help="write the plan file here")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
 
 
-def solver_config(args: argparse.Namespace) -> SolverConfig:
-    if args.time_limit <= 0:
-        raise InputError("must be > 0", field="--time-limit", value=args.time_limit)
-    if args.workers < 1:
-        raise InputError("must be >= 1", field="--workers", value=args.workers)
-    return SolverConfig(time_limit_s=args.time_limit, workers=args.workers, seed=args.seed,
-                        log_search=getattr(args, "verbose", False))
+def solver_config(args: argparse.Namespace, start: SolverConfig | None = None) -> SolverConfig:
+    """`start` (default: SolverConfig()) with the solver flags given, validated by SolverConfig;
+    `-v` turns on CP-SAT's search log (through logging, to stderr)."""
+    changes = {field: getattr(args, flag) for flag, field in SOLVER_FLAGS.items()
+               if getattr(args, flag, None) is not None}
+    changes["log_search"] = bool(getattr(args, "verbose", False))
+    try:
+        return SolverConfig.model_validate({**(start or SolverConfig()).model_dump(), **changes})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0])
+        flag = next((f for f, name in SOLVER_FLAGS.items() if name == field), field)
+        raise InputError(first["msg"], field=f"--{flag.replace('_', '-')}",
+                         value=first.get("input")) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("problem", metavar="PROBLEM.yaml")
     add_solver_arguments(parser)
+    add_output_arguments(parser)
 
 
 def plan_summary(plan) -> dict:

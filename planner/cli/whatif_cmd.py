@@ -12,7 +12,6 @@ import argparse
 import csv
 import io
 import re
-from dataclasses import replace
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -20,10 +19,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from planner.cli.common import Command, check_output_path, print_json, progress_bar
+from planner.cli.solve_cmd import solver_config
 from planner.errors import InputError
 from planner.files import atomic_file, write_text_atomic
 from planner.inventory import load_inventory
-from planner.plan_inventory import solver_config_of
 from planner.whatif import what_if
 
 DEFAULT_MAX_SCENARIOS = 200
@@ -86,7 +85,7 @@ def parse_vary(specs: list[str]) -> dict[str, list[int]]:
 
 def run(args: argparse.Namespace) -> int:
     vary = parse_vary(args.vary)
-    for flag in ("time_limit", "processes", "max_scenarios", "target_latency"):
+    for flag in ("processes", "max_scenarios", "target_latency"):
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InputError("must be > 0", field=f"--{flag.replace('_', '-')}", value=value)
@@ -96,11 +95,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("the plot is written as PNG; name it *.png", field="--plot",
                          value=args.plot)
     inventory = load_inventory(args.inventory)
-    config = solver_config_of(inventory)
-    if args.time_limit is not None:
-        config = replace(config, time_limit_s=args.time_limit)
-    if args.seed is not None:
-        config = replace(config, seed=args.seed)
+    config = solver_config(args, start=inventory.solver)
     with progress_bar("what-if", enabled=True) as progress:
         result = what_if(inventory, vary, target_latency_s=args.target_latency,
                          base_dir=Path(args.inventory).parent, profile_path=args.profile,

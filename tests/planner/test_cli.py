@@ -121,6 +121,41 @@ def test_devices_lists_the_catalog(edvit):
         assert kinds[kind]["flops_per_s"] > 0 and kinds[kind]["mem_bytes"] > 0
 
 
+def test_verbose_solve_json_keeps_stdout_pure_json_and_logs_the_search_on_stderr(edvit):
+    result = edvit("-v", "solve", str(INSTANCES / "p07_c10_d6_random.yaml"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["status"] == "optimal"
+    assert "planner.cpsat.search" in result.stderr and "CP-SAT" in result.stderr
+
+
+def test_verbose_plan_logs_the_solver(edvit):
+    result = edvit("-v", "plan", str(ROOT / "examples" / "pi4-cluster.yaml"), "--json")
+    assert result.returncode == 0, result.stderr
+    json.loads(result.stdout)
+    assert "planner.cpsat.search" in result.stderr and "INFO planner.cpsat_model: stage makespan" in result.stderr
+
+
+@pytest.mark.parametrize("command, flags, field", [
+    ("solve", ["--workers", "0"], "--workers"), ("solve", ["--time-limit", "-5"], "--time-limit"),
+    ("plan", ["--workers", "0"], "--workers"), ("plan", ["--time-limit", "0"], "--time-limit"),
+])
+def test_impossible_solver_flags_are_one_line_exit_2(edvit, command, flags, field):
+    target = (INSTANCES / "p01_pair_memory.yaml" if command == "solve"
+              else ROOT / "examples" / "pi4-cluster.yaml")
+    result = edvit(command, str(target), *flags)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and f"{field}=" in result.stderr
+
+
+def test_impossible_solver_settings_in_an_inventory_name_the_field(tmp_path, edvit):
+    inventory = yaml.safe_load((ROOT / "examples" / "pi4-cluster.yaml").read_text())
+    inventory["solver"] = {"time_limit_s": 10, "workers": 0}
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(inventory))
+    result = edvit("plan", str(path))
+    assert result.returncode == 2 and "solver.workers=0" in result.stderr
+
+
 TORCH_FREE_COMMANDS = ["plan", "solve", "devices", "schema", "whatif"]
 
 

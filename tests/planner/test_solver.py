@@ -5,9 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from pydantic import ValidationError
 
+from planner.binding import find_binding
 from planner.checker import Placement, score_plan
 from planner.cpsat_model import SolverConfig
+from planner.errors import InternalError
 from planner.problem import Device, load_problem
 from planner.solve import solve
 from tests.conftest import PLANNING
@@ -62,22 +65,65 @@ def test_plan_is_valid_under_the_checker_and_partitions_the_classes():
 
 
 def test_time_limit_too_short_returns_best_plan_with_bound_and_gap():
+    """Out of time, the solver still returns a valid plan (CP-SAT's, or the covering heuristic's
+    when CP-SAT found none yet), with a bound below it and the gap between the two."""
     problem = mixed_fleet(64, seed=2, max_per_device=3)
     plan = solve(problem, SolverConfig(time_limit_s=0.05))
-    assert plan.status in ("feasible", "optimal", "unknown")
+    assert plan.status in ("feasible", "optimal")
     assert plan.solver.wall_time_s < 5.0
-    if plan.status == "feasible":
-        assert plan.solver.bound_s <= plan.makespan_s
-        assert 0.0 <= plan.solver.gap <= 1.0
+    placements = [Placement(s.device, s.ratio, tuple(s.classes)) for s in plan.submodels]
+    assert score_plan(problem, placements).makespan_s == pytest.approx(plan.makespan_s)
+    assert 0 < plan.solver.bound_s <= plan.makespan_s
+    assert plan.solver.gap == pytest.approx((plan.makespan_s - plan.solver.bound_s)
+                                            / plan.makespan_s)
 
 
 def test_similarity_groups_similar_classes_together():
+    """p03's similarity has two tight clusters, {0, 2, 4} (9, 8, 10) and {1, 3, 5} (8, 10, 10);
+    the plan must keep each cluster in one sub-model."""
     problem = load_problem(PLANNING / "instances" / "p03_similarity.yaml")
     plan = solve(problem)
-    groups = [set(s.classes) for s in plan.submodels]
-    sim = problem.similarity
-    within = sum(sim[i][j] for g in groups for i in g for j in g if i < j)
-    assert within == plan.solver.secondary_value
+    assert {frozenset(s.classes) for s in plan.submodels} == {frozenset({0, 2, 4}),
+                                                             frozenset({1, 3, 5})}
+    assert plan.solver.secondary_value == 9 + 8 + 10 + 8 + 10 + 10
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"time_limit_s": -5}, "time_limit_s"), ({"time_limit_s": 0}, "time_limit_s"),
+    ({"workers": 0}, "workers"), ({"seed": 2**31}, "seed"),
+])
+def test_impossible_solver_settings_are_refused(changes, field):
+    with pytest.raises(ValidationError) as caught:
+        SolverConfig(**changes)
+    assert caught.value.errors()[0]["loc"] == (field,)
+
+
+def _with_an_invalid_model(monkeypatch):
+    """Make every CP-SAT model the planner builds invalid (a variable CP-SAT cannot represent)."""
+    from planner import cpsat_model
+
+    build = cpsat_model.ConfigurationModel._build_model
+
+    def build_invalid(self):
+        build(self)
+        self.model.new_int_var(0, 2**62, "too_wide")
+
+    monkeypatch.setattr(cpsat_model.ConfigurationModel, "_build_model", build_invalid)
+
+
+def test_an_invalid_cpsat_model_is_an_internal_error_not_a_timeout(monkeypatch):
+    _with_an_invalid_model(monkeypatch)
+    problem = load_problem(PLANNING / "instances" / "p01_pair_memory.yaml")
+    with pytest.raises(InternalError, match="CP-SAT rejected the model as invalid"):
+        solve(problem, SolverConfig(time_limit_s=5))
+
+
+def test_the_infeasibility_search_does_not_take_an_invalid_model_for_infeasible(monkeypatch):
+    problem = load_problem(PLANNING / "instances" / "p13_loss_infeasible.yaml")
+    assert solve(problem, SolverConfig(time_limit_s=5)).binding == "loss_budget"
+    _with_an_invalid_model(monkeypatch)
+    with pytest.raises(InternalError):
+        find_binding(problem, SolverConfig(time_limit_s=5), 5.0)
 
 
 def test_clustering_recovers_planted_groups():

@@ -25,8 +25,7 @@ from planner.files import write_json_atomic
 from planner.inventory import inventory_from_dict
 from planner.plan_inventory import plan_inventory
 from planner.profile_schema import ModelProfile, VariantProfile
-from planner.vit_shape import ViTShape
-from planner.vit_shape import counts_for_ratio
+from planner.vit_shape import ViTShape, counts_for_ratio
 
 ARCH = "vit_small_patch16_224"
 REL = 1e-9

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from planner.vit_shape import PruneCounts, ViTShape
+from planner.vit_shape import PruneCounts, ViTShape, counts_for_ratio
 from profiler.flops import count_macs
 from profiler.model_profile import example_input, runnable_backbone
-from planner.vit_shape import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
 
 

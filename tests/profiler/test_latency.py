@@ -8,12 +8,11 @@ import yaml
 
 from planner.catalog import DeviceKind
 from planner.errors import InputError
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.calibrate import calibrate_host, device_entry_yaml, time_variants
 from profiler.latency import measure_latency
 from profiler.latency_model import fit_latency, fit_traffic
 from profiler.model_profile import example_input, runnable_backbone
-from planner.vit_shape import counts_for_ratio
 
 SHAPE = ViTShape(arch="custom", img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4,
                  head_dim=16, mlp_hidden=256, num_classes=10)
@@ -93,12 +92,14 @@ def test_calibration_writes_a_device_kind_the_planner_reads(monkeypatch, tmp_pat
                                       ("vit_tiny_patch16_224", 32, 0.5)))
     assert len(result.samples) == 3 and result.threads == 1
     assert result.traffic.flops_per_s > 0 and result.traffic.overhead_per_block_s >= 0
+    # One device-kind type: what calibrate writes is the catalog's DeviceKind, cost and all.
+    assert type(result.device) is DeviceKind
     data = yaml.safe_load(device_entry_yaml(result))
     assert data["name"] == "bench-host" and data["link_bytes_per_s"] == 1e8
-    assert set(data) == {"name", "description", "mem_bytes", "runtime_overhead_bytes",
-                         "flops_per_s", "overhead_s", "link_bytes_per_s", "weight_bytes_per_s",
-                         "overhead_per_block_s"}
-    kind = DeviceKind.model_validate({k: v for k, v in data.items() if k != "name"})
+    assert set(data) == set(DeviceKind.model_fields)
+    priced = DeviceKind.model_validate({**data, "cost_usd": 35, "mem_bytes": "8GiB"})
+    assert priced.cost_usd == 35 and priced.mem_bytes == 8 * 2**30
+    kind = DeviceKind.model_validate(data)
     assert kind.flops_per_s == pytest.approx(result.traffic.flops_per_s)
     assert kind.overhead_per_block_s == pytest.approx(result.traffic.overhead_per_block_s)
     assert 0 < kind.runtime_overhead_bytes < kind.mem_bytes

@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.memory import (measure_peak_allocated_bytes, param_bytes,
                              peak_activation_bytes)
 from profiler.model_profile import example_input, runnable_backbone
-from planner.vit_shape import counts_for_ratio
 from vit_ops.shapes import shape_for_arch
 
 

@@ -9,10 +9,9 @@ import shutil
 import pytest
 
 from planner.cli import main as cli_main
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, full_counts
 from vit_ops.architecture import build_vit
 from vit_ops.base_model import BaseModelSpec, LoadedBase, load_base
-from planner.vit_shape import full_counts
 from vit_ops.data import load_data
 from vit_ops.manual_plan import manual_plan
 from vit_ops.materialize import MaterializeConfig, materialize

@@ -11,11 +11,10 @@ import profiler.model_profile as model_profile
 from planner.errors import InputError
 from planner.profile_schema import ModelProfile
 from planner.profiles import BUILTIN_DIR, load_profile
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.builtin import BUILTIN_RATIOS, builtin_profile_for
 from profiler.cache import CACHE_ENV, ProfileCache, default_cache_dir
 from profiler.model_profile import profile_model
-from planner.vit_shape import counts_for_ratio
 
 SHAPE = ViTShape(arch="custom", img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4,
                  head_dim=16, mlp_hidden=256, num_classes=10)

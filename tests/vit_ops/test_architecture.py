@@ -8,9 +8,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from planner.errors import InputError
-from planner.vit_shape import PruneCounts, ViTShape
+from planner.vit_shape import PruneCounts, ViTShape, counts_for_ratio, full_counts
 from vit_ops.architecture import build_vit
-from planner.vit_shape import counts_for_ratio, full_counts
 from vit_ops.shapes import BUILTIN_PROFILE_ARCHS, shape_for_arch, shape_of_model
 
 

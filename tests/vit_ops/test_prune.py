@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from planner.errors import InputError
-from planner.vit_shape import PruneCounts, ViTShape
+from planner.vit_shape import PruneCounts, ViTShape, counts_for_ratio, full_counts
 from vit_ops.architecture import build_vit
-from planner.vit_shape import counts_for_ratio, full_counts
 from vit_ops.importance import UnitImportance, group_log_probs, score_importance
 from vit_ops.prune import apply_prune_spec, select_units
 

@@ -11,19 +11,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.errors import EdvitError
+from planner.schema_base import StrictModel
 
 RESULT_SCHEMA_VERSION = 1
 EXIT_DEVICE_FAILED = 4
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RuntimeConfig(_Strict):
+class RuntimeConfig(StrictModel):
     """How a run behaves; the same object is sent to every process of the fleet."""
 
     timeout_s: float = Field(default=30.0, gt=0,
@@ -48,7 +45,7 @@ class RuntimeConfig(_Strict):
         return self.join_timeout_s if self.join_timeout_s is not None else self.timeout_s
 
 
-class DeviceFailure(_Strict):
+class DeviceFailure(StrictModel):
     """A device that stopped answering (or never joined), and why."""
 
     device: str
@@ -58,7 +55,7 @@ class DeviceFailure(_Strict):
         default=None, description="index of the first image served without it; None = never joined")
 
 
-class WorkerInfo(_Strict):
+class WorkerInfo(StrictModel):
     """What a worker process reported when it joined."""
 
     device: str
@@ -71,7 +68,7 @@ class WorkerInfo(_Strict):
     engine: str = Field(default="torch", description="what runs its sub-model(s)")
 
 
-class ThreadSettings(_Strict):
+class ThreadSettings(StrictModel):
     """Threads each process ran with, and the cores of the aggregator's host."""
 
     aggregator_threads: int
@@ -80,7 +77,7 @@ class ThreadSettings(_Strict):
     aggregator_host_cores: int | None
 
 
-class Calibration(_Strict):
+class Calibration(StrictModel):
     """Each sub-model timed alone (devices one at a time, nothing else running) and the fusion head;
     the critical path an ideal runtime would reach is the slowest device plus the fusion head."""
 
@@ -93,7 +90,7 @@ class Calibration(_Strict):
         "the device kind it was planned for, where the deployment records it")
 
 
-class ServeResult(_Strict):
+class ServeResult(StrictModel):
     """The outcome of one distributed run."""
 
     schema_version: Literal[1] = RESULT_SCHEMA_VERSION

@@ -20,13 +20,13 @@ from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from planner.schema_base import FrozenModel
 
 
-class FeatureSlot(BaseModel):
+class FeatureSlot(FrozenModel):
     """One sub-model's features in the fusion head's input."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     device: str
     name: str = Field(description="the sub-model, for messages")

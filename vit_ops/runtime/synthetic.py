@@ -18,9 +18,8 @@ import torch
 import torch.nn as nn
 
 from planner.errors import InputError
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, counts_for_ratio
 from vit_ops.architecture import build_vit
-from planner.vit_shape import counts_for_ratio
 from vit_ops.data import normalize_pixels
 from vit_ops.fusion import FusionHead
 from vit_ops.runtime.source import FeatureSlot
