@@ -10,7 +10,7 @@
 3. ViT-B/16-shaped model (random weights), 10 classes split over 4 sub-models at keep ratio 0.25:
    size reduction, latency speed-up against FLOPs reduction.
 Latency at batch 1 in two runtimes, side by side: eager PyTorch (torch.utils.benchmark via
-profiler.latency, torch threads pinned) and onnxruntime on the exported ONNX graphs
+vit_ops.timing, torch threads pinned) and onnxruntime on the exported ONNX graphs
 (profiler.onnx_latency, intra-op threads pinned, one inter-op thread); thread counts printed,
 medians of repeats. Speed-up / FLOPs reduction is the issue-4 ratio (target >= 0.7).
 """
@@ -26,7 +26,6 @@ import torch
 
 from planner.vit_shape import ViTShape, counts_for_ratio, full_counts
 from profiler.flops import count_macs
-from profiler.latency import measure_latency
 from profiler.model_profile import example_input, runnable_backbone
 from profiler.onnx_latency import measure_onnx_latency
 from vit_ops.base_model import (
@@ -42,6 +41,7 @@ from vit_ops.deploy import export_onnx
 from profiler.evaluate import evaluate_deployment
 from vit_ops.importance import score_importance
 from vit_ops.materialize import materialize
+from vit_ops.timing import measure_latency
 
 GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 

@@ -22,7 +22,9 @@ import time
 
 import torch
 
+from planner.profile_schema import DEFAULT_RATIOS as RATIOS
 from planner.vit_shape import ViTShape, counts_for_ratio
+from profiler.analytic import backbone_macs
 from profiler.calibrate import (CALIBRATION_VARIANTS, fit_two_term_model, fit_traffic_model,
                                 time_variants)
 from profiler.model_profile import host_description, profile_model
@@ -30,7 +32,6 @@ from vit_ops.shapes import shape_for_arch
 
 PUBLISHED_GMACS = {"vit_tiny_patch16_224": 1.26, "vit_small_patch16_224": 4.6,
                    "vit_base_patch16_224": 17.6}
-RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
 HELD_OUT = [
     *(("vit_tiny_patch16_224", 224, r) for r in RATIOS),
     *(("vit_small_patch16_224", 224, r) for r in (0.75, 0.375, 0.25)),
@@ -49,11 +50,7 @@ CUSTOM32 = ViTShape(arch="custom32", img_size=32, patch_size=4, embed_dim=384, d
 def analytic_gmacs(arch: str) -> float:
     """Matmul MACs of the full backbone at 224 px, from the architecture's widths (no fvcore)."""
     shape = shape_for_arch(arch, 1000)
-    n, c, m = shape.num_tokens, shape.embed_dim, shape.mlp_hidden
-    a = shape.num_heads * shape.head_dim
-    patches = shape.num_patches * c * 3 * shape.patch_size ** 2
-    block = n * c * 3 * a + 2 * n * n * a + n * a * c + 2 * n * c * m
-    return (patches + shape.depth * block) / 1e9
+    return backbone_macs(shape, counts_for_ratio(shape, 1.0), layernorms=False).total / 1e9
 
 
 def flops_table() -> None:

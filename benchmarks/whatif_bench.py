@@ -11,8 +11,7 @@ without warm starts (every scenario starts from the covering heuristic), so the 
 each part buys. Wall times are medians over repeats (spread = max - min) of the whole sweep
 (compiling, process start, solving); "solves s" sums the solver wall times of the last repeat.
 
-The profile is the built-in ViT-B/16 one when it exists, else an analytic one (FLOPs = 2 x MACs of
-the matmuls, fp32 weights, counts from `planner.vit_shape.counts_for_ratio`), so the benchmark runs on a fresh checkout.
+The profile is the built-in ViT-B/16 one the planner ships.
 
     python benchmarks/whatif_bench.py [--repeats 3]
 """
@@ -27,44 +26,16 @@ import time
 from pathlib import Path
 
 import planner.whatif as whatif
-from planner.files import write_json_atomic
 from planner.inventory import inventory_from_dict
-from planner.profile_schema import ModelProfile, VariantProfile
-from planner.profiles import BUILTIN_DIR
-from planner.vit_shape import ViTShape, counts_for_ratio
 
 ARCH = "vit_base_patch16_224"
-RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
 VARY = {"pi4b-4gb": range(3, 31, 3), "jetson-nano": range(2, 21, 2)}
 TARGET_S = 30.0
 
 
-def analytic_profile(num_classes: int = 1000) -> ModelProfile:
-    """ViT-B/16 variants with analytic MACs, fp32 parameters and a rough activation peak."""
-    shape = ViTShape(arch=ARCH, img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12,
-                     head_dim=64, mlp_hidden=3072, num_classes=num_classes)
-    n, patches = shape.num_tokens, shape.num_patches
-    variants = []
-    for ratio in RATIOS:
-        c = counts_for_ratio(shape, ratio)
-        e, attn, m = c.embed_dim, c.heads[0] * c.head_dim, c.mlp_hidden[0]
-        block_macs = n * e * 3 * attn + 2 * n * n * attn + n * attn * e + 2 * n * e * m
-        macs = patches * 3 * 16 * 16 * e + shape.depth * block_macs
-        block_params = 4 * e + e * 3 * attn + 3 * attn + attn * e + e + 2 * e * m + m + e
-        params = 3 * 256 * e + e + (n + 1) * e + shape.depth * block_params + 2 * e
-        act = 4 * (2 * n * max(3 * attn, m) + c.heads[0] * n * n)
-        variants.append(VariantProfile(
-            ratio=ratio, counts=c, params=params, macs=macs, flops=2 * macs,
-            param_bytes=4 * params, act_bytes=act, mem_bytes=4 * params + act, feat_bytes=4 * e))
-    return ModelProfile(shape=shape, variants=variants)
-
-
-def bench_inventory(profile_file: str | None) -> dict:
-    model = {"arch": ARCH, "num_classes": 1000}
-    if profile_file:
-        model["profile"] = profile_file
+def bench_inventory() -> dict:
     return {
-        "name": "whatif-bench", "model": model, "max_per_device": 2,
+        "name": "whatif-bench", "model": {"arch": ARCH, "num_classes": 1000}, "max_per_device": 2,
         "devices": [{"kind": "pi3b+", "count": 12, "name": "pi3"},
                     {"kind": "pi4b-8gb", "count": 2, "name": "pi4-hot", "flops_per_s": 7.0e9}],
         "budgets": {"loss_pp": 2.0},
@@ -89,13 +60,8 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
-        if (BUILTIN_DIR / f"{ARCH}.json").exists():
-            profile_file, source = None, f"builtin:{ARCH}"
-        else:
-            profile_file, source = "profile.json", "analytic ViT-B/16 (no built-in profile yet)"
-            write_json_atomic(Path(tmp) / profile_file, analytic_profile().model_dump(mode="json"))
-        inventory = inventory_from_dict(bench_inventory(profile_file))
-        print(f"## What-if sweep: C=1000, {ARCH} ({source}), {cores} cores, "
+        inventory = inventory_from_dict(bench_inventory())
+        print(f"## What-if sweep: C=1000, {ARCH} (builtin:{ARCH}), {cores} cores, "
               f"median of {args.repeats}")
         print(f"| {'setting':<34} | {'scenarios':>9} | {'devices':>7} | {'proc':>4} "
               f"| {'wall s':>7} | {'spread':>6} | {'solves s':>8} | {'all optimal':>11} "

@@ -8,7 +8,7 @@ Imports no torch: other frameworks embed it as a planner.
 """
 
 from planner.cpsat_model import SolverConfig
-from planner.errors import EdvitError, InputError
+from planner.errors import EdvitError, InputError, InternalError
 from planner.inventory import Inventory, compile_inventory, load_inventory
 from planner.plan_inventory import plan_inventory
 from planner.plan_schema import Plan, load_plan
@@ -16,6 +16,6 @@ from planner.problem import Problem, load_problem
 from planner.solve import solve
 from planner.whatif import WhatIfResult, what_if
 
-__all__ = ["EdvitError", "InputError", "Inventory", "Plan", "Problem", "SolverConfig",
+__all__ = ["EdvitError", "InputError", "InternalError", "Inventory", "Plan", "Problem", "SolverConfig",
            "WhatIfResult", "compile_inventory", "load_inventory", "load_plan", "load_problem",
            "plan_inventory", "solve", "what_if"]

@@ -45,6 +45,27 @@ def read_json(path: str | Path) -> Any:
                          file=str(path)) from None
 
 
+def check_output_path(path: str | Path, force: bool = True, field: str = "--out") -> Path:
+    """An output file may not be a directory, nor (without `force`) an existing file."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError("output path is a directory", field=field, value=str(path))
+    if path.exists() and not force:
+        raise InputError(OUTPUT_EXISTS, field=field, value=str(path))
+    return path
+
+
+def check_output_dir(path: str | Path, force: bool, field: str = "--out") -> Path:
+    """An output directory may exist only empty, unless `force` (then it is replaced whole)."""
+    path = Path(path)
+    if path.exists() and not (path.is_dir() and not any(path.iterdir())) and not force:
+        raise InputError(OUTPUT_EXISTS, field=field, value=str(path))
+    return path
+
+
+OUTPUT_EXISTS = "output exists; pass --force to replace it"
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """A temporary sibling of `path` to write; when the block succeeds it is renamed onto `path`

@@ -54,7 +54,6 @@ class Instance:
     types: tuple[DeviceType, ...]
     configs: tuple[Configuration, ...]
     row_capacity: tuple[int, ...]          # per profile row, under the loss budget
-    row_mem_bytes: tuple[int, ...]
     fusion_fixed_units: int
     fusion_per_submodel_units: int
     latency_budget_units: int | None
@@ -149,7 +148,6 @@ def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
         types=types,
         configs=tuple(configs),
         row_capacity=capacity,
-        row_mem_bytes=tuple(row.mem_bytes for row in problem.profile),
         fusion_fixed_units=seconds_to_units(problem.fusion.flops_fixed / agg.flops_per_s),
         fusion_per_submodel_units=seconds_to_units(
             problem.fusion.flops_per_submodel / agg.flops_per_s),

@@ -220,7 +220,7 @@ def fusion_cost(feat_dim: int, hidden: int, num_classes: int, max_submodels: int
     """Fusion MLP: concat(K features of feat_dim) -> hidden -> C (FLOPs = 2 x MACs)."""
     params = max_submodels * feat_dim * hidden + hidden + hidden * num_classes + num_classes
     return Fusion(flops_fixed=2 * hidden * num_classes, flops_per_submodel=2 * feat_dim * hidden,
-                  mem_bytes=FLOAT_BYTES * params)
+                  mem_bytes=FLOAT_BYTES * params, hidden=hidden)
 
 
 def _profile_for(inv: Inventory, base_dir: Path, source: str,

@@ -56,6 +56,9 @@ class FusionPlan(StrictModel):
     flops: int
     mem_bytes: int
     latency_s: float
+    hidden: int | None = Field(default=None, gt=0, description="hidden units of the fusion MLP "
+                               "the costs assume; `edvit materialize` builds exactly this head "
+                               "(None: a plan from a problem file that does not say)")
 
 
 class InputTransfer(StrictModel):

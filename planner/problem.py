@@ -13,6 +13,8 @@ from typing import Literal
 import yaml
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
+from planner.files import read_yaml
+from planner.profile_schema import distinct_ratios, same_ratio
 from planner.schema_base import StrictModel
 from planner.validation import field_error, validate_document
 
@@ -91,6 +93,9 @@ class Fusion(StrictModel):
     flops_fixed: int = Field(ge=0)
     flops_per_submodel: int = Field(ge=0)
     mem_bytes: int = Field(ge=0)
+    hidden: int | None = Field(
+        default=None, gt=0, description="extension: hidden units of the fusion MLP these costs "
+                                        "are for (compiled inventories set it; the plan carries it)")
 
 
 class Problem(StrictModel):
@@ -122,7 +127,7 @@ class Problem(StrictModel):
         if dupes:
             raise ValueError(f"device names must be unique; repeated: {dupes}")
         ratios = [row.ratio for row in self.profile]
-        if len(set(ratios)) != len(ratios):
+        if not distinct_ratios(ratios):
             raise ValueError(f"profile ratios must be unique, got {ratios}")
         if self.aggregator is not None and self.aggregator not in names:
             raise ValueError(f"aggregator {self.aggregator!r} is not a device; devices: {names}")
@@ -197,7 +202,7 @@ class Problem(StrictModel):
 
     def row(self, ratio: float) -> ProfileRow:
         for row in self.profile:
-            if abs(row.ratio - ratio) < 1e-12:
+            if same_ratio(row.ratio, ratio):
                 return row
         raise KeyError(ratio)
 
@@ -209,8 +214,6 @@ def problem_from_dict(data: object, source: str = "<problem>") -> Problem:
 
 def load_problem(path: str | Path) -> Problem:
     """Read a problem YAML (or JSON) file."""
-    from planner.files import read_yaml
-
     return problem_from_dict(read_yaml(path), str(path))
 
 
@@ -221,6 +224,8 @@ def dump_problem(problem: Problem) -> str:
         row["loss_steps"] = [list(step) for step in row["loss_steps"]]
         if row["param_bytes"] is None:
             del row["param_bytes"]
+    if data["fusion"]["hidden"] is None:
+        del data["fusion"]["hidden"]
     for device in data["devices"]:
         for optional in ("weight_bytes_per_s", "link_bytes_per_s"):
             if device[optional] is None:

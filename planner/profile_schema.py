@@ -20,8 +20,28 @@ from planner.schema_base import StrictModel
 from planner.vit_shape import PruneCounts, ViTShape
 
 PROFILE_SCHEMA_VERSION = 1
+# Keep ratios profiled when nobody says which (`edvit profile`, the built-in profiles).
+DEFAULT_RATIOS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
+FLOPS_PER_MAC = 2
+# Keep ratios closer than this are the same ratio (they come from decimal text and float maths).
+RATIO_TOLERANCE = 1e-9
 
 LossSteps = list[tuple[int, float]]
+
+
+def flops_from_macs(macs: int) -> int:
+    """FLOPs of `macs` multiply-accumulates: FLOPs = 2 x MACs, applied here and nowhere else."""
+    return FLOPS_PER_MAC * macs
+
+
+def same_ratio(a: float, b: float) -> bool:
+    """Whether two keep ratios name the same variant."""
+    return abs(a - b) < RATIO_TOLERANCE
+
+
+def distinct_ratios(ratios: list[float]) -> bool:
+    """No two of `ratios` are the same ratio."""
+    return not any(same_ratio(a, b) for i, a in enumerate(ratios) for b in ratios[i + 1:])
 
 
 class LatencyStats(StrictModel):
@@ -51,13 +71,9 @@ class VariantProfile(StrictModel):
         description="measured accuracy-loss step table [[g_max, loss_pp], ...]; "
                     "None = the planner's default rule")
 
-    @property
-    def host_latency_s(self) -> float | None:
-        return self.host_latency.median_s if self.host_latency else None
-
     @model_validator(mode="after")
     def _consistent(self) -> "VariantProfile":
-        if self.flops != 2 * self.macs:
+        if self.flops != flops_from_macs(self.macs):
             raise ValueError(f"flops ({self.flops}) must be 2 x macs ({self.macs})")
         if self.mem_bytes != self.param_bytes + self.act_bytes:
             raise ValueError("mem_bytes must be param_bytes + act_bytes")
@@ -80,12 +96,12 @@ class ModelProfile(StrictModel):
     @model_validator(mode="after")
     def _unique_ratios(self) -> "ModelProfile":
         ratios = [v.ratio for v in self.variants]
-        if len(set(ratios)) != len(ratios):
+        if not distinct_ratios(ratios):
             raise ValueError(f"ratios must be unique, got {ratios}")
         return self
 
     def variant(self, ratio: float) -> VariantProfile:
         for v in self.variants:
-            if abs(v.ratio - ratio) < 1e-9:
+            if same_ratio(v.ratio, ratio):
                 return v
         raise KeyError(ratio)

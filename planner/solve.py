@@ -24,6 +24,7 @@ from planner.instance import aggregator_fits, prepare_instance
 from planner.plan_schema import (FusionPlan, GreedyBaseline, InputTransfer, LatencyBreakdown, Plan,
                                  SolverReport, SubModelPlan)
 from planner.problem import Problem
+from planner.profile_schema import same_ratio
 from planner.scaling import units_to_seconds
 from planner.similarity import EXACT_MAX_CLASSES, cluster_by_similarity, solve_similarity_exact
 
@@ -110,13 +111,13 @@ def solve(problem: Problem, config: SolverConfig | None = None,
 def _counts_of_hint(problem, instance, hint) -> dict[int, int] | None:
     """Run counts of the `hint` (device, ratio) pairs here, or None if they are no complete plan."""
     type_of = {d: t.index for t in instance.types for d in t.devices}
-    rows_of = {ratio: i for i, ratio in enumerate(row.ratio for row in problem.profile)}
     config_of = {(c.type_index, c.rows): q for q, c in enumerate(instance.configs)}
     per_device: dict[str, list[int]] = {}
     for device, ratio in hint:
-        if device not in type_of or ratio not in rows_of:
+        row = next((i for i, r in enumerate(problem.profile) if same_ratio(r.ratio, ratio)), None)
+        if device not in type_of or row is None:
             return None
-        per_device.setdefault(device, []).append(rows_of[ratio])
+        per_device.setdefault(device, []).append(row)
     counts: dict[int, int] = {}
     for device, rows in per_device.items():
         q = config_of.get((type_of[device], tuple(sorted(rows))))
@@ -193,6 +194,7 @@ def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> 
         name=problem.name, num_classes=problem.num_classes, status=status, makespan_s=makespan,
         submodels=submodels,
         fusion=FusionPlan(device=aggregator, flops=fusion_flops, mem_bytes=problem.fusion.mem_bytes,
+                          hidden=problem.fusion.hidden,
                           latency_s=score.fusion_s),
         device_times_s=score.device_times_s,
         input=InputTransfer(input_bytes=problem.input_bytes_sent,

@@ -1,7 +1,7 @@
 """Regenerate the built-in profiles the planner ships: `python -m profiler.builtin [ARCH ...]`.
 
-One file per timm ViT, `planner/data/profiles/<arch>.json`, with num_classes=1000 and keep ratios
-1, 0.75, 0.5, 0.375, 0.25, 0.125: counts, MACs/FLOPs and memory, no latency (latency is a device
+One file per timm ViT, `planner/data/profiles/<arch>.json`, with num_classes=1000 and the default
+keep ratios (`planner.profile_schema.DEFAULT_RATIOS`): counts, MACs/FLOPs and memory, no latency (latency is a device
 property, see `edvit calibrate`). The files are deterministic for given tool versions, so a test
 checks that the shipped ones equal a fresh computation.
 """
@@ -13,13 +13,12 @@ import logging
 from pathlib import Path
 
 from planner.files import write_json_atomic
-from planner.profile_schema import ModelProfile
+from planner.profile_schema import DEFAULT_RATIOS, ModelProfile
+from planner.profiles import BUILTIN_DIR
 from profiler.model_profile import ProgressCallback, profile_model
 from vit_ops.shapes import BUILTIN_PROFILE_ARCHS, shape_for_arch
 
-BUILTIN_RATIOS = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
 BUILTIN_NUM_CLASSES = 1000
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "planner" / "data" / "profiles"
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ logger = logging.getLogger(__name__)
 def builtin_profile_for(arch: str, progress: ProgressCallback | None = None) -> ModelProfile:
     """The built-in profile of `arch`, computed now (no cache)."""
     shape = shape_for_arch(arch, BUILTIN_NUM_CLASSES)
-    return profile_model(shape, BUILTIN_RATIOS, cache=None, progress=progress)
+    return profile_model(shape, DEFAULT_RATIOS, cache=None, progress=progress)
 
 
 def write_builtin_profiles(archs: list[str] | None = None, directory: Path = BUILTIN_DIR

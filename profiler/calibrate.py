@@ -31,7 +31,7 @@ from planner.profile_schema import LatencyStats
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from planner.vit_shape import ViTShape, counts_for_ratio
-from profiler.latency import Clock, default_threads, latency_stats, measure_latency
+from profiler.cache import ProfileCache
 from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
 from profiler.model_profile import (
     example_input,
@@ -41,6 +41,7 @@ from profiler.model_profile import (
     tool_versions,
 )
 from vit_ops.shapes import shape_for_arch
+from vit_ops.timing import Clock, default_threads, latency_stats, measure_latency
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
 # from on small devices; the 112 px one separates weight traffic from arithmetic.
@@ -98,8 +99,6 @@ class CalibrationResult(StrictModel):
 
 def _variant_costs(shape: ViTShape, ratio: float) -> tuple[int, int]:
     """(FLOPs, fp32 parameter bytes) of one variant from the (cached) profiler."""
-    from profiler.cache import ProfileCache
-
     variant = profile_model(shape, [ratio], cache=ProfileCache()).variants[0]
     return variant.flops, variant.param_bytes
 

@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import argparse
 
-from planner.cli.common import Command, check_output_path, print_json, progress_bar
+from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
-from planner.files import write_json_atomic, write_text_atomic
+from planner.files import check_output_path, write_json_atomic, write_text_atomic
+from planner.profile_schema import DEFAULT_RATIOS
 from profiler.cache import ProfileCache
 from profiler.calibrate import calibrate_host, device_entry_yaml
 from profiler.model_profile import profile_model
 from vit_ops.shapes import shape_for_arch
 
-DEFAULT_RATIOS = "1,0.75,0.5,0.375,0.25,0.125"
 
 
 def add_profile_arguments(profile: argparse.ArgumentParser) -> None:
     profile.add_argument("--arch", required=True,
                          help="timm architecture, e.g. vit_small_patch16_224")
     profile.add_argument("--num-classes", type=int, required=True, metavar="C")
-    profile.add_argument("--ratios", default=DEFAULT_RATIOS,
-                         help=f"comma-separated keep ratios in (0, 1] (default {DEFAULT_RATIOS})")
+    default = ",".join(f"{r:g}" for r in DEFAULT_RATIOS)
+    profile.add_argument("--ratios", default=default,
+                         help=f"comma-separated keep ratios in (0, 1] (default {default})")
     profile.add_argument("--img-size", type=int, metavar="N", help="input size (default: arch's)")
     profile.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32",
                          help="parameter storage type for param_bytes (default fp32)")

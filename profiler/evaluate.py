@@ -25,7 +25,6 @@ from planner.errors import InputError
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from profiler.flops import count_macs
-from profiler.latency import measure_latency
 from profiler.onnx_latency import measure_onnx_latency
 from vit_ops.data import DataSplits
 from vit_ops.deploy import (
@@ -37,6 +36,7 @@ from vit_ops.deploy import (
 )
 from vit_ops.fusion import concat_features
 from vit_ops.submodel import group_labels
+from vit_ops.timing import measure_latency
 from vit_ops.training import accuracy, predict
 
 log = logging.getLogger(__name__)
@@ -224,4 +224,4 @@ def _onnx_latency(directory: Path, example: torch.Tensor, threads: int,
 
 
 def _flops(model: torch.nn.Module, example: torch.Tensor) -> int:
-    return 2 * count_macs(model, example).macs
+    return count_macs(model, example).flops

@@ -4,7 +4,7 @@ fvcore traces the model with `torch.jit` and counts each traced op with a handle
 for `aten::scaled_dot_product_attention` (timm's default attention path), so it would silently drop
 the two attention matmuls (about 14 % of ViT-Ti); `sdpa_mac_handle` counts them. fvcore's own "flop"
 numbers are multiply-accumulates (one fused multiply-add = 1), so they are reported here as MACs;
-FLOPs = 2 x MACs is applied once, by the caller that writes a profile. Ops fvcore still cannot count
+`MacCount.flops` converts with `planner.profile_schema.flops_from_macs`, the one place that does. Ops fvcore still cannot count
 are returned in `skipped_ops` (element-wise ops such as GELU and residual adds, which fvcore's
 authors chose not to count).
 """
@@ -16,6 +16,8 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+
+from planner.profile_schema import flops_from_macs
 
 with warnings.catch_warnings():
     # fvcore scripts its focal loss at import time; torch 2.14 deprecates torch.jit.script. Not
@@ -35,8 +37,11 @@ class MacCount:
     """MACs of one forward pass (batch as given), by fvcore operator, and what fvcore skipped."""
 
     macs: int
-    by_operator: dict[str, int] = field(default_factory=dict)
     skipped_ops: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def flops(self) -> int:
+        return flops_from_macs(self.macs)
 
 
 def sdpa_mac_handle(inputs: list, outputs: list) -> int:
@@ -71,5 +76,4 @@ def count_macs(model: torch.nn.Module, example: torch.Tensor,
     skipped = {name: int(n) for name, n in sorted(analysis.unsupported_ops().items())}
     if skipped:
         logger.debug("fvcore skipped ops: %s", skipped)
-    by_operator = {name: int(n) for name, n in sorted(analysis.by_operator().items())}
-    return MacCount(macs=total, by_operator=by_operator, skipped_ops=skipped)
+    return MacCount(macs=total, skipped_ops=skipped)

@@ -21,6 +21,7 @@ import weakref
 from typing import Literal
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -89,8 +90,6 @@ def peak_activation_bytes(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 def measure_peak_allocated_bytes(model: torch.nn.Module, example: torch.Tensor) -> int:
     """Peak bytes the CPU allocator handed out during `model(example)`, from profiler events."""
-    from torch.profiler import ProfilerActivity, profile
-
     model.eval()
     with torch.no_grad():
         model(example)  # first call allocates lazily initialised kernel state; keep it out

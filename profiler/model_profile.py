@@ -12,7 +12,7 @@ MLP). All figures are for one image (batch 1):
   halved for fp16; int8 (dynamic quantisation) keeps fp32 activations.
 - `mem_bytes = param_bytes + act_bytes` (the runtime's own footprint is a device property).
 - `feat_bytes = counts.embed_dim x 4`: the fp32 pooled feature vector sent to the aggregator.
-- `host_latency` (with `measure_latency=True`): median/IQR on this host (`profiler.latency`).
+- `host_latency` (with `measure_latency=True`): median/IQR on this host (`vit_ops.timing`).
 
 Each variant is cached on disk (`profiler.cache`). The weights are random: no figure here depends
 on their values.
@@ -28,14 +28,14 @@ from typing import Iterable
 import torch
 
 from planner.errors import InputError
-from planner.profile_schema import ModelProfile, VariantProfile
+from planner.profile_schema import ModelProfile, VariantProfile, same_ratio
 from planner.progress import ProgressCallback
 from planner.vit_shape import PruneCounts, ViTShape, counts_for_ratio
 from profiler.cache import ProfileCache, cache_key
 from profiler.flops import count_macs
-from profiler.latency import default_threads, measure_latency
 from profiler.memory import BYTES_PER_ELEMENT, Dtype, param_bytes, peak_activation_bytes
 from vit_ops.architecture import build_vit
+from vit_ops.timing import default_threads, measure_latency
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def check_ratios(ratios: Iterable[float]) -> list[float]:
     for ratio in ratios:
         if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1:
             raise InputError("keep ratio must be in (0, 1]", field="ratios", value=ratio)
-        if any(abs(ratio - seen) < 1e-9 for seen in checked):
+        if any(same_ratio(ratio, seen) for seen in checked):
             raise InputError("keep ratio listed twice", field="ratios", value=ratio)
         checked.append(float(ratio))
     if not checked:
@@ -116,7 +116,7 @@ def profile_variant(shape: ViTShape, ratio: float, counts: PruneCounts, *, dtype
     latency = measure_latency(model, image, threads=threads) if measure else None
     variant = VariantProfile(
         ratio=ratio, counts=counts, params=params, macs=mac_count.macs,
-        flops=2 * mac_count.macs, param_bytes=weights, act_bytes=act,
+        flops=mac_count.flops, param_bytes=weights, act_bytes=act,
         mem_bytes=weights + act, feat_bytes=counts.embed_dim * FEATURE_BYTES_PER_ELEMENT,
         host_latency=latency)
     return variant, mac_count.skipped_ops

@@ -5,7 +5,7 @@ does not shrink; an edge deployment runs the exported graph in a runtime with li
 overhead, so the pruned sub-models' speed-up is measured there too.
 
 The session is pinned to `threads` intra-op threads and one inter-op thread (recorded in the
-result). Like `profiler.latency.measure_latency`: warm-up calls, then `repeats` timed blocks of
+result). Like `vit_ops.timing.measure_latency`: warm-up calls, then `repeats` timed blocks of
 back-to-back `session.run` calls (each block long enough to swamp timer resolution, timed with
 `torch.utils.benchmark`); the result is the median and interquartile range of the per-call time
 over the blocks, in seconds.
@@ -19,8 +19,8 @@ import numpy as np
 
 from planner.errors import InputError
 from planner.profile_schema import LatencyStats
-from profiler.latency import latency_stats, timed_blocks
 from vit_ops.deploy import open_session
+from vit_ops.timing import block_timer, latency_stats, timed_blocks
 
 
 def measure_onnx_latency(path: str | Path, example: np.ndarray, *, threads: int,
@@ -29,15 +29,11 @@ def measure_onnx_latency(path: str | Path, example: np.ndarray, *, threads: int,
     """Median and IQR in seconds of one `session.run` on `example` (fed as the graph's input)."""
     if threads <= 0:
         raise InputError("must be > 0", field="threads", value=threads)
-    # Imported here for the same reason as in profiler.latency (a CUDA notice on CPU-only hosts).
-    from torch.utils import benchmark
-
     session = open_session(path, threads)
     feed = {session.get_inputs()[0].name: np.ascontiguousarray(example, dtype=np.float32)}
     for _ in range(warmup):
         session.run(None, feed)
     # num_threads only pins torch's pool, which session.run does not use; the session's own
     # thread counts are fixed above.
-    timer = benchmark.Timer(stmt="session.run(None, feed)",
-                            globals={"session": session, "feed": feed}, num_threads=1)
+    timer = block_timer("session.run(None, feed)", {"session": session, "feed": feed}, threads=1)
     return latency_stats(timed_blocks(timer, repeats, min_block_s), threads)

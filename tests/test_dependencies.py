@@ -83,3 +83,35 @@ def test_the_walk_catches_a_wrong_import(tmp_path, package, source, expected):
         (tmp_path / pkg).mkdir()
     (tmp_path / package / "bad.py").write_text(source)
     assert violations(tmp_path) == [f"{package}.bad:{source.count(chr(10))} imports {expected}"]
+
+
+def _uses(path: Path, name: str) -> bool:
+    return any(isinstance(n, ast.Attribute) and n.attr == name
+               for n in ast.walk(ast.parse(path.read_text(), str(path))))
+
+
+def _imports_benchmark(path: Path) -> bool:
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import) and any(a.name.startswith("torch.utils.benchmark")
+                                                for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and (
+                (node.module or "").startswith("torch.utils.benchmark")
+                or (node.module == "torch.utils" and any(a.name == "benchmark"
+                                                         for a in node.names))):
+            return True
+    return False
+
+
+def test_one_timing_method():
+    """Everything edvit times (profiles, calibrate, evaluate, the runtime's serve --calibrate)
+    goes through `vit_ops.timing`: no other module builds a benchmark timer or times its own
+    way (the runtime used `blocked_autorange` while plans came from fixed blocks)."""
+    timers, autoranges = [], []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if _imports_benchmark(path):
+                timers.append(module_name(path))
+            if _uses(path, "blocked_autorange") or _uses(path, "adaptive_autorange"):
+                autoranges.append(module_name(path))
+    assert timers == ["vit_ops.timing"] and autoranges == []

@@ -17,15 +17,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pydantic import Field
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from planner.errors import InputError
-from planner.files import read_json, staged_directory, write_json_atomic
+from planner.files import check_output_dir, read_json, staged_directory, write_json_atomic
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from planner.validation import validate_document
 from planner.vit_shape import ViTShape, full_counts
 from vit_ops.architecture import build_vit
 from vit_ops.data import NORM_MEAN, NORM_STD, DataSplits
+from vit_ops.shapes import shape_for_arch
 from vit_ops.training import FitConfig, accuracy, fit, predict
 
 log = logging.getLogger(__name__)
@@ -87,12 +90,7 @@ def train_base(splits: DataSplits, shape: ViTShape, config: FitConfig,
 
 def save_base(base: LoadedBase, out_dir: Path, force: bool = False) -> Path:
     """Write `model.safetensors` + `model.json` into `out_dir` (atomically, as one directory)."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not force:
-        raise InputError("output directory is not empty; pass --force to replace it",
-                         field="--out", value=str(out_dir))
+    out_dir = check_output_dir(out_dir, force)
     with staged_directory(out_dir) as staging:
         save_file({k: v.contiguous() for k, v in base.model.state_dict().items()},
                   str(staging / BASE_WEIGHTS_FILE))
@@ -116,8 +114,6 @@ def load_base(source: str, num_classes: int | None = None,
                              "or ARCH:CHECKPOINT.safetensors)", field="--base", value=source)
         raise InputError("expected a directory from 'edvit train-base' or "
                          "ARCH:CHECKPOINT.safetensors", field="--base", value=source)
-    from vit_ops.shapes import shape_for_arch
-
     if num_classes is None:
         raise InputError("a timm architecture needs the number of classes (from the plan)",
                          field="--base", value=source)
@@ -142,9 +138,6 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
     Missing, corrupt or mismatched files are InputErrors naming the file.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise InputError("checkpoint file not found", file=str(path))
     try:

@@ -19,9 +19,14 @@ from pathlib import Path
 
 import yaml
 
-from planner.cli.common import Command, check_output_path, print_json, progress_bar
+from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
-from planner.files import write_json_atomic, write_text_atomic
+from planner.files import (
+    check_output_dir,
+    check_output_path,
+    write_json_atomic,
+    write_text_atomic,
+)
 from planner.plan_inventory import plan_inventory
 from planner.plan_schema import Plan, load_plan
 from planner.profiles import load_profile
@@ -47,6 +52,7 @@ DEFAULT_BASE_DIR = "edvit-base"
 DEFAULT_DEMO_DIR = "edvit-demo"
 DEMO_RATIOS = [1.0, 0.75, 0.5, 0.25]
 DEMO_DEVICES = {"kind": "pi4b-4gb", "count": 4, "name": "pi"}
+DEMO_FUSION_HIDDEN = 128  # the digits features are 32 wide; a 256-unit head only overfits
 
 
 def add_train_base_arguments(train: argparse.ArgumentParser) -> None:
@@ -119,10 +125,7 @@ def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
 
 def run_train_base(args: argparse.Namespace) -> int:
     _positive(args.epochs, "--epochs")
-    out = Path(args.out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
-        raise InputError("output exists; pass --force to replace it", field="--out",
-                         value=str(out))
+    out = check_output_dir(args.out, args.force)
     if args.data == DIGITS:
         splits, shape = load_data(DIGITS, img_size=DIGITS_SHAPE.img_size), DIGITS_SHAPE
     else:
@@ -305,7 +308,7 @@ def demo_inventory(profile_file: str) -> dict:
         "devices": [DEMO_DEVICES],
         "budgets": {"loss_pp": 0.5},
         "secondary": "memory",
-        "fusion_hidden": MaterializeConfig().fusion_hidden,
+        "fusion_hidden": DEMO_FUSION_HIDDEN,
         "solver": {"time_limit_s": 10, "seed": 0, "workers": 1},
     }
 

@@ -21,6 +21,7 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
 
 from planner.errors import InputError
 
@@ -119,8 +120,6 @@ def load_image_folder(root: Path, img_size: int) -> DataSplits:
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise InputError("image folder has no class sub-folders", field="--data", value=str(root))
-    from PIL import Image, UnidentifiedImageError
-
     images, labels = [], []
     for label, class_dir in enumerate(class_dirs):
         files = sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -27,13 +27,16 @@ Each loaded sub-model knows its `index`: the slot of its features in the fusion 
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, Field
+from safetensors.torch import save_file
 
 from planner.errors import InputError
 from planner.files import read_json, write_json_atomic
@@ -140,8 +143,6 @@ def submodel_dir_name(index: int, device: str) -> str:
 def save_part(directory: Path, module: SubModel | FusionHead, spec: SubModelSpec | FusionSpec
               ) -> None:
     """A sub-model or the fusion head: `model.safetensors` + its spec `model.json`."""
-    from safetensors.torch import save_file
-
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in module.state_dict().items()},
               str(directory / WEIGHTS_FILE))
@@ -155,8 +156,6 @@ def save_manifest(deploy_dir: Path, manifest: DeploymentManifest) -> None:
 def write_onnx(module: nn.Module, example: torch.Tensor, target, output_names: list[str]) -> None:
     """Export `module` to ONNX with the graph input "input" and the batch axis dynamic; `target` is
     a file path or a binary buffer (the runtime's in-memory export)."""
-    import warnings
-
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -196,8 +195,6 @@ def onnx_max_abs_diff(session, example: torch.Tensor,
                       expected: torch.Tensor | tuple[torch.Tensor, ...]) -> float:
     """max |onnxruntime - PyTorch| over every output of a `write_onnx` graph on `example`, given
     the module's own output(s) on it."""
-    import numpy as np
-
     got = session.run(None, {"input": example.numpy()})
     expected = expected if isinstance(expected, tuple) else (expected,)
     return float(max(np.abs(g - e.numpy()).max() for g, e in zip(got, expected, strict=True)))

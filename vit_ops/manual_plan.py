@@ -4,6 +4,7 @@ deployment of given class groups and keep ratios."""
 from __future__ import annotations
 
 from planner.plan_schema import (
+    FusionPlan,
     LatencyBreakdown,
     ModelInfo,
     Plan,
@@ -15,10 +16,12 @@ from vit_ops.architecture import build_vit
 
 
 def manual_plan(shape: ViTShape, groups: list[list[int]], ratios: list[float],
-                devices: list[str] | None = None, name: str = "manual") -> Plan:
+                devices: list[str] | None = None, name: str = "manual",
+                fusion_hidden: int = 128) -> Plan:
     """A plan written by hand (no solver): sub-model i serves `groups[i]` at `ratios[i]` on
-    `devices[i]`. Counts come from `counts_for_ratio`, params from `build_vit`; cost fields the
-    solver would fill (FLOPs, memory, latency) are zero. For tests, benchmarks and experiments."""
+    `devices[i]`, fused by a `fusion_hidden`-unit head on the first device. Counts come from
+    `counts_for_ratio`, params from `build_vit`; cost fields the solver would fill (FLOPs,
+    memory, latency) are zero. For tests, benchmarks and experiments."""
     devices = devices or [f"device{i}" for i in range(len(groups))]
     submodels = []
     for group, ratio, device in zip(groups, ratios, devices, strict=True):
@@ -34,4 +37,6 @@ def manual_plan(shape: ViTShape, groups: list[list[int]], ratios: list[float],
                           ortools_version="none")
     return Plan(name=name, num_classes=shape.num_classes, status="feasible", makespan_s=None,
                 submodels=submodels, solver=solver, explanation="written by hand",
+                fusion=FusionPlan(device=devices[0], flops=0, mem_bytes=0, latency_s=0.0,
+                                  hidden=fusion_hidden),
                 model=ModelInfo(shape=shape, profile_source="manual"))

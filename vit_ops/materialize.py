@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 
 from planner.errors import InputError
-from planner.files import staged_directory
+from planner.files import check_output_dir, staged_directory
 from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
 from planner.schema_base import StrictModel
@@ -66,7 +66,6 @@ class MaterializeConfig(StrictModel):
     finetune: FitConfig = FitConfig(epochs=15, lr=1.5e-3, weight_decay=0.05, max_shift_px=1)
     distill: DistillConfig = DistillConfig()
     fusion: FitConfig = FitConfig(epochs=60, batch_size=128, lr=3e-3, weight_decay=0.01)
-    fusion_hidden: int = Field(default=128, gt=0)
     export_onnx: bool = True
 
 
@@ -81,6 +80,9 @@ def check_plan(plan: Plan, base: LoadedBase, source: str = "plan") -> list[Prune
                          field="model")
     if not plan.submodels:
         raise InputError("plan has no sub-models (infeasible?)", file=source, field="submodels")
+    if plan.fusion is None or plan.fusion.hidden is None:
+        raise InputError("plan does not give the fusion head's width (re-plan with 'edvit plan')",
+                         file=source, field="fusion.hidden")
     shape = base.spec.shape
     if plan.num_classes != shape.num_classes:
         raise InputError(f"plan has {plan.num_classes} classes, the base model "
@@ -109,9 +111,7 @@ def materialize(plan: Plan, base: LoadedBase, splits: DataSplits, out_dir: Path,
         raise InputError(f"data has {splits.num_classes} classes, the plan {plan.num_classes}",
                          field="--data", value=splits.source)
     base = named_by_data(base, splits)
-    if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())) and not force:
-        raise InputError("output exists; pass --force to replace it", field="--out",
-                         value=str(out_dir))
+    check_output_dir(out_dir, force)
     with staged_directory(out_dir) as staging:
         manifest = _build(plan, base, splits, counts, staging, config, progress)
     return manifest
@@ -171,10 +171,11 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
     phase = phase_progress(progress, phases - 1, phases, "fusion head")
     if phase:
         phase(0, 1)
-    fusion = train_fusion(submodels, splits.train, plan.num_classes, config.fusion_hidden,
+    # The head the plan's costs were computed for (check_plan made sure the plan says).
+    fusion = train_fusion(submodels, splits.train, plan.num_classes, plan.fusion.hidden,
                           config.fusion, phase)
-    fusion_spec = FusionSpec(device=plan.fusion.device if plan.fusion else None,
-                             in_features=fusion.in_features, hidden=config.fusion_hidden,
+    fusion_spec = FusionSpec(device=plan.fusion.device, in_features=fusion.in_features,
+                             hidden=plan.fusion.hidden,
                              num_classes=plan.num_classes,
                              params=sum(p.numel() for p in fusion.parameters()))
     _save_part(staging / "fusion", fusion, fusion_spec,

@@ -6,7 +6,7 @@ builds the smaller skeleton with `vit_ops.architecture.build_vit` (so `num_heads
 with the base model's weights sliced to the kept units:
 
   embedding channels  patch_embed.proj (out), cls_token, pos_embed, every norm, qkv / fc1 (in),
-                      proj / fc2 (out), layer scales, head (in)
+                      proj / fc2 (out), head (in)
   heads of block b    qkv rows (q, k and v rows of each kept head), proj columns
   MLP units of block b  fc1 rows, fc2 columns
 
@@ -75,17 +75,18 @@ def slice_state_dict(state: dict[str, torch.Tensor], kept: KeptUnits,
 
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_EMBED_VECTORS = re.compile(r"^(norm\d?|ls\d|fc_norm|norm_pre)\.(weight|bias|gamma)$")
+_BLOCK_NORMS = re.compile(r"^norm[12]\.(weight|bias)$")
 
 
 def _slice_tensor(key: str, t: torch.Tensor, kept: KeptUnits, head_dim: int) -> torch.Tensor:
     e = kept.embed
-    if key in ("cls_token", "pos_embed", "reg_token"):
+    # Only what `build_vit` makes: `shapes.check_rebuildable` refuses every other model (register
+    # tokens, layer scales, q/k norms, pre-norms) before it gets here.
+    if key in ("cls_token", "pos_embed"):
         return t[..., e]
     if key in ("patch_embed.proj.weight", "patch_embed.proj.bias"):
         return t[e]
-    if key in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias", "norm_pre.weight",
-               "norm_pre.bias"):
+    if key in ("norm.weight", "norm.bias", "fc_norm.weight", "fc_norm.bias"):
         return t[e]
     if key == "head.weight":
         return t[:, e]
@@ -96,15 +97,13 @@ def _slice_tensor(key: str, t: torch.Tensor, kept: KeptUnits, head_dim: int) -> 
         raise ValueError(f"cannot prune parameter {key!r}: not part of a plain timm ViT")
     b, rest = int(match.group(1)), match.group(2)
     heads, mlp = kept.heads[b], kept.mlp[b]
-    if _EMBED_VECTORS.match(rest):
+    if _BLOCK_NORMS.match(rest):
         return t[e]
     if rest in ("attn.qkv.weight", "attn.qkv.bias"):
         attn_dim = t.shape[0] // 3
         rows = _head_channels(heads, head_dim)
         rows = torch.cat([rows + s * attn_dim for s in range(3)])
         return t[rows][:, e] if t.dim() == 2 else t[rows]
-    if rest in ("attn.q_norm.weight", "attn.q_norm.bias", "attn.k_norm.weight", "attn.k_norm.bias"):
-        return t  # per head channel, shared by all heads
     if rest == "attn.proj.weight":
         return t[e][:, _head_channels(heads, head_dim)]
     if rest == "attn.proj.bias":

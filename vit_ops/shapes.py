@@ -7,8 +7,12 @@ on the `meta` device, so they are timm's own numbers rather than a table typed h
 
 from __future__ import annotations
 
+import timm
+from timm.models.vision_transformer import VisionTransformer
+
 from planner.errors import InputError
-from planner.vit_shape import ViTShape
+from planner.vit_shape import ViTShape, full_counts
+from vit_ops.architecture import build_vit
 
 # The ViTs edvit ships built-in profiles for (`python -m profiler.builtin`); any other timm
 # architecture that `build_vit` rebuilds exactly (DeiT, other patch sizes or resolutions) works too.
@@ -51,9 +55,6 @@ def shape_for_arch(arch: str, num_classes: int, img_size: int | None = None) -> 
 def check_rebuildable(model, shape: ViTShape) -> None:
     """`build_vit(shape)` must be `model`: the same parameters and the same modules (layer types,
     norms, activations), or pruning would slice weights into a different network."""
-    from vit_ops.architecture import build_vit
-    from planner.vit_shape import full_counts
-
     rebuilt = build_vit(shape, full_counts(shape), device="meta")
     ours = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -68,8 +69,6 @@ def check_rebuildable(model, shape: ViTShape) -> None:
 
 def _meta_model(arch: str, **kwargs):
     """timm's model `arch` on the meta device (no weights, no download)."""
-    import timm
-
     if not isinstance(arch, str) or not timm.is_model(arch):
         raise InputError(f"not a timm architecture; e.g. {', '.join(BUILTIN_PROFILE_ARCHS)}",
                          field="arch", value=arch)
@@ -78,8 +77,6 @@ def _meta_model(arch: str, **kwargs):
                                   **kwargs)
     except TypeError:  # a model family without ViT's init options: not a ViT
         raise InputError("not a timm VisionTransformer", field="arch", value=arch) from None
-    from timm.models.vision_transformer import VisionTransformer
-
     if not isinstance(model, VisionTransformer):
         raise InputError(f"not a timm VisionTransformer ({type(model).__name__})", field="arch",
                          value=arch)
@@ -94,8 +91,6 @@ def shape_of_model(model, arch: str | None = None) -> ViTShape:
     model the edvit pruning rule cannot describe: non-square input or patches, blocks of different
     widths, register tokens, or no classifier head.
     """
-    from timm.models.vision_transformer import VisionTransformer
-
     if not isinstance(model, VisionTransformer):
         raise InputError("not a timm VisionTransformer", field="model",
                          value=type(model).__name__)

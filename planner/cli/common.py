@@ -1,5 +1,5 @@
 """Helpers shared by the commands of every package: the `Command` record, JSON output, progress
-bars, output paths."""
+bars (and `planner.files.check_output_path`, re-exported for the commands)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import json
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from planner.errors import InputError
+from planner.files import check_output_path
 from planner.progress import ProgressCallback
+
+
+__all__ = ["Command", "check_output_path", "print_json", "progress_bar"]
 
 
 @dataclass(frozen=True)
@@ -55,12 +57,3 @@ def progress_bar(description: str, enabled: bool = True) -> Iterator[ProgressCal
         bar.close()
 
 
-def check_output_path(path: str | Path, force: bool = True) -> Path:
-    """Refuse to write into a directory or, without force, over an existing file."""
-    path = Path(path)
-    if path.is_dir():
-        raise InputError("output path is a directory", field="--out", value=str(path))
-    if path.exists() and not force:
-        raise InputError("output exists; pass --force to replace it", field="--out",
-                         value=str(path))
-    return path

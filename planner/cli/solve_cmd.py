@@ -6,10 +6,10 @@ import argparse
 
 from pydantic import ValidationError
 
-from planner.cli.common import Command, check_output_path, print_json
+from planner.cli.common import Command, print_json
 from planner.cpsat_model import SolverConfig
 from planner.errors import InputError
-from planner.files import write_text_atomic
+from planner.files import check_output_path, write_text_atomic
 from planner.problem import load_problem
 from planner.solve import solve
 

@@ -18,10 +18,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from planner.cli.common import Command, check_output_path, print_json, progress_bar
+from planner.cli.common import Command, print_json, progress_bar
 from planner.cli.solve_cmd import solver_config
 from planner.errors import InputError
-from planner.files import atomic_file, write_text_atomic
+from planner.files import atomic_file, check_output_path, write_text_atomic
 from planner.inventory import load_inventory
 from planner.whatif import what_if
 

@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
+
+from tests.conftest import run_edvit
+from vit_ops.runtime import ServeResult
+from vit_ops.runtime.cli import format_result
 
 pytestmark = pytest.mark.slow  # the whole demo: trains, materialises, serves
 
@@ -15,8 +17,7 @@ pytestmark = pytest.mark.slow  # the whole demo: trains, materialises, serves
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    result = subprocess.run([sys.executable, "-m", "planner.cli", "demo", "--out", str(out),
-                             "--json"], capture_output=True, text=True, timeout=900)
+    result = run_edvit("demo", "--out", str(out), "--json", timeout=1800)
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout)
 
@@ -36,22 +37,16 @@ def test_demo_plans_materialises_and_keeps_accuracy(demo):
 def test_serving_the_demo_gives_the_fused_models_predictions(demo):
     out, _ = demo
     n = 24
-    evaluated = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "evaluate", str(out / "deploy"), "--data", "digits",
-         "--json", "--predictions", str(n), "--no-latency"],
-        capture_output=True, text=True, timeout=300)
+    evaluated = run_edvit("evaluate", str(out / "deploy"), "--data", "digits", "--json",
+                          "--predictions", str(n), "--no-latency", timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr
-    served = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "serve", str(out / "deploy"), "--local", "--images",
-         str(n), "--json", "--timeout", "60"], capture_output=True, text=True, timeout=300)
+    served = run_edvit("serve", str(out / "deploy"), "--local", "--images", str(n), "--json",
+                       "--timeout", "60", timeout=300)
     assert served.returncode == 0, served.stderr
     assert json.loads(served.stdout)["predictions"] == json.loads(evaluated.stdout)["predictions"]
 
 
 def test_calibrated_serve_reports_the_plans_prediction_beside_each_device(demo):
-    from planner.cli.runtime_cmd import format_result
-    from vit_ops.runtime import ServeResult
-
     out, _ = demo
     plan = json.loads((out / "plan.json").read_text())
     planned: dict[str, float] = {}
@@ -59,10 +54,8 @@ def test_calibrated_serve_reports_the_plans_prediction_beside_each_device(demo):
         latency = sm["latency"]
         planned[sm["device"]] = planned.get(sm["device"], 0.0) + latency["compute_s"] + latency[
             "overhead_s"]
-    served = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "serve", str(out / "deploy"), "--local", "--images",
-         "8", "--json", "--calibrate", "--timeout", "60"], capture_output=True, text=True,
-        timeout=300)
+    served = run_edvit("serve", str(out / "deploy"), "--local", "--images", "8", "--json",
+                       "--calibrate", "--timeout", "60", timeout=300)
     assert served.returncode == 0, served.stderr
     result = ServeResult.model_validate_json(served.stdout)
     calibration = result.calibration

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -65,6 +64,8 @@ def test_plan_carries_class_names_and_counts_from_the_profile():
         assert sm.class_names == [["a", "b", "c"][c] for c in sm.classes]
         assert sm.counts == profile.variant(sm.ratio).counts
     assert plan.model.shape.num_classes == 3
+    # The fusion head's width travels with the plan (materialize builds exactly this).
+    assert plan.fusion.hidden == inv.fusion_hidden == 256
 
 
 def test_profile_for_another_arch_is_refused(tmp_path, edvit):

@@ -1,7 +1,8 @@
 """What-if sweeps (`planner.what_if`, `edvit whatif`): properties, agreement with single plans,
 the cheapest fleet against brute force, outputs, and bad input.
 
-The profile is an analytic ViT-S/16 written into tmp_path (no dependency on the built-in numbers).
+The profile is the analytic ViT-S/16 of `tests/conftest.py`, written into tmp_path (no dependency
+on the built-in numbers).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import csv
 import io
 import itertools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,34 +23,14 @@ from planner.cpsat_model import SolverConfig
 from planner.files import write_json_atomic
 from planner.inventory import inventory_from_dict
 from planner.plan_inventory import plan_inventory
-from planner.profile_schema import ModelProfile, VariantProfile
-from planner.vit_shape import ViTShape, counts_for_ratio
+from planner.profile_schema import ModelProfile
 
 ARCH = "vit_small_patch16_224"
 REL = 1e-9
 
 
-def analytic_profile() -> ModelProfile:
-    """ViT-S/16 variants: analytic MACs of the matmuls, fp32 weights, a rough activation peak."""
-    shape = ViTShape(arch=ARCH, img_size=224, patch_size=16, embed_dim=384, depth=12, num_heads=6,
-                     head_dim=64, mlp_hidden=1536, num_classes=1000)
-    n = shape.num_tokens
-    variants = []
-    for ratio in (1.0, 0.75, 0.5, 0.25):
-        c = counts_for_ratio(shape, ratio)
-        e, attn, m = c.embed_dim, c.heads[0] * c.head_dim, c.mlp_hidden[0]
-        macs = shape.num_patches * 768 * e + shape.depth * (
-            n * e * 3 * attn + 2 * n * n * attn + n * attn * e + 2 * n * e * m)
-        params = 768 * e + (n + 2) * e + shape.depth * (4 * e * attn + 2 * e * m + 8 * e)
-        act = 4 * (2 * n * max(3 * attn, m) + c.heads[0] * n * n)
-        variants.append(VariantProfile(
-            ratio=ratio, counts=c, params=params, macs=macs, flops=2 * macs,
-            param_bytes=4 * params, act_bytes=act, mem_bytes=4 * params + act, feat_bytes=4 * e))
-    return ModelProfile(shape=shape, variants=variants)
-
-
-def write_inventory(directory: Path, devices: list[dict], **extra) -> Path:
-    write_json_atomic(directory / "profile.json", analytic_profile().model_dump(mode="json"))
+def write_inventory(directory: Path, devices: list[dict], profile: ModelProfile, **extra) -> Path:
+    write_json_atomic(directory / "profile.json", profile.model_dump(mode="json"))
     data = {"name": "whatif-test",
             "model": {"arch": ARCH, "num_classes": 100, "profile": "profile.json"},
             "devices": devices, "max_per_device": 2, "budgets": {"loss_pp": 2.0},
@@ -63,9 +42,10 @@ def write_inventory(directory: Path, devices: list[dict], **extra) -> Path:
 
 
 @pytest.fixture
-def pi_fleet(tmp_path: Path) -> Path:
+def pi_fleet(tmp_path: Path, analytic_profile: ModelProfile) -> Path:
     """Two Pi 4s; sweeps add Pi 4s and Jetson Nanos (faster: a Nano takes over aggregation)."""
-    return write_inventory(tmp_path, [{"kind": "pi4b-4gb", "count": 2, "name": "pi4"}])
+    return write_inventory(tmp_path, [{"kind": "pi4b-4gb", "count": 2, "name": "pi4"}],
+                           analytic_profile)
 
 
 def scenario_inventory(path: Path, counts: dict[str, int]) -> dict:
@@ -193,10 +173,11 @@ def test_target_missed_exits_3_and_plot_writes_png_and_data(pi_fleet: Path, tmp_
                for p in points)
 
 
-def test_zero_device_scenarios_are_skipped_and_missing_aggregator_noted(tmp_path: Path) -> None:
+def test_zero_device_scenarios_are_skipped_and_missing_aggregator_noted(
+        tmp_path: Path, analytic_profile: ModelProfile) -> None:
     path = write_inventory(tmp_path, [{"kind": "pi4b-4gb", "count": 1, "name": "pi4"},
                                       {"kind": "jetson-nano", "count": 1, "name": "nano"}],
-                           aggregator="nano-0")
+                           analytic_profile, aggregator="nano-0")
     result = planner.what_if(path, {"pi4": range(0, 2), "nano": range(0, 2)}, processes=1)
     assert [s.counts for s in result.scenarios] == [
         {"pi4": 0, "nano": 1}, {"pi4": 1, "nano": 0}, {"pi4": 1, "nano": 1}]
@@ -217,18 +198,19 @@ def test_zero_device_scenarios_are_skipped_and_missing_aggregator_noted(tmp_path
     (["--vary", "pi4b-8gb=1..2"], "vary one of them by its name"),
     (["--vary", "pi4b-4gb=1..2", "--target-latency", "0"], "must be > 0"),
 ])
-def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, flags, message) -> None:
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, flags, message,
+                                          analytic_profile: ModelProfile) -> None:
     path = write_inventory(tmp_path, [{"kind": "pi4b-4gb", "count": 1},
                                       {"kind": "pi4b-8gb", "count": 1, "name": "a"},
-                                      {"kind": "pi4b-8gb", "count": 1, "name": "b"}])
+                                      {"kind": "pi4b-8gb", "count": 1, "name": "b"}],
+                           analytic_profile)
     assert main(["whatif", str(path), *flags]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and err.startswith("edvit whatif: error:")
 
 
-def test_bad_input_from_the_console_has_no_traceback(pi_fleet: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "planner.cli", "whatif", str(pi_fleet),
-                           "--vary", "pi4b-4gb=3..1"], capture_output=True, text=True, timeout=60)
+def test_bad_input_from_the_console_has_no_traceback(pi_fleet: Path, edvit) -> None:
+    proc = edvit("whatif", str(pi_fleet), "--vary", "pi4b-4gb=3..1")
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert "inverted range" in proc.stderr

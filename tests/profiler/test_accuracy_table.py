@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from contextlib import redirect_stdout
 
 import pytest
@@ -15,33 +16,25 @@ from planner.files import write_json_atomic
 from planner.inventory import compile_inventory, load_inventory
 from planner.problem import ProfileRow
 from planner.profiles import load_profile
-from planner.vit_shape import ViTShape
-from profiler.model_profile import profile_model
 from profiler.accuracy_table import (AccuracyTableConfig, check_group_sizes, check_profile_fits,
                                     default_group_sizes, loss_steps_from_measurements,
                                     measure_accuracy_table, sample_groups)
-from vit_ops.base_model import load_base, save_base, train_base
-from vit_ops.materialize import MaterializeConfig
-from vit_ops.data import load_data
+from profiler.model_profile import profile_model
+from tests.conftest import TINY_DIGITS as TINY
+from vit_ops.base_model import load_base
 from vit_ops.cli import demo_inventory
+from vit_ops.materialize import MaterializeConfig
 from vit_ops.training import FitConfig
 
-TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
-                num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)
 RATIOS = [1.0, 0.5]
 SIZES = [1, 5]
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", img_size=16)
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, digits):
-    """A tiny trained base, its profile (2 ratios) and the profile-accuracy run (via the CLI)."""
+def work(tmp_path_factory, trained_base_dir):
+    """The trained tiny base, its profile (2 ratios) and the profile-accuracy run (via the CLI)."""
     root = tmp_path_factory.mktemp("accuracy")
-    save_base(train_base(digits, TINY, FitConfig(epochs=15, lr=3e-3)), root / "base")
+    shutil.copytree(trained_base_dir, root / "base")
     write_json_atomic(root / "profile.json", profile_model(TINY, RATIOS).model_dump(mode="json"))
     out = io.StringIO()
     with redirect_stdout(out):

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -41,13 +37,10 @@ def test_unknown_arch_names_the_supported_ones(capsys):
     (["--img-size", "100"],
      "edvit profile: error: img_size=100: image size is not divisible by the patch size 16"),
 ])
-def test_bad_input_in_a_real_process(argv, line):
+def test_bad_input_in_a_real_process(argv, line, edvit):
     """The whole stderr is the one line: no traceback, no library warnings."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "planner.cli", "profile", "--arch", "vit_tiny_patch16_224",
-         "--num-classes", "10", *argv],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    proc = edvit("profile", "--arch", "vit_tiny_patch16_224", "--num-classes", "10", *argv,
+                 cwd=ROOT, env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [line]
 

@@ -10,9 +10,9 @@ from planner.catalog import DeviceKind
 from planner.errors import InputError
 from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.calibrate import calibrate_host, device_entry_yaml, time_variants
-from profiler.latency import measure_latency
 from profiler.latency_model import fit_latency, fit_traffic
 from profiler.model_profile import example_input, runnable_backbone
+from vit_ops.timing import measure_latency
 
 SHAPE = ViTShape(arch="custom", img_size=32, patch_size=4, embed_dim=64, depth=2, num_heads=4,
                  head_dim=16, mlp_hidden=256, num_classes=10)
@@ -64,6 +64,14 @@ def test_measure_latency_pins_and_restores_threads():
     assert torch.get_num_threads() == before
     assert stats.threads == 1 and stats.repeats == 5
     assert 0 < stats.median_s < 1 and stats.iqr_s >= 0
+
+
+def test_measure_latency_times_any_callable_the_runtime_runs():
+    """The runtime times onnxruntime extractors too: callables that are not modules."""
+    model = runnable_backbone(SHAPE, counts_for_ratio(SHAPE, 0.5), random_weights=True)
+    stats = measure_latency(lambda x: model(x), example_input(SHAPE), threads=1, repeats=3,
+                            min_block_s=0.01)
+    assert stats.median_s > 0 and stats.repeats == 3
 
 
 def test_cpu_clock_needs_one_thread():

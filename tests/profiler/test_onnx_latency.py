@@ -9,33 +9,24 @@ import shutil
 import pytest
 
 from planner.cli import main as cli_main
-from planner.vit_shape import ViTShape, full_counts
-from vit_ops.architecture import build_vit
-from vit_ops.base_model import BaseModelSpec, LoadedBase, load_base
-from vit_ops.data import load_data
+from tests.conftest import TINY_DIGITS as TINY
+from vit_ops.base_model import load_base
 from vit_ops.manual_plan import manual_plan
 from vit_ops.materialize import MaterializeConfig, materialize
 from vit_ops.training import FitConfig
 
 pytestmark = pytest.mark.slow  # trains and materialises a deployment
 
-TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
-                num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)
 GROUPS = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 FAST = MaterializeConfig(calibration_images=32, finetune=FitConfig(epochs=1, lr=1e-3),
                          fusion=FitConfig(epochs=2, batch_size=128, lr=3e-3, max_shift_px=0))
 
 
 @pytest.fixture(scope="module")
-def deploy_dir(tmp_path_factory):
-    """A deployment of an untrained base (latency does not depend on the weights' values)."""
-    import torch
-
-    digits = load_data("digits", img_size=16)
-    torch.manual_seed(0)
-    base = LoadedBase(model=build_vit(TINY, full_counts(TINY), device="cpu").eval(),
-                      spec=BaseModelSpec(shape=TINY, class_names=digits.class_names,
-                                         data=digits.source), source="random")
+def deploy_dir(tmp_path_factory, trained_base_dir, digits):
+    """A deployment of the session's trained base, made fast (latency does not depend on how
+    well the parts are trained)."""
+    base = load_base(str(trained_base_dir))
     out = tmp_path_factory.mktemp("deploy") / "deploy"
     materialize(manual_plan(TINY, GROUPS, [0.5, 0.25], ["pi-a", "pi-b"]), base, digits, out, FAST)
     return out
@@ -47,13 +38,13 @@ def _evaluate(capsys, deploy, *flags):
     return code, captured.out, captured.err
 
 
-def test_base_onnx_is_exported_and_checked(deploy_dir):
+def test_base_onnx_is_exported_and_checked(deploy_dir, digits):
     import numpy as np
     import onnxruntime as ort
     import torch
 
     base = load_base(str(deploy_dir / "base"))
-    x = load_data("digits", img_size=16).test.images[:3]
+    x = digits.test.images[:3]
     session = ort.InferenceSession(str(deploy_dir / "base" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})

@@ -9,10 +9,11 @@ import pytest
 
 import profiler.model_profile as model_profile
 from planner.errors import InputError
-from planner.profile_schema import ModelProfile
+from planner.profile_schema import DEFAULT_RATIOS, ModelProfile
 from planner.profiles import BUILTIN_DIR, load_profile
 from planner.vit_shape import ViTShape, counts_for_ratio
-from profiler.builtin import BUILTIN_RATIOS, builtin_profile_for
+from profiler.analytic import backbone_params
+from profiler.builtin import builtin_profile_for
 from profiler.cache import CACHE_ENV, ProfileCache, default_cache_dir
 from profiler.model_profile import profile_model
 
@@ -20,21 +21,12 @@ SHAPE = ViTShape(arch="custom", img_size=32, patch_size=4, embed_dim=64, depth=2
                  head_dim=16, mlp_hidden=256, num_classes=10)
 
 
-def _backbone_params(shape: ViTShape, embed: int, heads: int, mlp: int) -> int:
-    tokens = shape.num_tokens
-    per_block = (4 * embed + embed * 3 * heads * shape.head_dim + 3 * heads * shape.head_dim
-                 + heads * shape.head_dim * embed + embed + 2 * embed * mlp + mlp + embed)
-    return (embed * shape.in_chans * shape.patch_size ** 2 + embed + embed + tokens * embed
-            + shape.depth * per_block + 2 * embed)
-
-
 def test_variant_fields():
     profile = profile_model(SHAPE, [1.0, 0.5], cache=None)
     for variant in profile.variants:
         counts = counts_for_ratio(SHAPE, variant.ratio)
         assert variant.counts == counts
-        assert variant.params == _backbone_params(SHAPE, counts.embed_dim, counts.heads[0],
-                                                  counts.mlp_hidden[0])
+        assert variant.params == backbone_params(SHAPE, counts)
         assert variant.flops == 2 * variant.macs
         assert variant.param_bytes == 4 * variant.params
         assert variant.feat_bytes == 4 * counts.embed_dim
@@ -139,7 +131,7 @@ def test_shipped_tiny_profile_is_current():
     ("vit_base_patch16_224", 17.6), ("vit_large_patch16_224", 61.6)])
 def test_shipped_profiles_match_timm_published(arch, published_gmacs):
     profile = load_profile(BUILTIN_DIR / f"{arch}.json")
-    assert [v.ratio for v in profile.variants] == list(BUILTIN_RATIOS)
+    assert [v.ratio for v in profile.variants] == list(DEFAULT_RATIOS)
     assert profile.shape.arch == arch and profile.shape.num_classes == 1000
     full = profile.variant(1.0)
     assert full.macs / 1e9 == pytest.approx(published_gmacs, rel=0.02)

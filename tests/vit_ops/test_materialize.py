@@ -7,22 +7,24 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from planner.cli import main as cli_main
 from planner.errors import InputError
+from planner.files import write_json_atomic
+from planner.plan_inventory import plan_inventory
 from planner.vit_shape import ViTShape
-from vit_ops.base_model import load_base, save_base, train_base
-from vit_ops.data import load_data
-from vit_ops.manual_plan import manual_plan
-from vit_ops.deploy import (load_device_submodels, load_fusion, load_submodel)
 from profiler.evaluate import evaluate_deployment, fused_predict
+from profiler.model_profile import profile_model
+from tests.conftest import TINY_DIGITS as TINY
+from vit_ops.base_model import load_base, train_base
+from vit_ops.deploy import load_device_submodels, load_fusion, load_submodel
+from vit_ops.manual_plan import manual_plan
 from vit_ops.materialize import MaterializeConfig, materialize
 from vit_ops.training import FitConfig
 
 pytestmark = pytest.mark.slow  # trains a base and materialises it
 
-TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, depth=2,
-                num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)
 GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 FAST = MaterializeConfig(calibration_images=64,
                          finetune=FitConfig(epochs=1, lr=1e-3),
@@ -30,26 +32,15 @@ FAST = MaterializeConfig(calibration_images=64,
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_data("digits", img_size=16)
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, digits):
-    base = train_base(digits, TINY, FitConfig(epochs=3, lr=3e-3))
-    return save_base(base, tmp_path_factory.mktemp("base") / "base")
-
-
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory, base_dir, digits):
+def deployment(tmp_path_factory, trained_base_dir, digits):
     plan = manual_plan(TINY, GROUPS, [0.5, 0.5, 0.75, 0.25], ["pi-a", "pi-b", "pi/c", "pi-a"])
     out = tmp_path_factory.mktemp("deploy") / "deploy"
-    manifest = materialize(plan, load_base(str(base_dir)), digits, out, FAST)
+    manifest = materialize(plan, load_base(str(trained_base_dir)), digits, out, FAST)
     return plan, manifest, out
 
 
-def test_base_model_reloads_strictly_with_the_same_output(base_dir, digits):
-    a, b = load_base(str(base_dir)), load_base(str(base_dir))
+def test_base_model_reloads_strictly_with_the_same_output(trained_base_dir, digits):
+    a, b = load_base(str(trained_base_dir)), load_base(str(trained_base_dir))
     x = digits.test.images[:8]
     with torch.no_grad():
         assert torch.equal(a.model(x), b.model(x))
@@ -114,11 +105,11 @@ def test_evaluation_reports_every_figure(deployment, digits):
     assert fused_predict.__name__ and subs  # the loader API serves one device at a time
 
 
-def test_existing_deploy_dir_is_kept_without_force(deployment, base_dir, digits):
+def test_existing_deploy_dir_is_kept_without_force(deployment, trained_base_dir, digits):
     plan, _, out = deployment
     before = (out / "deployment.json").read_bytes()
     with pytest.raises(InputError, match="--force"):
-        materialize(plan, load_base(str(base_dir)), digits, out, FAST)
+        materialize(plan, load_base(str(trained_base_dir)), digits, out, FAST)
     assert (out / "deployment.json").read_bytes() == before
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".deploy.")]
 
@@ -129,14 +120,14 @@ def _cli(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, capsys, base_dir):
+def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, capsys, trained_base_dir):
     plan = manual_plan(TINY, GROUPS, [0.5] * 4)
     wrong = plan.model_copy(update={"model": plan.model.model_copy(
         update={"shape": TINY.model_copy(update={"arch": "vit_base_patch16_224"})})})
     plan_file = tmp_path / "wrong.json"
     plan_file.write_text(wrong.model_dump_json())
     out = tmp_path / "deploy"
-    code, _, err = _cli(capsys, "materialize", str(plan_file), "--base", str(base_dir),
+    code, _, err = _cli(capsys, "materialize", str(plan_file), "--base", str(trained_base_dir),
                         "--data", "digits", "--out", str(out))
     assert code == 2 and "model.shape.arch" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
@@ -145,20 +136,20 @@ def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, capsys, base_dir):
     ok_plan.write_text(plan.model_dump_json())
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "model.json").write_text((Path(base_dir) / "model.json").read_text())
+    (broken / "model.json").write_text((Path(trained_base_dir) / "model.json").read_text())
     (broken / "model.safetensors").write_bytes(b"not a checkpoint")
     for base in (str(broken), "vit_tiny_patch16_224:" + str(tmp_path / "missing.safetensors"),
                  str(tmp_path / "nothing-here")):
         code, _, err = _cli(capsys, "materialize", str(ok_plan), "--base", base, "--data",
                             "digits", "--out", str(out))
         assert code == 2 and len(err.strip().splitlines()) == 1, err
-    code, _, err = _cli(capsys, "materialize", str(ok_plan), "--base", str(base_dir), "--data",
+    code, _, err = _cli(capsys, "materialize", str(ok_plan), "--base", str(trained_base_dir), "--data",
                         str(tmp_path / "no-such-folder"), "--out", str(out))
     assert code == 2 and "--data" in err
     eleven = manual_plan(TINY.model_copy(update={"num_classes": 11}), [[0], [1]], [0.5, 0.5])
     (tmp_path / "eleven.json").write_text(eleven.model_dump_json())
     code, _, err = _cli(capsys, "materialize", str(tmp_path / "eleven.json"), "--base",
-                        str(base_dir), "--data", "digits", "--out", str(out))
+                        str(trained_base_dir), "--data", "digits", "--out", str(out))
     assert code == 2 and "classes" in err
     assert not out.exists()
 
@@ -192,3 +183,32 @@ def test_cli_whole_digits_path(tmp_path, capsys):
         assert sub["latency_s"] > 0 and sub["base_latency_s"] > 0
     code, _, err = _cli(capsys, "train-base", "--out", str(base), "--epochs", "1")
     assert code == 2 and "--force" in err
+
+
+def test_the_fusion_head_is_built_as_wide_as_the_plan_says(tmp_path, trained_base_dir, digits):
+    """The inventory's fusion_hidden sizes the planner's fusion costs; materialize must build
+    exactly that head (it used to build 128 units whatever the plan said)."""
+    write_json_atomic(tmp_path / "profile.json",
+                      profile_model(TINY, [1.0, 0.5]).model_dump(mode="json"))
+    inventory = {"name": "fusion-width", "model": {
+                     "arch": TINY.arch, "num_classes": 10, "profile": "profile.json"},
+                 "devices": [{"kind": "pi4b-4gb", "count": 2}], "budgets": {"loss_pp": None},
+                 "fusion_hidden": 48, "solver": {"time_limit_s": 10}}
+    (tmp_path / "inventory.yaml").write_text(yaml.safe_dump(inventory))
+    plan = plan_inventory(tmp_path / "inventory.yaml")
+    assert plan.fusion.hidden == 48
+    out = tmp_path / "deploy"
+    materialize(plan, load_base(str(trained_base_dir)), digits, out, FAST)
+    fusion = load_fusion(out)
+    assert fusion.spec.hidden == 48 and fusion.module.fc1.out_features == 48
+    width = sum(fusion.spec.in_features)  # LayerNorm(width) -> Linear(width, 48) -> Linear(48, 10)
+    assert fusion.spec.params == 2 * width + width * 48 + 48 + 48 * 10 + 10
+
+
+def test_a_plan_that_does_not_say_the_fusion_width_is_refused(tmp_path, trained_base_dir,
+                                                             digits):
+    plan = manual_plan(TINY, GROUPS, [0.5] * 4)
+    plan = plan.model_copy(update={"fusion": plan.fusion.model_copy(update={"hidden": None})})
+    with pytest.raises(InputError) as caught:
+        materialize(plan, load_base(str(trained_base_dir)), digits, tmp_path / "deploy", FAST)
+    assert caught.value.field == "fusion.hidden"

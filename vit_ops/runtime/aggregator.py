@@ -34,8 +34,8 @@ from vit_ops.runtime.results import (
     WorkerInfo,
 )
 from vit_ops.runtime.source import DeploymentSource, feature_width
-from vit_ops.runtime.timing import median_latency_s, pin_threads
 from vit_ops.runtime.transform import eval_transform
+from vit_ops.timing import measure_latency, pin_threads
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _calibrate(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor) -> Cal
     alone = fleet.calibrate(batch)
     _check(fleet, config, [], 0)
     example = torch.zeros(batch, fleet.total_width)
-    fusion_s = median_latency_s(fleet.fusion, example, config.aggregator_threads)
+    fusion_s = measure_latency(fleet.fusion, example, threads=config.aggregator_threads).median_s
     return Calibration(alone_latency_s=alone, fusion_latency_s=fusion_s,
                        critical_path_s=max(alone.values()) + fusion_s, latency_ratio=float("nan"))
 

@@ -25,8 +25,8 @@ from vit_ops.runtime.fleet import ExitStatus, Fleet
 from vit_ops.runtime.results import RuntimeConfig
 from vit_ops.runtime.service import InferenceService, ServiceConfig
 from vit_ops.runtime.source import DeploymentSource, devices_of
-from vit_ops.runtime.timing import pin_threads
 from vit_ops.runtime.transform import eval_transform
+from vit_ops.timing import pin_threads
 
 log = logging.getLogger(__name__)
 

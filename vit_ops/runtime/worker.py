@@ -25,8 +25,8 @@ from vit_ops.runtime.rendezvous import (Endpoint, announce_failed, announce_join
                                         wait_for_accept)
 from vit_ops.runtime.results import RuntimeConfig, WorkerInfo, first_line
 from vit_ops.runtime.source import DeploymentSource, devices_of, feature_width
-from vit_ops.runtime.timing import median_latency_s, pin_threads
 from vit_ops.runtime.transform import EvalTransform, eval_transform
+from vit_ops.timing import measure_latency, pin_threads
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def _answer_requests(model: Extractor, link: Link, width: int, threads: int,
         if op == protocol.BYE:
             return
         if op == protocol.CALIBRATE:
-            alone_s = median_latency_s(model, torch.zeros(n, *shape), threads)
+            alone_s = measure_latency(model, torch.zeros(n, *shape), threads=threads).median_s
             link.send(torch.tensor([alone_s], dtype=torch.float32), idle_s)
             continue
         if op != protocol.REQUEST:
