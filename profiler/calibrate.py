@@ -10,9 +10,11 @@ model of `profiler.latency_model` (adds weight-bytes and per-block terms) to all
 The device kind written carries the traffic model's figures (`flops_per_s`, `weight_bytes_per_s`,
 `overhead_per_block_s`, with `overhead_s` 0), which the planner evaluates and which predicts
 held-out variants of other sizes far better than the two-term model (benchmarks/profiler_bench.py);
-the machine's memory (`mem_bytes`), the resident memory of Python + torch before any model is built
-(`runtime_overhead_bytes`) and the link bandwidth to the aggregator, which calibration cannot
-measure and takes from the caller (`link_bytes_per_s`). The two-term fit and the data are YAML
+the machine's memory (`mem_bytes`: physical memory, or the memory limit of this process's cgroup
+when lower), the resident memory of Python + torch before any model is built
+(`runtime_overhead_bytes`) and the link bandwidth to the aggregator (`link_bytes_per_s`): measured
+against a peer over torch.distributed when one is given (`profiler.link`), else taken from the
+caller. The two-term fit and the data are YAML
 comments (and `--json`).
 """
 
@@ -33,6 +35,7 @@ from planner.schema_base import StrictModel
 from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.cache import ProfileCache
 from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
+from profiler.link import LinkMeasurement, measure_link
 from profiler.model_profile import (
     example_input,
     host_description,
@@ -41,10 +44,31 @@ from profiler.model_profile import (
     tool_versions,
 )
 from vit_ops.shapes import shape_for_arch
-from vit_ops.timing import Clock, default_threads, latency_stats, measure_latency
+from vit_ops.timing import (
+    Clock,
+    default_threads,
+    latency_stats,
+    measure_after_idle,
+    measure_latency,
+)
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
 # from on small devices; the 112 px one separates weight traffic from arithmetic.
+DEFAULT_LINK_BYTES_PER_S = 1.25e7  # 100 Mbit/s, when the link is neither given nor measured
+SHARED_MEDIUM_NOTE = (
+    "the aggregator's own link is the shared medium: every request's input goes out over it to "
+    "each device that hosts a sub-model, one device after another, at min(aggregator link, device "
+    "link); measure each device's link to the aggregator one device at a time, and give the "
+    "aggregator's kind its own link figure")
+MODEL_RATIOS = (1.0, 0.5, 0.25, 0.125)  # the variants of one model, `variants_of`
+
+
+def variants_of(arch: str, img_size: int) -> tuple[tuple[str, int, float], ...]:
+    """Calibration variants of the model a fleet will run, at its input size: figures fitted on
+    them predict its sub-models, whose sizes they span, without extrapolating."""
+    return tuple((arch, img_size, ratio) for ratio in MODEL_RATIOS)
+
+
 CALIBRATION_VARIANTS: tuple[tuple[str, int, float], ...] = (
     ("vit_small_patch16_224", 224, 1.0),
     ("vit_small_patch16_224", 224, 0.125),
@@ -93,6 +117,7 @@ class CalibrationResult(StrictModel):
     clock: str
     rounds: int
     samples: list[CalibrationSample]
+    link: LinkMeasurement | None = Field(default=None, description="when measured (--link-to)")
     host: dict[str, str]
     tool_versions: dict[str, str]
 
@@ -105,8 +130,10 @@ def _variant_costs(shape: ViTShape, ratio: float) -> tuple[int, int]:
 
 def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None = None,
                   rounds: int = 5, repeats_per_round: int = 3, clock: Clock = "wall",
+                  idle_s: float | None = None,
                   progress: ProgressCallback | None = None) -> list[TimedVariant]:
-    """Latency of each (shape, ratio) on this machine, measured in interleaved rounds."""
+    """Latency of each (shape, ratio) on this machine, measured in interleaved rounds: in
+    back-to-back blocks, or (`idle_s`) as single calls each after `idle_s` idle, like requests."""
     threads = threads or default_threads()
     built = []
     for shape, ratio in variants:
@@ -116,8 +143,13 @@ def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None
     total = rounds * len(built)
     for r in range(rounds):
         for i, (shape, ratio, model, image, _) in enumerate(built):
-            stats = measure_latency(model, image, threads=threads, repeats=repeats_per_round,
-                                    warmup=2 if r == 0 else 1, clock=clock)
+            if idle_s is None:
+                stats = measure_latency(model, image, threads=threads, repeats=repeats_per_round,
+                                        warmup=2 if r == 0 else 1, clock=clock)
+            else:
+                stats = measure_after_idle(model, image, threads=threads,
+                                           calls=repeats_per_round, idle_s=idle_s,
+                                           warmup=2 if r == 0 else 1)
             per_round[i].append(stats.median_s)
             if progress is not None:
                 progress(r * len(built) + i + 1, total, f"{shape.arch} r={ratio:g}")
@@ -141,32 +173,47 @@ def fit_two_term_model(timed: list[TimedVariant]) -> LatencyFit:
 
 
 def fit_traffic_model(timed: list[TimedVariant]) -> TrafficFit:
-    return fit_traffic([t.flops for t in timed], [t.weight_bytes for t in timed],
-                       [t.depth for t in timed], [t.latency_s for t in timed])
+    """The traffic model; on variants of one model at one size (`variants_of`), where FLOPs and
+    weight bytes grow together and the fit cannot tell them apart, FLOPs plus a per-block cost."""
+    if len({(t.arch, t.img_size) for t in timed}) > 1:
+        return fit_traffic([t.flops for t in timed], [t.weight_bytes for t in timed],
+                           [t.depth for t in timed], [t.latency_s for t in timed])
+    two_term = fit_latency([t.flops for t in timed], [t.latency_s for t in timed])
+    return TrafficFit(flops_per_s=two_term.flops_per_s, weight_bytes_per_s=math.inf,
+                      overhead_per_block_s=two_term.overhead_s / timed[0].depth)
 
 
 def calibrate_host(name: str | None = None, *, threads: int | None = None,
-                   link_bytes_per_s: float = 1.25e7,
+                   link_bytes_per_s: float | None = None, link_peer=None,
+                   link_timeout_s: float = 120.0,
                    variants: tuple[tuple[str, int, float], ...] = CALIBRATION_VARIANTS,
-                   rounds: int = 5, clock: Clock = "wall",
+                   rounds: int = 5, clock: Clock = "wall", idle_s: float | None = None,
                    progress: ProgressCallback | None = None) -> CalibrationResult:
     """Time `variants` here, fit the latency models, describe this machine as a device kind.
 
     `clock="cpu"` (one thread only) times the thread's CPU time: use it on a busy machine.
+    `link_peer` (a `vit_ops.runtime.Endpoint` running `serve_link_peer`) measures the link first;
+    otherwise `link_bytes_per_s` (default DEFAULT_LINK_BYTES_PER_S) is written as given.
     """
     runtime_bytes = resident_bytes()  # before any model exists: Python + torch + libraries
+    link = measure_link(link_peer, timeout_s=link_timeout_s) if link_peer is not None else None
+    if link is not None:
+        link_bytes_per_s = link.link_bytes_per_s
+    elif link_bytes_per_s is None:
+        link_bytes_per_s = DEFAULT_LINK_BYTES_PER_S
     threads = threads or default_threads()
     shapes = [(shape_for_arch(arch, 1000, img_size=img), ratio) for arch, img, ratio in variants]
-    timed = time_variants(shapes, threads=threads, rounds=rounds, clock=clock,
+    timed = time_variants(shapes, threads=threads, rounds=rounds, clock=clock, idle_s=idle_s,
                           progress=progress)
     fit = fit_two_term_model(timed)
     traffic = fit_traffic_model(timed)
     host = host_description(threads)
     entry = DeviceKind(
         name=name or platform.node() or "this-host",
-        description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock, "
+        description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock"
+                     f"{f', requests after {idle_s:g} s idle' if idle_s is not None else ''}, "
                      f"torch {host['torch']}"),
-        mem_bytes=physical_memory_bytes(), runtime_overhead_bytes=runtime_bytes,
+        mem_bytes=memory_limit_bytes(), runtime_overhead_bytes=runtime_bytes,
         flops_per_s=traffic.flops_per_s, overhead_s=0.0,
         weight_bytes_per_s=(traffic.weight_bytes_per_s
                             if math.isfinite(traffic.weight_bytes_per_s) else None),
@@ -180,6 +227,7 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
         for t in timed]
     return CalibrationResult(
         device=entry, threads=threads, clock=clock, rounds=rounds, samples=samples, host=host,
+        link=link,
         tool_versions=tool_versions(),
         traffic=TrafficFigures(flops_per_s=traffic.flops_per_s,
                                weight_bytes_per_s=traffic.weight_bytes_per_s,
@@ -200,8 +248,13 @@ def device_entry_yaml(result: CalibrationResult) -> str:
         lines.append(f"#   {s.label:<24} {s.flops:>13,} {s.weight_bytes:>13,} "
                      f"{s.latency_s * 1e3:>12.3f} {s.predicted_s * 1e3:>12.3f} "
                      f"{s.traffic_predicted_s * 1e3:>12.3f}")
+    link = result.link
+    how = ("given, not measured" if link is None else
+           f"measured to {link.peer} (download {link.download_bytes_per_s:.4g}, upload "
+           f"{link.upload_bytes_per_s:.4g} B/s; the slower is written)")
     lines.append(f"# threads {result.threads}, {result.clock} clock, rounds {result.rounds}, torch "
-                 f"{result.tool_versions.get('torch')}; link_bytes_per_s is given, not measured")
+                 f"{result.tool_versions.get('torch')}; link_bytes_per_s {how}")
+    lines.append("# " + SHARED_MEDIUM_NOTE.replace("; ", ";\n# "))
     body = yaml.safe_dump(result.device.model_dump(mode="json"), sort_keys=False)
     return "\n".join(lines) + "\n" + body
 
@@ -212,6 +265,36 @@ def physical_memory_bytes() -> int:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return 1
+
+
+def memory_limit_bytes() -> int:
+    """Memory this process may use: physical memory, or its cgroup's limit when lower (a container
+    or an emulated device is its limit, not the host it runs on)."""
+    limit = physical_memory_bytes()
+    for path in _cgroup_memory_limit_files():
+        try:
+            text = open(path, encoding="ascii").read().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limit = min(limit, int(text))
+    return limit
+
+
+def _cgroup_memory_limit_files() -> list[str]:
+    """memory.max (v2) / memory.limit_in_bytes (v1) of this process's own cgroups."""
+    files = []
+    try:
+        lines = open("/proc/self/cgroup", encoding="ascii").read().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            files.append(f"/sys/fs/cgroup{path.rstrip('/')}/memory.max")
+        elif "memory" in controllers.split(","):
+            files.append(f"/sys/fs/cgroup/memory{path.rstrip('/')}/memory.limit_in_bytes")
+    return files
 
 
 def resident_bytes() -> int:

@@ -14,7 +14,15 @@ from planner.errors import InputError
 from planner.files import check_output_path, write_json_atomic, write_text_atomic
 from planner.profile_schema import DEFAULT_RATIOS
 from profiler.cache import ProfileCache
-from profiler.calibrate import calibrate_host, device_entry_yaml
+from profiler.calibrate import (
+    CALIBRATION_VARIANTS,
+    SHARED_MEDIUM_NOTE,
+    calibrate_host,
+    device_entry_yaml,
+    variants_of,
+)
+from profiler.link import serve_link_peer
+from vit_ops.runtime.rendezvous import Endpoint
 from profiler.model_profile import profile_model
 from vit_ops.shapes import shape_for_arch
 
@@ -45,13 +53,48 @@ def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--out", metavar="DEVICE.yaml", help="write the device kind here")
     calibrate.add_argument("--name", default=None, help="device kind name (default: host name)")
     calibrate.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    calibrate.add_argument("--arch", help="time this model's variants (r = 1, 0.5, 0.25, "
+                           "0.125) instead of the three ViT-S ones: the model the fleet will run")
+    calibrate.add_argument("--img-size", type=int, metavar="N",
+                           help="input size of --arch's variants (default: the arch's)")
+    calibrate.add_argument("--idle", type=float, metavar="S",
+                           help="time single calls, each after S seconds idle, as a fleet's "
+                                "requests arrive (default: back-to-back blocks; matters under a "
+                                "CPU quota, where a short call runs at full speed)")
+    calibrate.add_argument("--rounds", type=int, default=5, metavar="N",
+                           help="interleaved timing rounds, >= 2 (default 5)")
     calibrate.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                            help="wall: elapsed time (default); cpu: the thread's CPU time, for a "
                                 "busy machine (needs --threads 1)")
-    calibrate.add_argument("--link-bytes-per-s", type=float, default=1.25e7,
-                           help="bandwidth to the aggregator; not measured (default 1.25e7 = "
-                                "100 Mbit/s)")
+    link = calibrate.add_mutually_exclusive_group()
+    link.add_argument("--link-bytes-per-s", type=float, default=None,
+                      help="bandwidth to the aggregator, taken as given (default 1.25e7 = "
+                           "100 Mbit/s)")
+    link.add_argument("--link-to", metavar="HOST:PORT",
+                      help="measure the link to the aggregator (or any peer) running "
+                           "`edvit calibrate --link-serve HOST:PORT`, over torch.distributed")
+    link.add_argument("--link-serve", metavar="HOST:PORT",
+                      help="only be the peer that --link-to measures against (normally on the "
+                           "aggregator): answer --link-sessions devices, one after another, "
+                           "then exit; no calibration")
+    calibrate.add_argument("--link-sessions", type=int, default=1, metavar="N",
+                           help="devices --link-serve answers before it exits (default 1)")
+    calibrate.add_argument("--link-timeout", type=float, default=120.0, metavar="S",
+                           help="seconds to wait for the peer (default 120)")
     calibrate.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
+def link_summary(result) -> str:
+    """What calibrate says about the link figure it wrote."""
+    link = result.link
+    if link is None:
+        measured = "given, not measured (--link-to HOST:PORT measures it)"
+    else:
+        measured = (f"measured to {link.peer}: download {link.download_bytes_per_s:.4g} B/s, "
+                    f"upload {link.upload_bytes_per_s:.4g} B/s, round trip "
+                    f"{link.round_trip_s * 1e3:.2f} ms; the slower direction is written")
+    return (f"link_bytes_per_s {result.device.link_bytes_per_s:.4g} ({measured})\n"
+            f"note: {SHARED_MEDIUM_NOTE}")
 
 
 def parse_ratios(text: str) -> list[float]:
@@ -102,14 +145,38 @@ def run_profile(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise InputError("must be >= 1", field="--threads", value=args.threads)
-    if args.link_bytes_per_s <= 0:
+    if args.link_bytes_per_s is not None and args.link_bytes_per_s <= 0:
         raise InputError("must be > 0", field="--link-bytes-per-s", value=args.link_bytes_per_s)
     if args.clock == "cpu" and args.threads != 1:
         raise InputError("--clock cpu needs --threads 1", field="--threads", value=args.threads)
+    if args.idle is not None and not 0 <= args.idle <= 10:
+        raise InputError("must be in [0, 10] seconds", field="--idle", value=args.idle)
+    if args.img_size is not None and args.arch is None:
+        raise InputError("needs --arch", field="--img-size", value=args.img_size)
+    if args.rounds < 2:
+        raise InputError("must be >= 2 (a spread needs two)", field="--rounds", value=args.rounds)
+    if args.link_sessions < 1:
+        raise InputError("must be >= 1", field="--link-sessions", value=args.link_sessions)
+    if not args.link_timeout > 0:
+        raise InputError("must be > 0", field="--link-timeout", value=args.link_timeout)
+    if args.link_serve:
+        served = serve_link_peer(Endpoint.parse(args.link_serve, "--link-serve"),
+                                 args.link_sessions, args.link_timeout)
+        if not args.json:
+            print(f"link peer {args.link_serve}: answered {served} device(s)")
+        return 0
+    peer = Endpoint.parse(args.link_to, "--link-to") if args.link_to else None
     out = check_output_path(args.out) if args.out else None
+
+    variants = CALIBRATION_VARIANTS
+    if args.arch:
+        shape = shape_for_arch(args.arch, 1000, args.img_size)  # an unknown arch fails here
+        variants = variants_of(args.arch, shape.img_size)
     with progress_bar("calibrate", enabled=not args.json) as progress:
         result = calibrate_host(name=args.name, threads=args.threads, clock=args.clock,
-                                link_bytes_per_s=args.link_bytes_per_s, progress=progress)
+                                link_bytes_per_s=args.link_bytes_per_s, link_peer=peer,
+                                link_timeout_s=args.link_timeout, rounds=args.rounds,
+                                variants=variants, idle_s=args.idle, progress=progress)
     if out is not None:
         write_text_atomic(out, device_entry_yaml(result))
     if args.json:
@@ -126,6 +193,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     for s in result.samples:
         print(f"{s.label:<24} {s.flops / 1e9:>8.3f} {s.latency_s * 1e3:>12.2f} "
               f"{s.predicted_s * 1e3:>11.2f} {s.traffic_predicted_s * 1e3:>11.2f}")
+    print(link_summary(result))
     if out is not None:
         print(f"wrote {out}")
     return 0

@@ -86,6 +86,35 @@ def measure_latency(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, *,
     return latency_stats(times, threads)
 
 
+@torch.no_grad()
+def measure_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
+                       threads: int | None = None, calls: int = 5, idle_s: float = 0.03,
+                       warmup: int = 2) -> LatencyStats:
+    """Median and IQR of single calls of `model(example)`, each after `idle_s` of sleep.
+
+    This is the latency of one request to an otherwise idle device, the way a fleet's worker
+    runs. Back-to-back blocks measure throughput instead, and the two differ on a device under a
+    CPU quota: a call shorter than the quota left in the scheduler's period runs at full speed
+    (in an emulated fleet at 40 % of a core, a 5 ms sub-model took 10 ms, not 12.5 ms).
+    """
+    threads = threads or default_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    model.eval()
+    try:
+        for _ in range(warmup):
+            model(example)
+        times = []
+        for _ in range(calls):
+            time.sleep(idle_s)
+            start = time.perf_counter()
+            model(example)
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return latency_stats(times, threads)
+
+
 def timed_blocks(timer, repeats: int, min_block_s: float) -> list[float]:
     """Seconds per call of a `torch.utils.benchmark.Timer`'s statement over `repeats` blocks of
     back-to-back calls, each block long enough (>= `min_block_s`) to swamp the timer's resolution."""

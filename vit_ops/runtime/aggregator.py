@@ -27,6 +27,7 @@ from vit_ops.runtime.rendezvous import close_fleet
 from vit_ops.runtime.results import (
     Calibration,
     DeviceFailure,
+    RequestTrace,
     RuntimeConfig,
     ServeResult,
     ThreadSettings,
@@ -45,6 +46,7 @@ class _Timings:
     latency_s: list[float] = field(default_factory=list)
     compute_s: list[float] = field(default_factory=list)
     fusion_s: list[float] = field(default_factory=list)
+    trace: list[RequestTrace] = field(default_factory=list)
 
 
 def serve_aggregator(source: DeploymentSource, store: dist.Store, config: RuntimeConfig,
@@ -117,6 +119,8 @@ def _serve(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor,
         timings.latency_s.append(answer.elapsed_s)
         timings.compute_s.append(max(answer.device_s.values()))
         timings.fusion_s.append(answer.fusion_s)
+        if config.trace and answer.trace is not None:
+            timings.trace.append(answer.trace)
         if progress:
             progress(len(predictions), total, "degraded" if answer.degraded else "")
     return predictions, degraded, failures, timings, time.perf_counter() - start_all
@@ -170,6 +174,7 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
         workers=workers,
         failed_devices=failures,
         calibration=calibration,
+        trace=timings.trace if config.trace else None,
     )
 
 

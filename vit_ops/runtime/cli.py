@@ -28,6 +28,7 @@ from vit_ops.runtime import (Endpoint, RuntimeConfig, WorkerFailedError, run_nod
 from vit_ops.runtime.deployment import open_deployment
 from vit_ops.runtime.reference import ReferenceClassifier
 from vit_ops.runtime.service import ServiceConfig
+from vit_ops.runtime.synthetic import PlanSyntheticDeployment
 
 PREDICTIONS_SHOWN = 20
 
@@ -84,6 +85,15 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="first time each sub-model alone, one device at a time, to report "
                              "latency against the critical path")
     parser.add_argument("--data", help="data of the held-out images (default: the deployment's)")
+    parser.add_argument("--synthetic", action="store_true",
+                        help="DEPLOY_DIR is a plan file (edvit plan --out): serve random-weight "
+                             "sub-models of its shapes, random images (timing only)")
+    parser.add_argument("--input-order", metavar="DEV1,DEV2,...",
+                        help="send each input to these devices one after another, in this "
+                             "order, after the devices not named (default: to all at once)")
+    parser.add_argument("--trace", action="store_true",
+                        help="record per request when each device got its input and answered "
+                             "(in --json)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     http = parser.add_argument_group("service (aggregator with --http)")
     http.add_argument("--http", metavar="[HOST:]PORT",
@@ -110,10 +120,17 @@ def _config(args: argparse.Namespace) -> RuntimeConfig:
         raise InputError("must be > 0", field="--timeout", value=args.timeout)
     if args.join_timeout is not None and not args.join_timeout > 0:
         raise InputError("must be > 0", field="--join-timeout", value=args.join_timeout)
+    order = [d.strip() for d in args.input_order.split(",")] if args.input_order else None
     return RuntimeConfig(timeout_s=args.timeout, join_timeout_s=args.join_timeout,
                          threads=args.threads, batch_size=args.batch_size,
                          degraded=args.degraded, calibrate=args.calibrate,
-                         engine=args.engine)
+                         engine=args.engine, input_order=order, trace=args.trace)
+
+
+def _source(args: argparse.Namespace):
+    if args.synthetic:
+        return PlanSyntheticDeployment(args.deploy_dir)
+    return open_deployment(args.deploy_dir, args.data)
 
 
 def _service_config(args: argparse.Namespace):
@@ -147,7 +164,7 @@ def _exit_on_sigterm() -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     config = _config(args)
-    source = open_deployment(args.deploy_dir, args.data)
+    source = _source(args)
     if args.http:
         return serve_local_http(source, config, _service_config(args))
     _exit_on_sigterm()
@@ -167,7 +184,7 @@ def run_worker(args: argparse.Namespace) -> int:
     rank = _int_from(args.rank, "RANK", "--rank")
     world_size = _int_from(args.world_size, "WORLD_SIZE", "--world-size")
     endpoint = _endpoint(args.master)
-    source = open_deployment(args.deploy_dir, args.data)
+    source = _source(args)
     if args.http:
         if rank != 0:
             raise InputError("only the aggregator (rank 0) serves HTTP", field="--http",

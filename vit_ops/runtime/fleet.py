@@ -30,7 +30,9 @@ from vit_ops.runtime import protocol
 from vit_ops.runtime.link import AGGREGATOR, Link
 from vit_ops.runtime.rendezvous import (POLL_S, accept, close_fleet, latest_generation,
                                         read_announcement)
-from vit_ops.runtime.results import DeviceFailure, RuntimeConfig, WorkerInfo, first_line
+from planner.errors import InputError
+from vit_ops.runtime.results import (DeviceFailure, DeviceTrace, RequestTrace, RuntimeConfig,
+                                     WorkerInfo, first_line)
 from vit_ops.runtime.source import DeploymentSource, device_columns, devices_of, feature_width
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,7 @@ class FleetAnswer:
     device_s: dict[str, float]  # device -> its compute seconds for this request
     fusion_s: float
     elapsed_s: float
+    trace: RequestTrace | None = None  # where the time went, per device
 
     @property
     def degraded(self) -> bool:
@@ -87,6 +90,9 @@ class Fleet:
         self.devices = [_Device(name=d, rank=r, columns=columns[d])
                         for r, d in enumerate(devices_of(source), start=1)]
         self.total_width = feature_width(slots)
+        unknown = [d for d in config.input_order or [] if d not in devices_of(source)]
+        if unknown:
+            raise InputError("not a device of the fleet", field="input_order", value=unknown[0])
         self.fusion = source.load_fusion().eval()
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
@@ -188,22 +194,33 @@ class Fleet:
 
     @torch.no_grad()
     def infer(self, pixels: torch.Tensor, deadline: float) -> FleetAnswer:
-        """Fused logits of uint8 images (n, C, H, W), every live device asked at once; `deadline`
-        is a `time.monotonic()` instant."""
+        """Fused logits of uint8 images (n, C, H, W), every live device asked at once (or, with
+        `config.input_order`, one after another); `deadline` is a `time.monotonic()` instant."""
         started = time.perf_counter()
         n = int(pixels.shape[0])
-        replies = self._exchange(protocol.control(protocol.REQUEST, n), protocol.to_wire(pixels),
-                                 n, deadline)
+        replies, sent = self._exchange(protocol.control(protocol.REQUEST, n),
+                                       protocol.to_wire(pixels), n, deadline,
+                                       self.config.input_order)
         features = torch.zeros(n, self.total_width)
-        device_s = {}
-        for device, reply in replies:
-            values, device_s[device.name] = protocol.unpack_features(reply, n, device.width)
+        device_s, devices = {}, {}
+        for device, reply, received_at in replies:
+            values, times = protocol.unpack_features(reply, n, device.width)
             features[:, device.columns] = values
+            device_s[device.name] = times.compute_s
+            send_start, send_end = sent[device.name]
+            devices[device.name] = DeviceTrace(
+                input_send_start_s=send_start - started,
+                input_sent_s=(send_end or received_at) - started,
+                input_arrived_s=times.input_arrived_at - started,
+                features_ready_s=times.features_ready_at - started,
+                features_received_s=received_at - started)
         received = time.perf_counter()
         logits = self.fusion(features)
         done = time.perf_counter()
+        trace = RequestTrace(devices=devices, fusion_start_s=received - started,
+                             end_s=done - started)
         return FleetAnswer(logits=logits, missing=self.missing(), device_s=device_s,
-                           fusion_s=done - received, elapsed_s=done - started)
+                           fusion_s=done - received, elapsed_s=done - started, trace=trace)
 
     def ping(self, timeout_s: float) -> None:
         """A request of no images to every live device: finds a dead or hung one while idle."""
@@ -231,21 +248,46 @@ class Fleet:
             return [(d, d.link) for d in self.devices if d.link is not None]
 
     def _exchange(self, message: torch.Tensor, pixels: torch.Tensor | None, n: int,
-                  deadline: float) -> list[tuple[_Device, torch.Tensor]]:
-        """Send `message` (and the pixels) to every live device, collect each one's reply."""
+                  deadline: float, order: list[str] | None = None
+                  ) -> tuple[list[tuple[_Device, torch.Tensor, float]],
+                             dict[str, tuple[float, float | None]]]:
+        """Send `message` (and the pixels) to every live device, collect each one's reply:
+        (device, reply, when it was in) and, per device, when sending started and (sent in
+        `order`, one after another) was acknowledged."""
         live = self._live()
         replies = [protocol.reply_buffer(n, d.width) for d, _ in live]
         # Every receive is posted before the first send: no reply waits for a buffer, and on a host
         # with fewer cores than processes the woken workers do not preempt the posting.
         receives = [self._post(d, link, link.irecv, r) for (d, link), r in zip(live, replies)]
-        sends = [[self._post(d, link, link.isend, t) for t in ([message, pixels] if n else
-                                                              [message])] for d, link in live]
+        ordered = [dl for dl in live if n and order and dl[0].name in order]
+        at_once = [dl for dl in live if dl not in ordered]
+        start = time.perf_counter()
+        sent: dict[str, tuple[float, float | None]] = {d.name: (start, None) for d, _ in at_once}
+        sends = {d.name: [self._post(d, link, link.isend, t)
+                          for t in ([message, pixels] if n else [message])]
+                 for d, link in at_once}
+        for device, link in sorted(ordered, key=lambda dl: order.index(dl[0].name)):
+            sent[device.name] = self._send_acknowledged(device, link, pixels, n, deadline)
+            sends[device.name] = []
         answered = []
-        for (device, link), works, recv, reply in zip(live, sends, receives, replies):
-            if all(self._wait(device, link, w, deadline) for w in works) and \
+        for (device, link), recv, reply in zip(live, receives, replies):
+            if all(self._wait(device, link, w, deadline) for w in sends[device.name]) and \
                     self._wait(device, link, recv, deadline):
-                answered.append((device, reply))
-        return answered
+                answered.append((device, reply, time.perf_counter()))
+        return answered, sent
+
+    def _send_acknowledged(self, device: _Device, link: Link, pixels: torch.Tensor, n: int,
+                           deadline: float) -> tuple[float, float | None]:
+        """Send one device its input and wait for its receipt: (started, acknowledged at)."""
+        start = time.perf_counter()
+        receipt = torch.zeros(1, dtype=torch.int64)
+        works = [self._post(device, link, link.isend,
+                            protocol.control(protocol.REQUEST_ACKNOWLEDGED, n)),
+                 self._post(device, link, link.isend, pixels),
+                 self._post(device, link, lambda t: link.irecv(t, protocol.RECEIPT_TAG), receipt)]
+        if all(self._wait(device, link, w, deadline) for w in works):
+            return start, time.perf_counter()
+        return start, None
 
     def _post(self, device: _Device, link: Link, operation, tensor: torch.Tensor):
         """Start a send or receive on `link` (None once it is gone: gloo also refuses at once on

@@ -16,6 +16,7 @@ one the fleet joins through; only the "one group for all" part had to go.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import torch
@@ -34,16 +35,29 @@ class Link:
         self.peer = WORKER if side == AGGREGATOR else AGGREGATOR
         prefix = dist.PrefixStore(f"link/{rank}/{generation}/", store)
         # blocks until both sides are there, at most timeout_s
-        self.group = dist.ProcessGroupGloo(prefix, side, 2, timedelta(seconds=timeout_s))
+        self.group = dist.ProcessGroupGloo(prefix, side, 2, _options(timeout_s))
 
-    def isend(self, tensor: torch.Tensor):
-        return self.group.send([tensor], self.peer, TAG)
+    def isend(self, tensor: torch.Tensor, tag: int = TAG):
+        return self.group.send([tensor], self.peer, tag)
 
-    def irecv(self, tensor: torch.Tensor):
-        return self.group.recv([tensor], self.peer, TAG)
+    def irecv(self, tensor: torch.Tensor, tag: int = TAG):
+        return self.group.recv([tensor], self.peer, tag)
 
     def send(self, tensor: torch.Tensor, timeout_s: float) -> None:
         self.isend(tensor).wait(timedelta(seconds=timeout_s))
 
     def recv(self, tensor: torch.Tensor, timeout_s: float) -> None:
         self.irecv(tensor).wait(timedelta(seconds=timeout_s))
+
+
+def _options(timeout_s: float) -> dist.ProcessGroupGloo._Options:
+    """Gloo's options: the timeout, and the interface GLOO_SOCKET_IFNAME names, as
+    `init_process_group` would honour it (a group built directly does not read it, and binds to
+    what the host name resolves to: 127.0.1.1 on Raspberry Pi OS and Debian, unreachable from
+    other hosts; in an emulated fleet, an address outside the node's namespace)."""
+    options = dist.ProcessGroupGloo._Options()
+    options._timeout = timedelta(seconds=timeout_s)
+    interface = os.environ.get("GLOO_SOCKET_IFNAME", "").split(",")[0]
+    options._devices = [dist.ProcessGroupGloo.create_device(interface=interface) if interface
+                        else dist.ProcessGroupGloo.create_default_device()]
+    return options

@@ -4,9 +4,16 @@
 Every exchange starts with a control message (aggregator -> worker), int64[2] = (op, n):
 
 - REQUEST, n images: then the images (n, C, H, W) in the wire dtype (`planner.wire.WIRE_DTYPE`,
-  uint8, which the planner charges as the input transfer), normalised on the worker; the worker answers features float32 (n * width + 1), whose last float is its compute time
-  for the request in seconds (so the aggregator can split a request's time into compute and
-  communication without another message). n = 0 is a ping: no images, the answer is the time alone.
+  uint8, which the planner charges as the input transfer), normalised on the worker; the worker
+  answers features float32 (n * width + TRAILER), whose trailer holds `WorkerTimes` as float64
+  values bit-packed into float32 pairs: its compute seconds for the request (so the aggregator
+  can split a request's time into compute and communication without another message) and the
+  moments the images had arrived and the features were ready on its `time.perf_counter`
+  (CLOCK_MONOTONIC on Linux: on one host, as in an emulated fleet, the aggregator can place
+  them on its own timeline). n = 0 is a ping: no images, the answer is the times alone.
+- REQUEST_ACKNOWLEDGED: the same, and the worker first sends a receipt (int64[1], tag
+  RECEIPT_TAG) once the images are in, so the aggregator can send the input to one device after
+  another (`RuntimeConfig.input_order`).
 - CALIBRATE, n = batch size: the worker times its extractor alone on n blank images and answers
   float32[1], the median seconds.
 - BYE: the worker leaves (exit code 0).
@@ -16,12 +23,18 @@ Requests are any size: a service batches whatever is waiting, a benchmark its fi
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from planner import wire
 
-REQUEST, CALIBRATE, BYE = 1, 2, 3
+REQUEST, CALIBRATE, BYE, REQUEST_ACKNOWLEDGED = 1, 2, 3, 4
 CONTROL_LEN = 2
+RECEIPT_TAG = 1  # receipts travel apart from features (tag 0): a posted feature receive never
+# matches one
+_TIMES = 3  # float64 values in a reply's trailer
+TRAILER = 2 * _TIMES  # float32 slots they take
 WIRE_DTYPE = getattr(torch, wire.WIRE_DTYPE)  # the images' dtype on the wire
 
 
@@ -48,16 +61,29 @@ def image_buffer(batch: int, image_shape: tuple[int, int, int]) -> torch.Tensor:
     return torch.empty(batch, *image_shape, dtype=WIRE_DTYPE)
 
 
-def pack_features(features: torch.Tensor, compute_s: float) -> torch.Tensor:
-    """(b, width) features + the compute time -> one flat float32 message."""
+@dataclass(frozen=True)
+class WorkerTimes:
+    """A worker's account of one request (seconds; the two moments on its perf_counter)."""
+
+    compute_s: float
+    input_arrived_at: float
+    features_ready_at: float
+
+
+def pack_features(features: torch.Tensor, times: WorkerTimes) -> torch.Tensor:
+    """(b, width) features + the worker's times -> one flat float32 message."""
     flat = features.detach().to(torch.float32).reshape(-1)
-    return torch.cat([flat, torch.tensor([compute_s], dtype=torch.float32)])
+    trailer = torch.tensor([times.compute_s, times.input_arrived_at, times.features_ready_at],
+                           dtype=torch.float64).view(torch.float32)
+    return torch.cat([flat, trailer])
 
 
 def reply_buffer(batch: int, width: int) -> torch.Tensor:
-    return torch.empty(batch * width + 1, dtype=torch.float32)
+    return torch.empty(batch * width + TRAILER, dtype=torch.float32)
 
 
-def unpack_features(message: torch.Tensor, batch: int, width: int) -> tuple[torch.Tensor, float]:
-    """The inverse of `pack_features`: (b, width) features and the compute seconds."""
-    return message[:-1].view(batch, width), float(message[-1])
+def unpack_features(message: torch.Tensor, batch: int,
+                    width: int) -> tuple[torch.Tensor, WorkerTimes]:
+    """The inverse of `pack_features`: (b, width) features and the worker's times."""
+    compute_s, arrived, ready = message[-TRAILER:].clone().view(torch.float64).tolist()
+    return message[:-TRAILER].view(batch, width), WorkerTimes(compute_s, arrived, ready)

@@ -38,6 +38,14 @@ class RuntimeConfig(StrictModel):
     engine: Literal["torch", "onnxruntime"] = Field(
         default="torch", description="what runs each worker's sub-model(s): eager PyTorch, or "
         "their graph exported to onnxruntime at load (see vit_ops.runtime.engine)")
+    input_order: list[str] | None = Field(
+        default=None, description="send each request's input to the devices one after another "
+        "in this order (a plan's send order of its remote devices), each once the previous device "
+        "acknowledged it, so the aggregator's link carries one transfer at a time; devices not "
+        "listed (a worker on the aggregator's own host) get theirs first, at once. None: to "
+        "every device at once (TCP shares the link)")
+    trace: bool = Field(default=False, description="record when each request's input reached "
+                        "each device, and its features came back (ServeResult.trace)")
 
 
     @property
@@ -90,6 +98,27 @@ class Calibration(StrictModel):
         "the device kind it was planned for, where the deployment records it")
 
 
+class DeviceTrace(StrictModel):
+    """One device's part of one request, in seconds from the request's start on the aggregator.
+    Worker moments come from its perf_counter: comparable only when it shares the aggregator's
+    clock (one host, e.g. an emulated fleet)."""
+
+    input_send_start_s: float = Field(description="the aggregator started sending its input")
+    input_sent_s: float = Field(description="the aggregator's send completed (or was "
+                                "acknowledged, with input_order)")
+    input_arrived_s: float = Field(description="the whole input had arrived on the worker")
+    features_ready_s: float = Field(description="the worker had computed its features")
+    features_received_s: float = Field(description="the aggregator had received them")
+
+
+class RequestTrace(StrictModel):
+    """Where one request's time went (seconds from its start)."""
+
+    devices: dict[str, DeviceTrace]
+    fusion_start_s: float
+    end_s: float
+
+
 class ServeResult(StrictModel):
     """The outcome of one distributed run."""
 
@@ -117,6 +146,8 @@ class ServeResult(StrictModel):
     workers: list[WorkerInfo]
     failed_devices: list[DeviceFailure] = Field(default_factory=list)
     calibration: Calibration | None = None
+    trace: list[RequestTrace] | None = Field(default=None, description="per request, with "
+                                              "RuntimeConfig.trace")
 
 
 class WorkerFailedError(EdvitError):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -87,11 +88,99 @@ class SyntheticDeployment:
         return shape.in_chans, shape.img_size, shape.img_size
 
     def eval_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if n < 1:
-            raise InputError("must be >= 1", field="--images", value=n)
-        generator = torch.Generator().manual_seed(self.seed)
-        pixels = torch.randint(0, 256, (n, *self.image_shape()), generator=generator,
-                               dtype=torch.uint8)
-        images = normalize_pixels(pixels)  # random 8-bit images, as the wire carries them
-        labels = torch.randint(self.num_classes, (n,), generator=generator)
-        return images, labels
+        return random_images(n, self.image_shape(), self.num_classes, self.seed)
+
+
+class PlanSyntheticDeployment:
+    """`DeploymentSource` of random-weight sub-models with the shapes a plan file gives them.
+
+    Every sub-model of the plan is built at its planned counts on its planned device, in the plan's
+    order, with a fusion head over their features: the plan's compute and traffic, nothing trained
+    (`edvit worker PLAN.json --synthetic`; the fleet emulation benchmark serves plans this way).
+    Holds only the path and the seed, so it pickles small; each process reads the plan itself.
+    """
+
+    def __init__(self, plan_path: str | Path, seed: int = 0,
+                 fusion_hidden: int = FUSION_HIDDEN) -> None:
+        self.plan_path = Path(plan_path)
+        self.seed = seed
+        self.fusion_hidden = fusion_hidden
+        plan = self._plan
+        if plan.model is None or not plan.submodels or any(s.counts is None
+                                                            for s in plan.submodels):
+            raise InputError("the plan has no model shape or sub-model counts (an inventory plan "
+                             "with a solution has both)", file=str(plan_path), field="submodels")
+        self.name = f"synthetic {plan.model.shape.arch} plan {plan.name}"
+
+    def __getstate__(self) -> dict:
+        return {"plan_path": self.plan_path, "seed": self.seed,
+                "fusion_hidden": self.fusion_hidden, "name": self.name}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    @cached_property
+    def _plan(self):
+        from planner.plan_schema import load_plan
+
+        return load_plan(self.plan_path)
+
+    def slots(self) -> list[FeatureSlot]:
+        return [FeatureSlot(device=s.device, name=f"submodel{i}", width=s.counts.embed_dim)
+                for i, s in enumerate(self._plan.submodels)]
+
+    def load_worker(self, device: str) -> nn.Module:
+        from vit_ops.runtime.deployment import DeviceExtractor
+
+        shape = self._plan.model.shape
+        models = []
+        for i, sub in enumerate(self._plan.submodels):
+            if sub.device != device:
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed * 1000 + i)
+                models.append(_FeaturesOnly(build_vit(shape, sub.counts, num_classes=0,
+                                                      device="cpu")))
+        if not models:
+            raise InputError("hosts no sub-model of the plan", field="device", value=device)
+        return DeviceExtractor(models).eval()
+
+    def planned_device_s(self) -> dict[str, float]:
+        return dict(self._plan.device_times_s)
+
+    def load_fusion(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1000 + 999)
+            head = FusionHead([slot.width for slot in self.slots()], self.fusion_hidden,
+                              self._plan.num_classes)
+        return head.eval()
+
+    def image_shape(self) -> tuple[int, int, int]:
+        shape = self._plan.model.shape
+        return shape.in_chans, shape.img_size, shape.img_size
+
+    def eval_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return random_images(n, self.image_shape(), self._plan.num_classes, self.seed)
+
+
+def random_images(n: int, image_shape: tuple[int, int, int], num_classes: int,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` random images and labels drawn from `seed` (accuracy on them is meaningless)."""
+    if n < 1:
+        raise InputError("must be >= 1", field="--images", value=n)
+    generator = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (n, *image_shape), generator=generator, dtype=torch.uint8)
+    images = normalize_pixels(pixels)  # random 8-bit images, as the wire carries them
+    labels = torch.randint(num_classes, (n,), generator=generator)
+    return images, labels
+
+
+class _FeaturesOnly(nn.Module):
+    """A feature extractor called the way DeviceExtractor calls sub-models: -> (None, features)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[None, torch.Tensor]:
+        return None, self.model(images)

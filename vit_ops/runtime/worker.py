@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from datetime import timedelta
 
 import torch
 
@@ -101,6 +102,7 @@ def _answer_requests(model: Extractor, link: Link, width: int, threads: int,
     """The worker side of `protocol`: requests (and pings), calibration, until bye."""
     shape = (transform.in_chans, transform.img_size, transform.img_size)
     message = protocol.empty_control()
+    receipt = torch.zeros(1, dtype=torch.int64)
     while True:
         link.recv(message, idle_s)
         op, n = protocol.read_control(message)
@@ -110,12 +112,16 @@ def _answer_requests(model: Extractor, link: Link, width: int, threads: int,
             alone_s = measure_latency(model, torch.zeros(n, *shape), threads=threads).median_s
             link.send(torch.tensor([alone_s], dtype=torch.float32), idle_s)
             continue
-        if op != protocol.REQUEST:
+        if op not in (protocol.REQUEST, protocol.REQUEST_ACKNOWLEDGED):
             raise RuntimeError(f"unknown operation {op} from the aggregator")
         pixels = protocol.image_buffer(n, shape)
         if n:
             link.recv(pixels, idle_s)
         start = time.perf_counter()
+        if op == protocol.REQUEST_ACKNOWLEDGED:  # the aggregator sends the next device its input
+            link.isend(receipt, protocol.RECEIPT_TAG).wait(timedelta(seconds=idle_s))
         features = model(transform.normalize(pixels)) if n else torch.empty(0, width)
-        compute_s = time.perf_counter() - start
-        link.send(protocol.pack_features(features, compute_s), idle_s)
+        done = time.perf_counter()
+        times = protocol.WorkerTimes(compute_s=done - start, input_arrived_at=start,
+                                     features_ready_at=done)
+        link.send(protocol.pack_features(features, times), idle_s)

@@ -1,0 +1,327 @@
+"""A plan's prediction against a real run on an emulated fleet.
+
+`run_case` builds the fleet of a `FleetCase` (`fleet.EmulatedFleet`), runs `edvit calibrate` inside
+every node's limits (CPU figures timed there, the link measured with `--link-to` against a peer in
+the hub, one peer per node so the nodes calibrate at once without sharing a link), writes an
+inventory of the calibrated kinds, plans it with `edvit plan`, serves every plan asked for with
+`edvit worker PLAN.json --synthetic` (one worker per device in its namespace and cgroup, the
+aggregator in its own; a sub-model planned on the aggregator runs in the aggregator's node, sharing
+its CPU with sending and fusion) and returns, per plan, the predicted and measured times of every
+device and of the whole request (`PlanCheck`).
+
+Times are medians and 95th percentiles over the requests after `WARMUP_REQUESTS`; every node runs
+on the host's one CLOCK_MONOTONIC, so the workers' moments (input arrived, features ready) sit on
+the aggregator's timeline (vit_ops.runtime's trace).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from profiler.emulation.fleet import NODE_IFNAME, EmulatedFleet, Node, NodeSpec
+
+log = logging.getLogger(__name__)
+
+EDVIT = [sys.executable, "-m", "planner.cli"]
+WARMUP_REQUESTS = 2
+LINK_PORT_BASE = 29610
+SERVE_PORT = 29599
+CALIBRATE_TIMEOUT_S = 900.0
+PlanMaker = Callable[[Path, Path], Path]  # (inventory, out dir) -> plan file
+
+
+@dataclass(frozen=True)
+class FleetCase:
+    """One emulated fleet and the model split over it."""
+
+    name: str
+    aggregator: NodeSpec
+    devices: tuple[NodeSpec, ...]
+    arch: str = "vit_small_patch16_224"
+    img_size: int = 112
+    num_classes: int = 10
+    images: int = 20
+
+    @property
+    def nodes(self) -> tuple[NodeSpec, ...]:
+        return (self.aggregator, *self.devices)
+
+
+@dataclass
+class Spread:
+    """Median and 95th percentile (nearest rank) of a list of seconds."""
+
+    median_s: float
+    p95_s: float
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Spread":
+        ordered = sorted(values)
+        rank = max(0, min(len(ordered) - 1, round(0.95 * len(ordered) + 0.5) - 1))
+        return cls(statistics.median(ordered), ordered[rank])
+
+
+@dataclass
+class DeviceCheck:
+    """One device of a served plan: what the plan says, what the run measured (seconds from the
+    request's start; `compute` is the device's own time from input to features; `done` is when
+    they were ready on the device: the aggregator's receive time would include its own wait on
+    the devices sent to before, when it sends one device after another)."""
+
+    device: str
+    node: str
+    ratios: list[float]
+    predicted_arrival_s: float
+    predicted_compute_s: float
+    predicted_done_s: float
+    arrival: Spread
+    compute: Spread
+    done: Spread
+
+
+@dataclass
+class PlanCheck:
+    """A plan served on the fleet: prediction against measurement."""
+
+    label: str
+    plan_path: Path
+    predicted_makespan_s: float
+    end_to_end: Spread
+    fusion: Spread
+    devices: list[DeviceCheck]
+    input_order: list[str] | None
+    traces: list[dict] = field(default_factory=list)  # the run's RequestTrace objects (JSON)
+    predicted_fusion_s: float = 0.0
+    transfer_makespan_s: float | None = None  # the plan re-scored with the input transfer
+
+    @property
+    def ratio(self) -> float:
+        """measured median / predicted makespan."""
+        return self.end_to_end.median_s / self.predicted_makespan_s
+
+    @property
+    def transfer_ratio(self) -> float | None:
+        """measured median / the transfer-aware prediction."""
+        if self.transfer_makespan_s is None:
+            return None
+        return self.end_to_end.median_s / self.transfer_makespan_s
+
+
+@dataclass
+class CaseResult:
+    case: FleetCase
+    calibrated: dict[str, dict]  # node -> the device kind calibrate wrote
+    checks: list[PlanCheck]
+    seconds: float
+
+
+def node_device(node: str) -> str:
+    """The plan's name of the device a node is (inventory entry `name: node`, count 1)."""
+    return f"{node}-0"
+
+
+CALIBRATE_IDLE_S = 0.03  # > 2 CFS periods: each timed call starts on a refilled quota
+
+
+def calibrate_nodes(fleet: EmulatedFleet, out_dir: Path, rounds: int,
+                    case: FleetCase) -> dict[str, Path]:
+    """`edvit calibrate --link-to` inside every node, one node at a time, timing the case's model
+    as requests (single calls after an idle gap, as a worker runs them); node -> its kind YAML.
+
+    One at a time because the nodes share the host's cores: calibrated all at once (1.4 cores
+    of quotas on a 2-core host with other jobs), a node measured 2-3x its latency in the run."""
+    kinds = {}
+    for node in fleet.nodes:
+        endpoint = f"{node.hub_address}:{LINK_PORT_BASE + node.index}"
+        peer = fleet.popen(node, [*EDVIT, "calibrate", "--link-serve", endpoint],
+                           netns=fleet.hub, env={"GLOO_SOCKET_IFNAME": f"edvit-n{node.index}"},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out = out_dir / f"{node.name}.yaml"
+        argv = [*EDVIT, "calibrate", "--threads", "1", "--rounds", str(rounds), "--name",
+                node.name, "--link-to", endpoint, "--arch", case.arch, "--img-size",
+                str(case.img_size), "--idle", str(CALIBRATE_IDLE_S), "--out", str(out)]
+        result = fleet.run(node, argv, CALIBRATE_TIMEOUT_S)
+        if result.returncode != 0:
+            raise RuntimeError(f"calibrate on {node.name} failed: {result.stderr.strip()[-600:]}")
+        log.info("calibrated %s:\n%s", node.name, result.stdout)
+        kinds[node.name] = out
+        peer.wait(timeout=30)
+    return kinds
+
+
+def write_inventory(case: FleetCase, kinds: dict[str, Path], profile: Path, out: Path) -> Path:
+    """The inventory of the calibrated fleet: one device per node, the aggregator named."""
+    inventory = {
+        "schema_version": 1, "name": case.name,
+        "model": {"arch": case.arch, "num_classes": case.num_classes, "profile": str(profile)},
+        "devices": [{"kind": spec.name, "count": 1, "name": spec.name} for spec in case.nodes],
+        "kinds": {name: {"file": str(path)} for name, path in kinds.items()},
+        "aggregator": node_device(case.aggregator.name),
+        "solver": {"time_limit_s": 30, "seed": 0, "workers": 1},
+    }
+    out.write_text(yaml.safe_dump(inventory, sort_keys=False))
+    return out
+
+
+def plan_with_cli(inventory: Path, out: Path) -> Path:
+    """`edvit plan INVENTORY --out PLAN`: the planner's model, the input transfer included."""
+    result = subprocess.run([*EDVIT, "plan", str(inventory), "--out", str(out)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"edvit plan {inventory}: {result.stderr.strip()[-500:]}")
+    return out
+
+
+def plan_without_transfer(inventory: Path, out: Path) -> Path:
+    """The model before the input transfer: the same inventory with `input_bytes: 0`."""
+    document = yaml.safe_load(inventory.read_text())
+    variant = out.with_name(f"{out.stem}-inventory.yaml")
+    variant.write_text(yaml.safe_dump({**document, "input_bytes": 0}, sort_keys=False))
+    return plan_with_cli(variant, out)
+
+
+PLANNERS: dict[str, PlanMaker] = {"old": plan_without_transfer, "new": plan_with_cli}
+
+
+def serve_plan(fleet: EmulatedFleet, plan_path: Path, images: int,
+               input_order: list[str] | None = None, timeout_s: float = 120.0) -> dict:
+    """Serve `plan_path` as a synthetic deployment on the fleet; the aggregator's JSON result."""
+    plan = json.loads(plan_path.read_text())
+    devices = list(dict.fromkeys(s["device"] for s in plan["submodels"]))
+    world = 1 + len(devices)
+    master = f"{fleet.aggregator.address}:{SERVE_PORT}"
+    common = ["--synthetic", "--world-size", str(world), "--master", master, "--timeout",
+              str(timeout_s), "--join-timeout", str(4 * timeout_s)]
+    aggregator = [*EDVIT, "worker", str(plan_path), "--rank", "0", *common, "--images",
+                  str(images), "--json", "--trace"]
+    if input_order:
+        aggregator += ["--input-order", ",".join(input_order)]
+    main = fleet.popen(fleet.aggregator, aggregator, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    workers = [fleet.popen(_node_of(fleet, device), [*EDVIT, "worker", str(plan_path), "--rank",
+                                                     str(rank), *common],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for rank, device in enumerate(devices, start=1)]
+    try:
+        stdout, stderr = main.communicate(timeout=4 * timeout_s + images * timeout_s)
+    finally:
+        for worker in workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    if main.returncode != 0:
+        errors = [w.stderr.read()[-300:] for w in workers if w.stderr]
+        raise RuntimeError(f"serving {plan_path.name} failed ({main.returncode}): "
+                           f"{stderr.strip()[-500:]} workers: {errors}")
+    return json.loads(stdout)
+
+
+def _node_of(fleet: EmulatedFleet, device: str) -> Node:
+    return fleet.node(device.removesuffix("-0"))
+
+
+def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
+            arrivals: dict[str, float] | None = None,
+            transfer_makespan_s: float | None = None) -> PlanCheck:
+    """Per device and end to end: the plan's prediction beside the run's median and p95.
+    `arrivals` (device -> s) replace the plan's input arrivals (a transfer-aware re-scoring)."""
+    plan = json.loads(plan_path.read_text())
+    traces = result["trace"][WARMUP_REQUESTS:] or result["trace"]
+    by_device: dict[str, list[dict]] = {}
+    for sub in plan["submodels"]:
+        by_device.setdefault(sub["device"], []).append(sub)
+    devices = []
+    for device, subs in by_device.items():
+        arrival = arrivals[device] if arrivals is not None else _predicted_arrival_s(subs)
+        compute = sum(s["latency"]["compute_s"] + s["latency"]["overhead_s"] for s in subs)
+        done = arrival + plan["device_times_s"][device]
+        times = [t["devices"][device] for t in traces]
+        devices.append(DeviceCheck(
+            device=device, node=device.removesuffix("-0"), ratios=[s["ratio"] for s in subs],
+            predicted_arrival_s=arrival, predicted_compute_s=compute, predicted_done_s=done,
+            arrival=Spread.of([t["input_arrived_s"] for t in times]),
+            compute=Spread.of([t["features_ready_s"] - t["input_arrived_s"] for t in times]),
+            done=Spread.of([t["features_ready_s"] for t in times])))
+    fusion = plan.get("fusion") or {}
+    return PlanCheck(label=label, plan_path=plan_path, predicted_makespan_s=plan["makespan_s"],
+                     end_to_end=Spread.of([t["end_s"] for t in traces]),
+                     fusion=Spread.of([t["end_s"] - t["fusion_start_s"] for t in traces]),
+                     devices=devices, input_order=order, traces=result["trace"],
+                     predicted_fusion_s=fusion.get("latency_s", 0.0),
+                     transfer_makespan_s=transfer_makespan_s)
+
+
+def _predicted_arrival_s(subs: list[dict]) -> float:
+    """When the plan says the device's input has arrived (0 for plans without the transfer)."""
+    return max((s.get("input_arrival_s") or 0.0) for s in subs)
+
+
+def plan_input_order(plan: dict) -> list[str] | None:
+    """The plan's send order of the input, when the plan models the transfer."""
+    transfer = plan.get("input") or {}
+    return list(transfer["send_order"]) if transfer.get("input_bytes") else None
+
+
+def rescore_with_transfer(plan: dict, inventory: Path,
+                          order: list[str] | None) -> tuple[dict[str, float], float, list[str]]:
+    """(device -> input arrival s, makespan s, send order) of `plan`'s placements under the
+    inventory with the input transfer (planner.checker.score_plan; `order` None = Jackson's)."""
+    from planner.checker import Placement, score_plan
+    from planner.plan_inventory import compile_inventory_file
+
+    problem = compile_inventory_file(inventory).problem
+    placements = [Placement(s["device"], s["ratio"], tuple(s["classes"]))
+                  for s in plan["submodels"]]
+    score = score_plan(problem, placements, order)
+    return dict(score.input.arrival_s), score.makespan_s, list(score.input.order)
+
+
+SEND_ORDERS = ("plan", "at-once", "jackson")
+
+
+def run_case(case: FleetCase, work_dir: Path, profile: Path,
+             planners: dict[str, PlanMaker] | None = None, calibrate_rounds: int = 2,
+             tag: str | None = None, send_orders: tuple[str, ...] = ("plan",),
+             niceness: int = 0) -> CaseResult:
+    """Build the case's fleet, calibrate, plan with each of `planners` (default PLANNERS) and
+    serve every plan once per send order: "plan" (the plan's own order when it models the
+    transfer, else all at once, as the old model's runtime did), "at-once", or "jackson" (one
+    device after another, longest device time first). Each served plan is also re-scored with
+    the input transfer in the order it was served (at once: Jackson's order, for reference)."""
+    planners = planners or PLANNERS
+    started = time.monotonic()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with EmulatedFleet(case.aggregator, list(case.devices), tag=tag, niceness=niceness) as fleet:
+        kinds = calibrate_nodes(fleet, work_dir, calibrate_rounds, case)
+        inventory = write_inventory(case, kinds, profile, work_dir / "inventory.yaml")
+        calibrated = {name: yaml.safe_load(path.read_text()) for name, path in kinds.items()}
+        checks = []
+        for label, make_plan in planners.items():
+            plan_path = make_plan(inventory, work_dir / f"plan-{label}.json")
+            plan = json.loads(plan_path.read_text())
+            for how in send_orders:
+                arrivals, makespan, jackson = rescore_with_transfer(plan, inventory, None)
+                order = {"plan": plan_input_order(plan), "at-once": None, "jackson": jackson}[how]
+                if order is not None and order != jackson:
+                    arrivals, makespan, _ = rescore_with_transfer(plan, inventory, order)
+                name = label if len(send_orders) == 1 else f"{label}/{how}"
+                result = serve_plan(fleet, plan_path, case.images, order)
+                (work_dir / f"serve-{name.replace('/', '-')}.json").write_text(json.dumps(result))
+                checks.append(compare(name, plan_path, result, order, arrivals, makespan))
+    return CaseResult(case=case, calibrated=calibrated, checks=checks,
+                      seconds=time.monotonic() - started)
+
+
+__all__ = ["CaseResult", "DeviceCheck", "FleetCase", "NODE_IFNAME", "PlanCheck", "Spread",
+           "run_case"]

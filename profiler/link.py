@@ -1,0 +1,145 @@
+"""Measure the link to a peer over torch.distributed (gloo over TCP), for `edvit calibrate --link-to`.
+
+The device being calibrated (rank 1) connects to a peer (rank 0, `serve_link_peer`, normally the
+aggregator, started with `edvit calibrate --link-serve`) and times messages both ways: the peer
+sends `n` bytes after a one-integer request (download, the direction the input takes), or the
+device sends `n` bytes and waits for a one-integer acknowledgement (upload, the features). Each
+direction is timed at a small and a large size, interleaved, and the bandwidth is the difference
+in bytes over the difference in median time, so fixed costs (the request, the acknowledgement,
+gloo's per-message work) drop out; the large size grows until one transfer takes at least
+`min_transfer_s`. What is measured is what the runtime's own messages get, headers included.
+
+One device at a time: the aggregator's link is the shared medium, and devices measured at once
+would each see a share of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from pydantic import Field
+
+from planner.schema_base import StrictModel
+
+from vit_ops.runtime.rendezvous import Endpoint
+
+log = logging.getLogger(__name__)
+
+SMALL_BYTES = 4096
+FIRST_LARGE_BYTES = 64 * 1024
+MAX_LARGE_BYTES = 256 * 1024 * 1024
+DOWNLOAD, UPLOAD, END = 0, 1, 2
+
+
+class LinkMeasurement(StrictModel):
+    """What `measure_link` found (bytes of payload per second; seconds)."""
+
+    peer: str = Field(description="HOST:PORT measured against")
+    download_bytes_per_s: float = Field(description="peer -> this machine (the input's direction)")
+    upload_bytes_per_s: float = Field(description="this machine -> peer (the features')")
+    round_trip_s: float = Field(description="median time of a small request and its answer")
+    large_bytes: int = Field(description="size of the large transfers timed")
+    repeats: int
+
+    @property
+    def link_bytes_per_s(self) -> float:
+        """The figure a device kind carries: the slower direction."""
+        return min(self.download_bytes_per_s, self.upload_bytes_per_s)
+
+
+def _connect(endpoint: Endpoint, rank: int, timeout_s: float) -> dist.Store:
+    """A two-rank gloo default group (GLOO_SOCKET_IFNAME picks the interface, as in the runtime)."""
+    store = dist.TCPStore(endpoint.host, endpoint.port, 2, is_master=rank == 0,
+                          timeout=timedelta(seconds=timeout_s), wait_for_workers=False)
+    dist.init_process_group("gloo", store=dist.PrefixStore("edvit-link/", store), rank=rank,
+                            world_size=2, timeout=timedelta(seconds=timeout_s))
+    return store
+
+
+def serve_link_peer(endpoint: Endpoint, sessions: int | None = None,
+                    timeout_s: float = 600.0) -> int:
+    """Answer `sessions` devices' measurements, one after another (None: until interrupted);
+    returns how many were served."""
+    served = 0
+    while sessions is None or served < sessions:
+        store = _connect(endpoint, 0, timeout_s)
+        try:
+            _answer()
+        finally:
+            dist.destroy_process_group()
+            del store  # closes the listening socket before the next session opens it
+        served += 1
+        log.info("link peer: served session %d", served)
+    return served
+
+
+def _answer() -> None:
+    command = torch.zeros(2, dtype=torch.int64)
+    ack = torch.zeros(1, dtype=torch.int64)
+    buffers: dict[int, torch.Tensor] = {}
+    while True:
+        dist.recv(command, src=1)
+        kind, size = (int(v) for v in command)
+        if kind == END:
+            return
+        buffer = buffers.setdefault(size, torch.zeros(size, dtype=torch.uint8))
+        if kind == DOWNLOAD:
+            dist.send(buffer, dst=1)
+        else:
+            dist.recv(buffer, src=1)
+            dist.send(ack, dst=1)
+
+
+class _Client:
+    def __init__(self) -> None:
+        self.buffers: dict[int, torch.Tensor] = {}
+        self.ack = torch.zeros(1, dtype=torch.int64)
+
+    def transfer_s(self, kind: int, size: int) -> float:
+        buffer = self.buffers.setdefault(size, torch.zeros(size, dtype=torch.uint8))
+        start = time.perf_counter()
+        dist.send(torch.tensor([kind, size], dtype=torch.int64), dst=0)
+        if kind == DOWNLOAD:
+            dist.recv(buffer, src=0)
+        else:
+            dist.send(buffer, dst=0)
+            dist.recv(self.ack, src=0)
+        return time.perf_counter() - start
+
+    def end(self) -> None:
+        dist.send(torch.tensor([END, 0], dtype=torch.int64), dst=0)
+
+
+def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0.25,
+                 timeout_s: float = 120.0) -> LinkMeasurement:
+    """Bandwidth both ways and round trip to the peer at `endpoint` (see module docstring)."""
+    store = _connect(endpoint, 1, timeout_s)
+    client = _Client()
+    try:
+        client.transfer_s(DOWNLOAD, FIRST_LARGE_BYTES)  # warm-up: connection, TCP window
+        client.transfer_s(UPLOAD, FIRST_LARGE_BYTES)
+        large = FIRST_LARGE_BYTES
+        while large < MAX_LARGE_BYTES and client.transfer_s(DOWNLOAD, large) < min_transfer_s:
+            large *= 4
+        rates = {}
+        for kind in (DOWNLOAD, UPLOAD):
+            small_s, large_s = [], []
+            for _ in range(repeats):
+                small_s.append(client.transfer_s(kind, SMALL_BYTES))
+                large_s.append(client.transfer_s(kind, large))
+            extra_s = max(statistics.median(large_s) - statistics.median(small_s), 1e-9)
+            rates[kind] = (large - SMALL_BYTES) / extra_s
+            if kind == DOWNLOAD:
+                round_trip_s = statistics.median(small_s)
+        client.end()
+    finally:
+        dist.destroy_process_group()
+        del store
+    return LinkMeasurement(peer=f"{endpoint.host}:{endpoint.port}",
+                           download_bytes_per_s=rates[DOWNLOAD], upload_bytes_per_s=rates[UPLOAD],
+                           round_trip_s=round_trip_s, large_bytes=large, repeats=repeats)

@@ -1,0 +1,115 @@
+"""The emulated fleet (network namespaces, tc, cgroups) and `edvit calibrate --link-to`.
+
+The fleet test runs one small fleet end to end when this host allows it (Linux, root, `ip`/`tc`,
+cgroup cpu+memory controllers) and is skipped otherwise, with the reason.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from profiler.emulation.fleet import EmulatedFleet, NodeSpec, tbf_arguments, unavailable_reason
+
+EDVIT = [sys.executable, "-m", "planner.cli"]
+REASON = unavailable_reason()
+needs_emulation = pytest.mark.skipif(REASON is not None, reason=f"no fleet emulation: {REASON}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_quotas_beyond_the_host_are_refused():
+    with pytest.raises(ValueError, match="add up to"):
+        EmulatedFleet(NodeSpec("agg", 1e7, 1.0), [NodeSpec("d", 1e7, 0.5)], max_total_cores=1.2)
+
+
+def test_tbf_burst_is_a_few_frames_and_the_queue_never_drops_a_request():
+    args = dict(zip(tbf_arguments(2e6)[::2], tbf_arguments(2e6)[1::2]))
+    assert args["rate"] == "2000000bit"
+    assert 3000 <= int(args["burst"]) <= 16 * 1514  # not the 32 KB that would skip the shaper
+    assert int(args["limit"]) >= 4 << 20  # TCP may queue up to 1 MiB per socket
+
+
+def test_calibrate_link_to_measures_a_peer_over_torch_distributed():
+    endpoint = f"127.0.0.1:{_free_port()}"
+    peer = subprocess.Popen([*EDVIT, "calibrate", "--link-serve", endpoint, "--link-timeout",
+                             "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        code = ("from profiler.link import measure_link; from vit_ops.runtime import Endpoint; "
+                f"print(measure_link(Endpoint.parse({endpoint!r}), min_transfer_s=0.02, "
+                "timeout_s=60).model_dump_json())")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+    finally:
+        peer_out, _ = peer.communicate(timeout=60)
+    from profiler.link import LinkMeasurement
+
+    link = LinkMeasurement.model_validate_json(out.strip().splitlines()[-1])
+    assert link.peer == endpoint and link.large_bytes >= 64 * 1024
+    assert link.download_bytes_per_s > 1e6 and link.upload_bytes_per_s > 1e6  # loopback
+    assert 0 < link.round_trip_s < 1
+    assert peer.returncode == 0 and "answered 1 device" in peer_out
+
+
+@pytest.mark.parametrize("args, field", [(["--link-to", "nohost"], "--link-to"),
+                                         (["--link-serve", "h:0"], "--link-serve"),
+                                         (["--rounds", "0"], "--rounds")])
+def test_calibrate_rejects_bad_link_arguments_in_one_line(args, field):
+    result = subprocess.run([*EDVIT, "calibrate", *args], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert field in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@needs_emulation
+def test_a_failed_fleet_leaves_nothing_behind():
+    fleet = EmulatedFleet(NodeSpec("agg", 1e7, 0.2, 1 << 30), [NodeSpec("d1", 1e7, 0.2, 1 << 30)])
+    with pytest.raises(RuntimeError, match="boom"):
+        with fleet:
+            assert len(fleet.leftovers()) >= 3  # hub + 2 nodes (+ their cgroups)
+            fleet.popen("d1", ["sleep", "600"])
+            raise RuntimeError("boom")
+    assert fleet.leftovers() == []
+    assert all(p.poll() is not None for p in fleet.processes)
+
+
+@pytest.mark.slow
+@needs_emulation
+def test_one_small_emulated_fleet_runs_and_its_links_are_shaped(tmp_path: Path):
+    from profiler.emulation.check import FleetCase, plan_with_cli, run_case
+    from profiler.emulation.timeline import draw_timeline
+
+    profile = tmp_path / "profile.json"
+    subprocess.run([*EDVIT, "profile", "--arch", "vit_tiny_patch16_224", "--img-size", "64",
+                    "--num-classes", "4", "--ratios", "1,0.5", "--out", str(profile)],
+                   check=True, capture_output=True)
+    link_bits = 4e6
+    case = FleetCase("test", NodeSpec("agg", 2e7, 0.3, 3 << 30),
+                     (NodeSpec("d1", link_bits, 0.3, 2 << 30),), arch="vit_tiny_patch16_224",
+                     img_size=64, num_classes=4, images=6)
+    result = run_case(case, tmp_path / "run", profile, {"plan": plan_with_cli},
+                      calibrate_rounds=2, tag="pytest")
+    measured = result.calibrated["d1"]["link_bytes_per_s"]
+    assert 0.85 * link_bits / 8 <= measured <= link_bits / 8  # tbf's rate, less the headers
+    assert result.calibrated["d1"]["mem_bytes"] == 2 << 30  # the cgroup's limit, not the host's
+    (check,) = result.checks
+    assert check.end_to_end.median_s > 0 and check.predicted_makespan_s > 0
+    input_bytes = 3 * 64 * 64 * 4
+    for device in check.devices:
+        assert device.arrival.median_s <= device.done.median_s <= check.end_to_end.median_s
+        if device.node == "d1":  # the whole input crossed a link of link_bits
+            assert device.arrival.median_s >= 0.9 * input_bytes * 8 / link_bits
+    assert check.transfer_makespan_s == pytest.approx(check.predicted_makespan_s)  # one model
+    data = draw_timeline(check, tmp_path / "timeline.png", "test")
+    assert (tmp_path / "timeline.png").stat().st_size > 0
+    panels = {line.split(",")[0] for line in data.read_text().splitlines()[1:]}
+    assert panels == {"predicted", "measured"}
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "edvit-pytest" not in leftovers
