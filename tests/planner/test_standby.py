@@ -6,9 +6,12 @@ constraint, and refusals of bad input.
 from __future__ import annotations
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from planner.checker import Placement, score_plan
 from planner.cpsat_model import SolverConfig
@@ -19,6 +22,7 @@ from tests.planner.test_cli import assert_refused
 from tests.planner.test_input import B, random_problem
 
 TOL = 1e-9
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def resilient(seed: int, *, failover_latency_s: float | None = None, **kw) -> Problem:
@@ -205,3 +209,42 @@ def test_bad_resilience_is_refused(edvit, tmp_path, resilience, fragment):
     data = random_problem(0).model_dump(mode="json", exclude_none=True) | {
         "resilience": resilience}
     assert_refused(edvit, tmp_path, data, "resilience", fragment)
+
+
+def _resilient_inventory(tmp_path, resilience) -> str:
+    data = yaml.safe_load((EXAMPLES / "pi4-cluster.yaml").read_text())
+    data["resilience"] = resilience
+    path = tmp_path / "resilient.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_plan_lists_standby_placements_and_failures(edvit, tmp_path):
+    path = _resilient_inventory(tmp_path, {"standby": True})
+    result = edvit("plan", path, "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    placed = {s["device"] for s in summary["submodels"]}
+    assert all(s["standby_device"] != s["device"] for s in summary["submodels"])
+    failures = summary["resilience"]["failover_makespan_s"]
+    assert set(failures) == placed - {"pi4-0"}   # the aggregator's failure is not covered
+    assert summary["resilience"]["worst_failover_makespan_s"] == max(failures.values())
+    text = edvit("plan", path)
+    assert "standby on" in text.stdout and "failed device" in text.stdout
+
+
+def test_inventory_refuses_bad_resilience(edvit, tmp_path):
+    path = _resilient_inventory(tmp_path, {"standby": True, "failover_latency_s": -0.5})
+    result = edvit("plan", path)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "resilience.failover_latency_s" in result.stderr
+
+
+def test_whatif_shows_what_standby_costs(tmp_path):
+    from planner.whatif import what_if
+
+    result = what_if(_resilient_inventory(tmp_path, {"standby": True}), {"pi4": [2, 4]})
+    for s in result.scenarios:
+        assert s.standby and s.makespan_without_standby_s is not None
+        assert s.makespan_s >= s.makespan_without_standby_s * (1 - 1e-9)
+        assert s.worst_failover_makespan_s is not None
