@@ -4,7 +4,8 @@ Knows nothing of CP-SAT. The solver's plans are re-scored here in floating point
 this module on hand-made plans, valid and invalid. It is the executable form of the "Semantics"
 section of the problem format (README), with its extension: the aggregator sends the input
 (`input_bytes`) to the other used devices one after another, and a device starts when its input
-has arrived.
+has arrived; and the resilience extension: standby copies, and the makespan under every
+single-device failure (`failover_scenarios`).
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ from planner.cpsat_model import STATUS_NAMES, SolverConfig, make_solver
 from planner.problem import Problem
 from planner.scaling import budget_to_units, seconds_to_units
 
-MAX_DEVICES = 12   # the per-device model's documented limit (benchmarks/planner_bench.py)
+MAX_DEVICES = 16   # the per-device model's documented limit (benchmarks/planner_bench.py)
 
 
 @dataclass(frozen=True)
