@@ -8,11 +8,14 @@
 3. The cost of ignoring the input transfer: the compute-only optimal plan, re-scored with it, against
    the transfer-aware optimum on 20 random fleets.
 4. The time limit is honoured: a limit too short to prove optimality returns the best plan found.
+5. Resilient fleets (`resilience.standby`, the per-device model): time to the proven lexicographic
+   optimum (normal makespan, then worst single failure) up to its limit of D = 16 devices, with
+   the makespan without standby beside it (what resilience costs).
 
 Profiles are the ViT-B/16 rows of the shared planning instances (p07 for C=10, p08 for C=100, p09 for
 C=1000), so the figures are comparable with the golden tests.
 
-    python benchmarks/planner_bench.py [--repeats 3]
+    python benchmarks/planner_bench.py [--repeats 3] [--only resilient]
 """
 
 from __future__ import annotations
@@ -224,17 +227,54 @@ def bench_naive(time_limit_s: float) -> None:
               f"{plan.status:>12} | {ours:>7.3f} |")
 
 
+RESILIENT_ROWS = ((10, 4, 1), (10, 8, 1), (10, 8, 2), (100, 8, 1), (100, 12, 1), (100, 12, 2),
+                  (100, 16, 1), (1000, 16, 2))  # (classes, devices, slots)
+
+
+def bench_resilient(repeats: int) -> None:
+    print("\n## Standby copies (resilience.standby, float32 224 px input): proven lexicographic "
+          f"optimum on D devices (median of {repeats}, 1 CP-SAT worker)")
+    print(f"| {'C':>4} | {'D':>3} | {'slots':>5} | {'status':>8} | {'proven':>6} | "
+          f"{'no-standby ms':>13} | {'makespan ms':>11} | {'1-fail ms':>9} | {'median s':>8} |")
+    print(f"|{'-' * 6}|{'-' * 5}|{'-' * 7}|{'-' * 10}|{'-' * 8}|{'-' * 15}|{'-' * 13}|"
+          f"{'-' * 11}|{'-' * 10}|")
+    from planner.problem import Resilience
+
+    for c, d, slots in RESILIENT_ROWS:
+        plain = random_fleet(c, d, seed=40 + d, max_per_device=slots).model_copy(
+            update={"input_bytes": 602_112})
+        problem = plain.model_copy(update={"resilience": Resilience(standby=True)})
+        without = solve(plain, SolverConfig(time_limit_s=60))
+        times, plan = [], None
+        for _ in range(repeats):
+            started = time.perf_counter()
+            plan = solve(problem, SolverConfig(time_limit_s=120))
+            times.append(time.perf_counter() - started)
+        r = plan.resilience
+        worst = (f"{r.worst_failover_makespan_s * 1e3:>9.1f}"
+                 if r and r.worst_failover_makespan_s else f"{'-':>9}")
+        proven = bool(r and r.failover_proven and plan.status == "optimal")
+        print(f"| {c:>4} | {d:>3} | {slots:>5} | {plan.status:>8} | {str(proven):>6} | "
+              f"{without.makespan_s * 1e3:>13.1f} | {plan.makespan_s * 1e3:>11.1f} | {worst} | "
+              f"{statistics.median(times):>8.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--naive-limit", type=float, default=10.0,
                         help="time limit of the per-class boolean comparison (s)")
+    parser.add_argument("--only", choices=("resilient",), help="run one section only")
     args = parser.parse_args()
+    if args.only == "resilient":
+        bench_resilient(args.repeats)
+        return
     bench_scale(args.repeats)
     bench_greedy()
     bench_cost_model()
     bench_time_limit()
     bench_naive(args.naive_limit)
+    bench_resilient(args.repeats)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Knows nothing of CP-SAT. The solver's plans are re-scored here in floating point
 this module on hand-made plans, valid and invalid. It is the executable form of the "Semantics"
 section of the problem format (README), with its extension: the aggregator sends the input
 (`input_bytes`) to the other used devices one after another, and a device starts when its input
-has arrived.
+has arrived; and the resilience extension: standby copies, and the makespan under every
+single-device failure (`failover_scenarios`).
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ class PlanScore:
     similarity_sum: int | None
     input: InputSchedule
     violations: list[str] = field(default_factory=list)
+    failover_s: dict[str, float] = field(default_factory=dict)  # failed device -> makespan
+    standby_costs: list[SubModelCost] = field(default_factory=list)  # each copy on its device
+
+    @property
+    def worst_failover_s(self) -> float | None:
+        """The largest makespan over the single-device failures (None: no failure scored)."""
+        return max(self.failover_s.values(), default=None)
 
     @property
     def valid(self) -> bool:
@@ -158,12 +166,66 @@ def group_similarity(similarity: list[list[int]], groups: list[list[int]] | list
                for j in group[a + 1:])
 
 
+def failover_scenarios(problem: Problem, placements: Sequence[Placement],
+                       standby: Sequence[str], costs: Sequence[SubModelCost],
+                       device_times: Mapping[str, float], fusion_s: float) -> dict[str, float]:
+    """Makespan under each single-device failure: failed device -> makespan.
+
+    Every device that hosts a primary sub-model may fail, except the aggregator (it holds the
+    fusion head, which no standby copy replaces). Device f fails: it receives no input and runs
+    nothing; each of its sub-models runs on its standby device after that device's own work
+    (`costs` holds each standby copy's cost there); the aggregator sends the input to the
+    devices that then have work, by Jackson's rule; the fusion still fuses all K sub-models.
+    """
+    aggregator = problem.aggregator_name
+    in_listing = [d.name for d in problem.devices]
+    hosts = {p.device for p in placements}
+    result = {}
+    for failed in (d for d in in_listing if d in hosts and d != aggregator):
+        times = {d: t for d, t in device_times.items() if d != failed}
+        for p, copy_on, cost in zip(placements, standby, costs):
+            if p.device == failed:
+                times[copy_on] = times.get(copy_on, 0.0) + cost.total_s
+        schedule = schedule_input(problem, times)
+        result[failed] = max(schedule.finish_s.values(), default=0.0) + fusion_s
+    return result
+
+
+def _check_standby(problem: Problem, placements: Sequence[Placement],
+                   standby: Sequence[str] | None, violations: list[str]) -> list[str] | None:
+    """The standby devices if they are well formed, else None (the rules broken are listed)."""
+    if not problem.standby:
+        if standby is not None:
+            violations.append("the plan has standby copies but resilience.standby is off")
+        return None
+    if standby is None or len(standby) != len(placements):
+        violations.append(f"resilience.standby needs one standby device per sub-model, got "
+                          f"{None if standby is None else len(standby)} for {len(placements)}")
+        return None
+    names = {d.name for d in problem.devices}
+    ok = True
+    for k, (p, copy_on) in enumerate(zip(placements, standby)):
+        if copy_on not in names:
+            violations.append(f"standby copy of sub-model {k} is on unknown device {copy_on!r}")
+            ok = False
+        elif copy_on == p.device:
+            violations.append(f"standby copy of sub-model {k} is on its primary device {copy_on}")
+        elif copy_on == problem.aggregator_name and not problem.hosts_on_aggregator:
+            violations.append(f"standby copy of sub-model {k} is on the aggregator {copy_on}, "
+                              "but aggregator_hosts_submodels is false")
+    return list(standby) if ok else None
+
+
 def score_plan(problem: Problem, placements: list[Placement],
-               send_order: Sequence[str] | None = None) -> PlanScore:
+               send_order: Sequence[str] | None = None,
+               standby: Sequence[str] | None = None) -> PlanScore:
     """Score `placements` against `problem`; every broken rule is listed in `violations`.
 
     With `input_bytes`, the input is sent in `send_order` (the used devices other than the
     aggregator, first sent first); None = Jackson's rule, the best order for these placements.
+    With `resilience.standby`, `standby[k]` is the device holding sub-model k's standby copy:
+    it counts against that device's memory, and every single-device failure is scored
+    (`failover_scenarios`) and checked against `failover_latency_s`.
     """
     violations: list[str] = []
     devices = {d.name: d for d in problem.devices}
@@ -217,6 +279,14 @@ def score_plan(problem: Problem, placements: list[Placement],
             violations.append(f"sub-model {k}: loss {loss} exceeds the loss budget "
                               f"{problem.loss_budget}")
 
+    standby_on = _check_standby(problem, placements, standby, violations)
+    standby_costs: list[SubModelCost] = []
+    if standby_on is not None and len(costs) == len(placements):
+        for p, copy_on in zip(placements, standby_on):
+            row = rows[p.ratio]
+            standby_costs.append(submodel_latency(row, devices[copy_on],
+                                                  on_aggregator=(copy_on == aggregator)))
+            device_mem[copy_on] += row.mem_bytes
     for name, slots in device_slots.items():
         if slots > problem.max_per_device:
             violations.append(f"device {name} hosts {slots} sub-models, more than max_per_device "
@@ -237,6 +307,15 @@ def score_plan(problem: Problem, placements: list[Placement],
     if problem.latency_budget_s is not None and makespan > problem.latency_budget_s:
         violations.append(f"makespan {makespan:.6g} s exceeds the latency budget "
                           f"{problem.latency_budget_s} s")
+    failover: dict[str, float] = {}
+    if standby_costs:
+        failover = failover_scenarios(problem, placements, standby_on, standby_costs,
+                                      device_times, fusion_s)
+        bound = problem.failover_latency_s
+        for failed, span in failover.items():
+            if bound is not None and span > bound:
+                violations.append(f"with {failed} failed the makespan {span:.6g} s exceeds "
+                                  f"failover_latency_s {bound} s")
 
     losses = [c.loss_pp for c in costs if c.loss_pp is not None]
     similarity = None
@@ -248,4 +327,4 @@ def score_plan(problem: Problem, placements: list[Placement],
         makespan_s=makespan, fusion_s=fusion_s, device_times_s=device_times, costs=costs,
         memory_sum_bytes=sum(c.mem_bytes for c in costs),
         max_loss_pp=max(losses, default=None), similarity_sum=similarity, input=schedule,
-        violations=violations)
+        violations=violations, failover_s=failover, standby_costs=standby_costs)

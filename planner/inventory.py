@@ -20,7 +20,8 @@ from planner.cpsat_model import SolverConfig
 from planner.errors import InputError, ProfileMismatchError
 from planner.files import read_yaml
 from planner.loss_rule import default_loss_steps
-from planner.problem import MAX_INPUT_BYTES, Device, Fusion, Problem, ProfileRow, Secondary
+from planner.problem import (MAX_INPUT_BYTES, Device, Fusion, Problem, ProfileRow, Resilience,
+                             Secondary)
 from planner.profile_schema import ModelProfile
 from planner.profiles import builtin_profile, load_profile
 from planner.schema_base import StrictModel
@@ -105,6 +106,9 @@ class Inventory(StrictModel):
                     "0: leave the transfer out (every device gets its images elsewhere)")
     fusion_hidden: int = Field(default=256, gt=0, description="hidden units of the fusion MLP")
     similarity: str | None = Field(default=None, description="YAML/JSON file with a C x C matrix")
+    resilience: Resilience | None = Field(
+        default=None, description="standby: true gives every sub-model a standby copy on another "
+                                  "device; failover_latency_s bounds the worst single failure")
     solver: SolverConfig = SolverConfig()
 
 
@@ -206,7 +210,8 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
             loss_budget=inv.budgets.loss_pp, secondary=inv.secondary, fusion=fusion,
             profile=rows, devices=problem_devices, similarity=similarity,
             input_bytes=input_bytes,
-            aggregator_hosts_submodels=None if inv.aggregator_hosts_submodels else False)
+            aggregator_hosts_submodels=None if inv.aggregator_hosts_submodels else False,
+            resilience=inv.resilience)
     except ValidationError as exc:
         raise_validation_error(exc, source)
     return CompiledInventory(

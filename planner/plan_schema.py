@@ -19,7 +19,7 @@ from planner.vit_shape import PruneCounts, ViTShape
 PLAN_SCHEMA_VERSION = 1
 
 Status = Literal["optimal", "feasible", "infeasible", "unknown"]
-Binding = Literal["capacity", "memory", "loss_budget", "latency_budget"]
+Binding = Literal["capacity", "memory", "loss_budget", "latency_budget", "failover_latency"]
 
 
 class LatencyBreakdown(StrictModel):
@@ -47,6 +47,10 @@ class SubModelPlan(StrictModel):
     feat_bytes: int
     loss_pp: float = Field(description="accuracy-loss proxy L(ratio, len(classes)), points")
     latency: LatencyBreakdown
+    standby_device: str | None = Field(
+        default=None, description="device holding this sub-model's standby copy (resilience)")
+    standby_latency_s: float | None = Field(
+        default=None, description="the copy's latency there, when it runs after a failure")
 
 
 class FusionPlan(StrictModel):
@@ -75,6 +79,25 @@ class InputTransfer(StrictModel):
         description="when each used device has its input (0 on the aggregator)")
     finish_s: dict[str, float] = Field(
         description="when each used device has finished: input arrival + device time")
+
+
+class ResiliencePlan(StrictModel):
+    """Standby copies and what each single-device failure costs (`resilience.standby`)."""
+
+    failover_latency_s: float | None = Field(description="the bound asked for (None: none)")
+    standby_mem_bytes: dict[str, int] = Field(
+        description="memory the standby copies hold, per device holding any")
+    failover_makespan_s: dict[str, float] = Field(
+        description="makespan with that one device failed: its sub-models run on their standby "
+                    "devices after those devices' own work (every device hosting a primary, "
+                    "the aggregator excepted)")
+    worst_failover_makespan_s: float | None = Field(
+        description="the largest of failover_makespan_s (None: no device can fail over)")
+    worst_failed_device: str | None = None
+    failover_bound_s: float | None = Field(
+        default=None, description="proven lower bound on the worst failover makespan among plans "
+                                  "with the optimal normal makespan")
+    failover_proven: bool = Field(description="the worst failover makespan is proven minimal")
 
 
 class SolverReport(StrictModel):
@@ -128,6 +151,8 @@ class Plan(StrictModel):
         default=None, description="input arrival per device and the send order (plans only)")
     loss_budget: float | None = None
     latency_budget_s: float | None = None
+    resilience: ResiliencePlan | None = Field(
+        default=None, description="standby placements' figures (resilient problems only)")
     binding: Binding | None = Field(default=None, description="for infeasible plans")
     explanation: str = Field(default="", description="a sentence a person understands")
     solver: SolverReport

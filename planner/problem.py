@@ -98,6 +98,26 @@ class Fusion(StrictModel):
                                         "are for (compiled inventories set it; the plan carries it)")
 
 
+class Resilience(StrictModel):
+    """Extension: standby copies of every sub-model (see the README's "Resilience")."""
+
+    standby: StrictBool = Field(
+        description="true: every sub-model also gets a standby copy on a different device; it "
+                    "holds memory there and runs only after its primary device fails")
+    failover_latency_s: float | None = Field(
+        default=None, gt=0, allow_inf_nan=False,
+        description="upper bound on the makespan under every single-device failure (absent: "
+                    "minimised but unbounded)")
+
+    @model_validator(mode="after")
+    def _bound_needs_standby(self) -> "Resilience":
+        if self.failover_latency_s is not None and not self.standby:
+            raise field_error("failover_latency_s", "needs standby: true (without standby "
+                              "copies a failed device's classes are lost)",
+                              self.failover_latency_s)
+        return self
+
+
 class Problem(StrictModel):
     """A planning problem (the documented "problem" format)."""
 
@@ -119,6 +139,8 @@ class Problem(StrictModel):
     aggregator_hosts_submodels: StrictBool | None = Field(
         default=None, description="extension: false = no sub-model on the aggregator "
                                   "(absent: true)")
+    resilience: Resilience | None = Field(
+        default=None, description="extension: standby sub-models (absent: none)")
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "Problem":
@@ -185,6 +207,15 @@ class Problem(StrictModel):
         return self.aggregator_hosts_submodels is not False
 
     @property
+    def standby(self) -> bool:
+        """Whether every sub-model gets a standby copy (`resilience.standby`)."""
+        return self.resilience is not None and self.resilience.standby
+
+    @property
+    def failover_latency_s(self) -> float | None:
+        return self.resilience.failover_latency_s if self.resilience is not None else None
+
+    @property
     def input_bytes_sent(self) -> int:
         """B of the input extension (0 when absent)."""
         return self.input_bytes or 0
@@ -230,7 +261,9 @@ def dump_problem(problem: Problem) -> str:
         for optional in ("weight_bytes_per_s", "link_bytes_per_s"):
             if device[optional] is None:
                 del device[optional]
-    for optional in ("input_bytes", "aggregator_hosts_submodels"):
+    if data["resilience"] is not None and data["resilience"]["failover_latency_s"] is None:
+        del data["resilience"]["failover_latency_s"]
+    for optional in ("input_bytes", "aggregator_hosts_submodels", "resilience"):
         if data[optional] is None:  # absent: the format's original semantics, written as before
             del data[optional]
     return yaml.safe_dump(data, sort_keys=False)

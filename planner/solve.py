@@ -22,11 +22,12 @@ from planner.greedy import greedy_plan
 from planner.heuristic import covering_plan, makespan_lower_bound
 from planner.instance import aggregator_fits, prepare_instance
 from planner.plan_schema import (FusionPlan, GreedyBaseline, InputTransfer, LatencyBreakdown, Plan,
-                                 SolverReport, SubModelPlan)
+                                 ResiliencePlan, SolverReport, SubModelPlan)
 from planner.problem import Problem
 from planner.profile_schema import same_ratio
 from planner.scaling import units_to_seconds
 from planner.similarity import EXACT_MAX_CLASSES, cluster_by_similarity, solve_similarity_exact
+from planner.standby_solve import solve_standby
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ def solve(problem: Problem, config: SolverConfig | None = None,
     def remaining() -> float:
         return config.time_limit_s - (time.perf_counter() - started)
 
+    if problem.standby:
+        return _resilient_plan(problem, config, remaining, started)
     instance = prepare_instance(problem)
     stage1 = None
     if aggregator_fits(problem, unlimited_memory=False):
@@ -108,6 +111,22 @@ def solve(problem: Problem, config: SolverConfig | None = None,
                           time.perf_counter() - started)
 
 
+def _resilient_plan(problem, config, remaining, started) -> Plan:
+    """Standby copies need the per-device model (`planner.standby_solve`)."""
+    outcome = solve_standby(problem, config, remaining)
+    if outcome.status == "infeasible":
+        binding, sentence = find_binding(problem, config, max(remaining(), 1.0))
+        return _infeasible_plan(problem, config, binding, sentence,
+                                time.perf_counter() - started)
+    if outcome.status not in ("optimal", "feasible"):
+        return _unknown_plan(problem, config, time.perf_counter() - started)
+    to_s = lambda units: units_to_seconds(units) if units is not None else None  # noqa: E731
+    return _assemble_plan(problem, config, outcome.placements, outcome.status,
+                          to_s(outcome.makespan_bound_units), outcome.secondary_proven,
+                          time.perf_counter() - started, standby=outcome.standby,
+                          failover=(to_s(outcome.failover_bound_units), outcome.failover_proven))
+
+
 def _counts_of_hint(problem, instance, hint) -> dict[int, int] | None:
     """Run counts of the `hint` (device, ratio) pairs here, or None if they are no complete plan."""
     type_of = {d: t.index for t in instance.types for d in t.devices}
@@ -167,8 +186,9 @@ def _greedy_baseline(problem: Problem) -> GreedyBaseline:
         num_submodels=len(result.placements), note=result.note)
 
 
-def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> Plan:
-    score = score_plan(problem, placements)
+def _assemble_plan(problem, config, placements, status, bound, proven, wall, *,
+                   standby=None, failover=None) -> Plan:
+    score = score_plan(problem, placements, standby=standby)
     if not score.valid:  # the checker is the specification: a solver bug must not reach users
         raise RuntimeError("solver returned an invalid plan: " + "; ".join(score.violations))
     aggregator = problem.aggregator_name
@@ -180,6 +200,10 @@ def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> 
             mem_bytes=row.mem_bytes, feat_bytes=row.feat_bytes, loss_pp=cost.loss_pp,
             latency=LatencyBreakdown(compute_s=cost.compute_s, overhead_s=cost.overhead_s,
                                      comm_s=cost.comm_s, total_s=cost.total_s)))
+    if standby is not None:
+        submodels = [sm.model_copy(update={"standby_device": device,
+                                           "standby_latency_s": copy.total_s})
+                     for sm, device, copy in zip(submodels, standby, score.standby_costs)]
     fusion_flops = problem.fusion.flops_fixed + len(placements) * problem.fusion.flops_per_submodel
     secondary_value = score.secondary_value(problem.secondary)
     makespan = score.makespan_s
@@ -190,9 +214,15 @@ def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> 
     if score.input.order:
         explanation += (f" The input reaches the last of {len(score.input.order)} device(s) at "
                         f"{max(score.input.arrival_s.values()) * 1e3:.2f} ms.")
+    resilience = None
+    if standby is not None:
+        resilience = _resilience_report(problem, placements, standby, score, *failover)
+        if resilience.worst_failover_makespan_s is not None:
+            explanation += (f" Worst single failure: {resilience.worst_failed_device}, makespan "
+                            f"{resilience.worst_failover_makespan_s * 1e3:.2f} ms on standby.")
     return Plan(
         name=problem.name, num_classes=problem.num_classes, status=status, makespan_s=makespan,
-        submodels=submodels,
+        submodels=submodels, resilience=resilience,
         fusion=FusionPlan(device=aggregator, flops=fusion_flops, mem_bytes=problem.fusion.mem_bytes,
                           hidden=problem.fusion.hidden,
                           latency_s=score.fusion_s),
@@ -205,6 +235,21 @@ def _assemble_plan(problem, config, placements, status, bound, proven, wall) -> 
         latency_budget_s=problem.latency_budget_s, explanation=explanation,
         solver=_report(problem, config, status, makespan, bound, secondary_value, proven, wall),
         greedy=_greedy_baseline(problem))
+
+
+def _resilience_report(problem, placements, standby, score, bound, proven) -> ResiliencePlan:
+    held: dict[str, int] = {}
+    for p, device in zip(placements, standby):
+        held[device] = held.get(device, 0) + problem.row(p.ratio).mem_bytes
+    worst = score.worst_failover_s
+    worst_device = (max(score.failover_s, key=lambda d: score.failover_s[d])
+                    if score.failover_s else None)
+    return ResiliencePlan(
+        failover_latency_s=problem.failover_latency_s, standby_mem_bytes=held,
+        failover_makespan_s=score.failover_s, worst_failover_makespan_s=worst,
+        worst_failed_device=worst_device,
+        failover_bound_s=min(bound, worst) if bound is not None and worst is not None else None,
+        failover_proven=proven)
 
 
 def _infeasible_plan(problem, config, binding, sentence, wall) -> Plan:

@@ -51,6 +51,7 @@ from planner.problem import Problem
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from planner.solve import solve
+from planner.standby_solve import check_size
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,14 @@ class Scenario(StrictModel):
     devices_used: int = Field(description="devices that run at least one sub-model")
     num_submodels: int
     total_mem_bytes: int | None = Field(
-        description="memory of all sub-models plus the fusion head (what the plan loads)")
+        description="memory of all sub-models plus the fusion head, and the standby copies "
+                    "with resilience (what the plan loads)")
+    standby: bool = Field(default=False, description="the plan has standby copies (resilience)")
+    makespan_without_standby_s: float | None = Field(
+        default=None, description="with standby: the same fleet's optimal makespan without it "
+                                  "(what resilience costs is makespan_s minus this)")
+    worst_failover_makespan_s: float | None = Field(
+        default=None, description="with standby: the worst makespan over single failures")
     worst_loss_pp: float | None = Field(description="largest accuracy loss of any sub-model")
     greedy_makespan_s: float | None = Field(description="paper-style greedy plan on this fleet")
     aggregator: str | None = Field(description="device that runs the fusion head")
@@ -178,12 +186,14 @@ def what_if(inventory: Inventory | str | Path, vary: Mapping[str, Iterable[int]]
             scenario = scenario.model_copy(update={"aggregator": None})
         compiled = compile_inventory(scenario, source=source, base_dir=base_dir,
                                      profile_path=profile_path)
+        check_size(compiled.problem)   # refused here, not inside a worker process
         prepared.append(_Prepared(counts, compiled, note))
     if target_latency_s is not None:
         _check_costs(prepared, source)
 
     plans, used_processes = _solve_all(prepared, list(ranges), config, processes, progress)
-    scenarios = [_scenario_row(p, plan) for p, plan in zip(prepared, plans)]
+    scenarios = [_scenario_row(p, plan, baseline)
+                 for p, (plan, baseline) in zip(prepared, plans)]
     _mark_aggregator_changes(scenarios, ranges)
     cheapest = None
     if target_latency_s is not None:
@@ -277,29 +287,39 @@ def _chains(prepared: list[_Prepared], keys: list[str]) -> list[list[int]]:
     return chains
 
 
-def _solve_chain(problems: list[Problem], config: SolverConfig) -> list[Plan]:
-    """Solve a chain in order, each warm-started from the previous plan (runs in a worker)."""
-    plans: list[Plan] = []
+def _solve_chain(problems: list[Problem], config: SolverConfig
+                 ) -> list[tuple[Plan, float | None]]:
+    """Solve a chain in order, each warm-started from the previous plan (runs in a worker).
+
+    With `resilience.standby` each fleet is also solved without it: (plan, makespan without
+    standby); the second is None for fleets without standby copies."""
+    solved: list[tuple[Plan, float | None]] = []
     hint = None
     for problem in problems:
+        baseline = None
+        if problem.standby:
+            plain = solve(problem.model_copy(update={"resilience": None}), config, hint=hint)
+            hint = [(sm.device, sm.ratio) for sm in plain.submodels] or None
+            baseline = plain.makespan_s
         plan = solve(problem, config, hint=hint)
-        plans.append(plan)
-        hint = [(sm.device, sm.ratio) for sm in plan.submodels] or None
-    return plans
+        solved.append((plan, baseline))
+        if not problem.standby:
+            hint = [(sm.device, sm.ratio) for sm in plan.submodels] or None
+    return solved
 
 
 def _solve_all(prepared: list[_Prepared], keys: list[str], config: SolverConfig,
                processes: int | None, progress: ProgressCallback | None
-               ) -> tuple[list[Plan], int]:
-    """Plans in scenario order, and the number of processes that solved them."""
+               ) -> tuple[list[tuple[Plan, float | None]], int]:
+    """(plan, makespan without standby) in scenario order, and the number of processes."""
     chains = _chains(prepared, keys)
-    plans: list[Plan | None] = [None] * len(prepared)
+    plans: list[tuple[Plan, float | None] | None] = [None] * len(prepared)
     done = 0
     if progress:
         progress(0, len(prepared), "")
     workers = _process_count(processes, len(chains))
 
-    def collect(chain: list[int], solved: list[Plan]) -> None:
+    def collect(chain: list[int], solved: list[tuple[Plan, float | None]]) -> None:
         nonlocal done
         for i, plan in zip(chain, solved):
             plans[i] = plan
@@ -323,7 +343,7 @@ def _solve_all(prepared: list[_Prepared], keys: list[str], config: SolverConfig,
 
 
 # -- the table -----------------------------------------------------------------------------------
-def _scenario_row(p: _Prepared, plan: Plan) -> Scenario:
+def _scenario_row(p: _Prepared, plan: Plan, without_standby_s: float | None) -> Scenario:
     compiled = p.compiled
     fleet: dict[str, int] = {}
     for kind in compiled.device_kinds.values():
@@ -338,7 +358,12 @@ def _scenario_row(p: _Prepared, plan: Plan) -> Scenario:
         devices_used=len({sm.device for sm in plan.submodels}),
         num_submodels=len(plan.submodels),
         total_mem_bytes=(sum(sm.mem_bytes for sm in plan.submodels)
-                         + (plan.fusion.mem_bytes if plan.fusion else 0)) if has_plan else None,
+                         + (plan.fusion.mem_bytes if plan.fusion else 0)
+                         + (sum(plan.resilience.standby_mem_bytes.values())
+                            if plan.resilience else 0)) if has_plan else None,
+        standby=compiled.problem.standby, makespan_without_standby_s=without_standby_s,
+        worst_failover_makespan_s=(plan.resilience.worst_failover_makespan_s
+                                   if plan.resilience else None),
         worst_loss_pp=max(losses) if losses else None,
         greedy_makespan_s=plan.greedy.makespan_s if plan.greedy else None,
         aggregator=aggregator, aggregator_kind=compiled.device_kinds.get(aggregator),

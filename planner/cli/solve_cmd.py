@@ -77,8 +77,10 @@ def plan_summary(plan) -> dict:
         "greedy_makespan_s": plan.greedy.makespan_s if plan.greedy else None,
         "wall_time_s": plan.solver.wall_time_s,
         "submodels": [{"device": s.device, "ratio": s.ratio, "classes": s.classes}
+                      | ({"standby_device": s.standby_device} if s.standby_device else {})
                       for s in plan.submodels],
         "input": plan.input.model_dump() if plan.input else None,
+        "resilience": plan.resilience.model_dump() if plan.resilience else None,
     }
 
 
@@ -133,7 +135,28 @@ def format_plan(plan) -> str:
                      f"{sm.latency.comm_s * 1e3:>8.2f} {done * 1e3:>9.2f}")
     if plan.fusion:
         lines.append(f"  fusion on {plan.fusion.device}: {plan.fusion.latency_s * 1e3:.3f} ms")
+    if plan.resilience:
+        lines.extend(_resilience_lines(plan))
     return "\n".join(lines)
+
+
+def _resilience_lines(plan) -> list[str]:
+    """Every standby placement, then the makespan with each single device failed."""
+    r = plan.resilience
+    lines = [f"  standby copies (resilience): worst single failure "
+             + (f"{r.worst_failover_makespan_s * 1e3:.2f} ms ({r.worst_failed_device} failed"
+                f"{'' if r.failover_proven else ', not proven minimal'})"
+                if r.worst_failover_makespan_s is not None else "- (no device can fail over)")
+             + (f", bound failover_latency_s {r.failover_latency_s * 1e3:.2f} ms"
+                if r.failover_latency_s is not None else "")]
+    lines.append(f"  {'sub-model on':<16} {'ratio':>6} {'standby on':<16} {'standby ms':>10}")
+    for sm in plan.submodels:
+        lines.append(f"  {sm.device:<16} {sm.ratio:>6g} {sm.standby_device:<16} "
+                     f"{sm.standby_latency_s * 1e3:>10.2f}")
+    lines.append(f"  {'failed device':<16} {'makespan ms':>11}")
+    for device, span in r.failover_makespan_s.items():
+        lines.append(f"  {device:<16} {span * 1e3:>11.2f}")
+    return lines
 
 
 def _secondary_text(name: str, value: float | int | None) -> str:

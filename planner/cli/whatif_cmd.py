@@ -32,7 +32,8 @@ _RANGE = re.compile(r"^(\d+)\s*\.\.\s*(\d+)$")
 
 CSV_FIELDS = ("status", "makespan_s", "bound_s", "greedy_makespan_s", "devices_total",
               "devices_used", "num_submodels", "total_mem_bytes", "worst_loss_pp", "aggregator",
-              "aggregator_kind", "aggregator_changed", "cost_usd", "binding", "note")
+              "aggregator_kind", "aggregator_changed", "cost_usd", "binding", "note",
+              "makespan_without_standby_s", "worst_failover_makespan_s")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -133,15 +134,21 @@ def _cell(value) -> str:
 
 def format_table(result) -> str:
     keys = list(result.varied)
+    standby = any(s.standby for s in result.scenarios)   # resilience: what standby costs
     head = " ".join(f"{k:>{max(len(k), 4)}}" for k in keys)
     lines = [f"what-if {result.inventory}: {len(result.scenarios)} scenario(s) in "
              f"{result.wall_time_s:.1f} s on {result.processes} process(es)",
-             f"  {head} {'status':>10} {'makespan ms':>11} {'greedy ms':>10} {'used':>5} "
+             f"  {head} {'status':>10} {'makespan ms':>11} "
+             + (f"{'no-standby ms':>13} {'1-fail ms':>10} " if standby else "")
+             + f"{'greedy ms':>10} {'used':>5} "
              f"{'mem MiB':>8} {'loss':>5} {'cost $':>8}  aggregator"]
     for s in result.scenarios:
         counts = " ".join(f"{s.counts[k]:>{max(len(k), 4)}}" for k in keys)
         lines.append(
-            f"  {counts} {s.status:>10} {_ms(s.makespan_s):>11} {_ms(s.greedy_makespan_s):>10} "
+            f"  {counts} {s.status:>10} {_ms(s.makespan_s):>11} "
+            + (f"{_ms(s.makespan_without_standby_s):>13} {_ms(s.worst_failover_makespan_s):>10} "
+               if standby else "")
+            + f"{_ms(s.greedy_makespan_s):>10} "
             f"{s.devices_used:>5} "
             f"{'-' if s.total_mem_bytes is None else f'{s.total_mem_bytes / 2**20:.0f}':>8} "
             f"{'-' if s.worst_loss_pp is None else f'{s.worst_loss_pp:g}':>5} "
