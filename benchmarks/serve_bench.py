@@ -6,11 +6,11 @@ For each deployment the service (`serve_local_http`, the same code as `edvit ser
 keep-alive httpx connection, posting one encoded image per request to `/classify` (a PNG for
 digits, a JPEG of random pixels for the 224-pixel ViTs) and timing it from send to parsed JSON.
 The direct path is `serve_local` at batch 1 in benchmark mode (the aggregator's own time from
-sending the pixels to the fused logits, no HTTP, no decoding), run on the same
-deployment, alternating with the one-client HTTP run (`--repeats`, medians; the spread is the
-range of the HTTP p50s). Columns: p50 and p99 per request (ms; the direct path reports its median
-and p95), throughput (answers/s), and for one client what HTTP adds at p50 (ms and %; target: <= 1 ms or
-<= 10 %). A last row per deployment serves 16 clients with micro-batching (16 images, 2 ms).
+sending the pixels to the fused logits, no HTTP, no decoding), run on the same deployment,
+alternating with the one-client HTTP run (`--repeats`, medians; the spread is the range of the HTTP
+p50s). Columns: p50 and p99 per request (ms; the direct path reports its median and p95),
+throughput (answers/s), and for one client what HTTP adds at p50 (ms and %; target: <= 1 ms or <=
+10 %). A last row per deployment serves 16 clients with micro-batching (16 images, 2 ms).
 
 Then the input bytes each device receives per image, as the runtime sends them (tensor bytes of
 the pixels; plus a 16-byte control message per request), with the float32 wire of before and the

@@ -249,7 +249,8 @@ def test_health_metadata_and_metrics(service):
     assert {w["device"] for w in meta["parameters"]["workers"]} == {"pi-a", "pi-b", "pi-c"}
     metrics = httpx.get(f"{url}/metrics").text
     for name in ("edvit_requests_total", "edvit_request_latency_seconds_bucket",
-                 "edvit_degraded_answers_total", 'edvit_device_compute_seconds_count{device="pi-b"}'):
+                 "edvit_degraded_answers_total",
+                 'edvit_device_compute_seconds_count{device="pi-b"}'):
         assert name in metrics
 
 

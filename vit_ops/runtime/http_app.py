@@ -361,7 +361,8 @@ def _header_length(text: str, body_length: int) -> int:
 
 def _with_binary_data(tensor: InferTensor, data: bytes) -> tuple[InferTensor, bytes | None]:
     """The tensor with its elements from the binary part of the body (the binary tensor data
-    extension: UINT8 as raw bytes, returned apart; BYTES as 4-byte little-endian lengths + bytes)."""
+    extension: UINT8 as raw bytes, returned apart; BYTES as 4-byte little-endian lengths and
+    bytes)."""
     size = (tensor.parameters or {}).get("binary_data_size")
     if size is None:
         return tensor, None

@@ -178,7 +178,8 @@ class LocalFleet:
     def _supervise(self) -> None:
         while not self._stopping:
             for rank in list(self.processes):
-                if self.exit_status(rank) is not None and rank not in self._pending | self._given_up:
+                waiting = self._pending | self._given_up
+                if self.exit_status(rank) is not None and rank not in waiting:
                     self.restart(rank)
             time.sleep(SUPERVISE_POLL_S)
 

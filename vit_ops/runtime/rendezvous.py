@@ -4,10 +4,11 @@ Rank 0 is the aggregator, rank r >= 1 serves the r-th device of the deployment. 
 `TCPStore` (hosted by rank 0, or by torchrun's agent when run under torchrun). A worker first loads
 its sub-model, then writes `joined/<rank>/<generation>` (its `WorkerInfo`) or
 `failed/<rank>/<generation>` (why loading failed) to the store, so the aggregator can name a device
-that never joins instead of timing out anonymously. Each announcement has a generation (a counter per rank in the store): a restarted
-worker announces the next one, and the aggregator, which watches the counters for as long as it
-runs, accepts it and builds a fresh link with it (`vit_ops.runtime.link`). No step waits for all
-workers at once, so a device that dies while the fleet joins delays nobody else.
+that never joins instead of timing out anonymously. Each announcement has a generation (a counter
+per rank in the store): a restarted worker announces the next one, and the aggregator, which
+watches the counters for as long as it runs, accepts it and builds a fresh link with it
+(`vit_ops.runtime.link`). No step waits for all workers at once, so a device that dies while the
+fleet joins delays nobody else.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The deployment's eval transform, split where the wire is: 8-bit pixels here, floats on the worker.
+"""The deployment's eval transform, split at the wire: 8-bit pixels here, floats on the worker.
 
 An image file becomes the model's input in two steps, both from `vit_ops.data` so that serving and
 `edvit evaluate` see identical tensors: `image_pixels` (decode, RGB, bilinear resize to the model's

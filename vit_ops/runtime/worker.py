@@ -1,11 +1,12 @@
 """A worker: one device of the fleet, serving its own sub-model(s) to the aggregator.
 
-`serve_worker` loads only the feature extractor of its device (threads pinned), joins the fleet
-(a fresh link of its own, `vit_ops.runtime.link`, so it may also rejoin a running service after a
+`serve_worker` loads only the feature extractor of its device (threads pinned), joins the fleet (a
+fresh link of its own, `vit_ops.runtime.link`, so it may also rejoin a running service after a
 restart), and answers every request of the aggregator with the features of the 8-bit images it
-received, normalised here with the deployment's eval transform, until the aggregator says bye. It returns a process exit code: 0 after a normal run, 1 when the run was
-aborted or the aggregator was lost (every wait is bounded: `3 x timeout_s`, since a worker may
-legitimately idle while the aggregator waits out another device's timeout).
+received, normalised here with the deployment's eval transform, until the aggregator says bye. It
+returns a process exit code: 0 after the aggregator's bye, 1 when it closed the fleet without
+accepting this worker or was lost (every wait is bounded: `3 x timeout_s`, since a worker may legitimately idle while the
+aggregator waits out another device's timeout).
 """
 
 from __future__ import annotations
