@@ -5,8 +5,8 @@ fresh link of its own, `vit_ops.runtime.link`, so it may also rejoin a running s
 restart), and answers every request of the aggregator with the features of the 8-bit images it
 received, normalised here with the deployment's eval transform, until the aggregator says bye. It
 returns a process exit code: 0 after the aggregator's bye, 1 when it closed the fleet without
-accepting this worker or was lost (every wait is bounded: `3 x timeout_s`, since a worker may legitimately idle while the
-aggregator waits out another device's timeout).
+accepting this worker or was lost (every wait is bounded: `3 x timeout_s`, since a worker may
+legitimately idle while the aggregator waits out another device's timeout).
 """
 
 from __future__ import annotations
