@@ -35,8 +35,9 @@ def resilient(seed: int, *, failover_latency_s: float | None = None, **kw) -> Pr
 
 
 def brute_force(problem: Problem):
-    """Lexicographic best (makespan, worst failover, memory) over every placement and standby
-    choice, scored by the checker; None when no valid plan exists."""
+    """Lexicographic best (makespan, worst failover, secondary) over every placement and standby
+    choice, scored by the checker; None when no valid plan exists. Group sizes come from
+    `planner.decode.group_sizes`, which minimises the worst loss for the chosen rows."""
     ratios = [row.ratio for row in problem.profile]
     rows_of = {r: i for i, r in enumerate(ratios)}
     capacities = tuple(row.capacity_within(problem.loss_budget) for row in problem.profile)
@@ -60,7 +61,7 @@ def brute_force(problem: Problem):
             if score.valid:
                 worst = score.worst_failover_s
                 scores.append((score.makespan_s, -1.0 if worst is None else worst,
-                               score.memory_sum_bytes))
+                               score.secondary_value(problem.secondary)))
     if not scores:
         return None
     best_makespan = min(s[0] for s in scores)
@@ -71,6 +72,7 @@ def brute_force(problem: Problem):
 
 
 CASES = [dict(seed=s, num_devices=3) for s in range(6)] + \
+        [dict(seed=s, num_devices=3, secondary="max_loss", num_classes=5) for s in range(20, 23)] + \
         [dict(seed=s, num_devices=4) for s in range(6, 10)] + \
         [dict(seed=s, num_devices=3, max_per_device=2, num_classes=5) for s in range(10, 13)]
 
@@ -96,7 +98,17 @@ def test_solver_matches_brute_force(case):
     assert set(plan.resilience.failover_makespan_s) == hosts
 
 
-def test_without_input_and_on_aggregator_only_fleet():
+def test_similarity_groups_classes_and_keeps_the_failure_figures():
+    problem = resilient(4, num_devices=3, num_classes=4, secondary="similarity",
+                        similarity=[[0, 5, 0, 1], [5, 0, 2, 0], [0, 2, 0, 7], [1, 0, 7, 0]])
+    expected = brute_force(problem.model_copy(update={"secondary": "memory"}))
+    plan = solve(problem, SolverConfig(time_limit_s=30))
+    assert math.isclose(plan.makespan_s, expected[0], rel_tol=1e-7)
+    assert not plan.solver.secondary_proven
+    assert sorted(c for sm in plan.submodels for c in sm.classes) == [0, 1, 2, 3]
+
+
+def test_without_input_transfer():
     problem = resilient(3, num_devices=3).model_copy(update={"input_bytes": None})
     expected = brute_force(problem)
     plan = solve(problem, SolverConfig(time_limit_s=30))
