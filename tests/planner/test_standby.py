@@ -260,3 +260,19 @@ def test_whatif_shows_what_standby_costs(tmp_path):
         assert s.standby and s.makespan_without_standby_s is not None
         assert s.makespan_s >= s.makespan_without_standby_s * (1 - 1e-9)
         assert s.worst_failover_makespan_s is not None
+
+
+def test_same_input_and_seed_give_the_same_plan():
+    problem = resilient(7, num_devices=4)
+    first, second = (solve(problem, SolverConfig(time_limit_s=30)).model_dump(
+        exclude={"solver": {"wall_time_s"}}) for _ in range(2))
+    assert first == second
+
+
+def test_solve_prints_standby_placements(edvit, tmp_path):
+    path = tmp_path / "resilient.yaml"
+    path.write_text(yaml.safe_dump(resilient(1, num_devices=3).model_dump(
+        mode="json", exclude_none=True)))
+    result = edvit("solve", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "worst single failure" in result.stdout and "standby on" in result.stdout
