@@ -24,6 +24,7 @@ rows; it stays fast up to `MAX_DEVICES` devices and is refused beyond.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -33,6 +34,8 @@ from planner.checker import input_transfer_s, submodel_latency
 from planner.cpsat_model import STATUS_NAMES, SolverConfig, make_solver
 from planner.problem import Problem
 from planner.scaling import budget_to_units, seconds_to_units
+
+log = logging.getLogger(__name__)
 
 MAX_DEVICES = 16   # the per-device model's documented limit (benchmarks/planner_bench.py)
 
@@ -56,7 +59,8 @@ class StandbyModel:
     def __init__(self, problem: Problem, *, objective: str = "makespan",
                  makespan_cap_units: int | None = None, worst_cap_units: int | None = None,
                  unlimited_memory: bool = False, use_loss_budget: bool = True,
-                 use_latency_budget: bool = True, use_failover_budget: bool = True) -> None:
+                 use_latency_budget: bool = True, use_failover_budget: bool = True,
+                 makespan_floor_units: int | None = None) -> None:
         if objective not in ("makespan", "failover", "memory", "max_loss", "feasibility"):
             raise ValueError(objective)
         self.problem = problem
@@ -74,6 +78,8 @@ class StandbyModel:
         self.worst_cap = min(caps) if caps else None
         self._add_placement()
         self._add_scenarios()
+        if makespan_floor_units is not None:   # a proven lower bound (the plain optimum's)
+            self.m.add(self.makespan >= makespan_floor_units)
         self._add_objective()
 
     # -- data ---------------------------------------------------------------------------------
@@ -232,6 +238,8 @@ class StandbyModel:
             objective = int(round(solver.objective_value))
         if found and self.objective == "max_loss":
             level = next(j for j, lv in enumerate(self.level) if solver.value(lv))
+        log.info("standby stage %s: %s objective=%s bound=%s in %.3f s", self.objective, status,
+                 objective, bound, solver.wall_time)
         value = solver.value if found else (lambda _: 0)
         return StandbyResult(
             status=status, objective=objective, bound=bound,

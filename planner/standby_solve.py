@@ -5,14 +5,20 @@ normal-case makespan T*; stage 2 the worst makespan over the single-device failu
 the secondary objective (memory or max_loss; similarity groups classes by the clustering
 heuristic on the chosen sizes, reported unproven). Standby copies serve the same classes as their
 primaries, so class identities never change a failure makespan.
+
+Warm start: the plain problem (no copies) is solved first with the configuration model; its
+optimum is a lower bound on the resilient normal makespan (copies only add constraints), and its
+placement, with each copy put where it finishes first under its primary's failure and fits, is
+stage 1's hint, and the plan returned when the time limit ends before CP-SAT's own first plan.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from planner.checker import MAKESPAN_REL_TOL, Placement
+from planner.checker import MAKESPAN_REL_TOL, Placement, score_plan, submodel_latency
 from planner.cpsat_model import SolverConfig
+from planner.scaling import budget_to_units
 from planner.decode import contiguous_classes, group_sizes
 from planner.errors import InputError
 from planner.problem import Problem
@@ -46,9 +52,22 @@ def _within(objective: int, proven: bool) -> int:
 def solve_standby(problem: Problem, config: SolverConfig, remaining) -> StandbyOutcome:
     """Stages 1-3 (see the module docstring); `remaining()` is the time left in seconds."""
     check_size(problem)
-    stage1 = StandbyModel(problem, objective="makespan").solve(config, remaining())
+    plain_bound, start = _plain_start(problem, config, remaining() / 4)
+    model1 = StandbyModel(problem, objective="makespan", makespan_floor_units=plain_bound)
+    if start is not None:
+        model1.add_hint(start[0])
+    stage1 = model1.solve(config, remaining())
+    if stage1.status == "unknown" and start is not None:
+        # the time limit ended before CP-SAT's first plan: the warm start, unproven
+        # (the plain optimum with copies added: optimal in the normal case when that one was)
+        status = "optimal" if start[3] else "feasible"
+        return StandbyOutcome(status, start[1], start[2], plain_bound, None, False, False)
     if stage1.status not in ("optimal", "feasible"):
         return StandbyOutcome(stage1.status, [], [], None, None, False, False)
+    if stage1.status == "feasible" and plain_bound is not None:
+        bound = max(stage1.bound or 0, plain_bound)
+        stage1 = replace(stage1, bound=bound,
+                         status="optimal" if bound >= stage1.objective else "feasible")
     proven = stage1.status == "optimal"
     makespan_cap = _within(stage1.objective, proven)
     model2 = StandbyModel(problem, objective="failover", makespan_cap_units=makespan_cap)
@@ -79,6 +98,57 @@ def solve_standby(problem: Problem, config: SolverConfig, remaining) -> StandbyO
     return StandbyOutcome("optimal" if proven else "feasible", placements, standby,
                           stage1.bound, failover_bound, failover_proven,
                           secondary_proven and problem.secondary != "similarity")
+
+
+def _plain_start(problem: Problem, config: SolverConfig, time_limit_s: float):
+    """(lower bound in units or None, (hint, placements, standby, proven optimal in the normal
+    case) or None): see the module docstring."""
+    from planner.solve import solve   # solve() dispatches here: import at call time
+
+    plain = solve(problem.model_copy(update={"resilience": None}),
+                  config.model_copy(update={"time_limit_s": max(time_limit_s, 0.05)}))
+    # the configuration model counts the same integer units, so its bound holds here (less one
+    # unit for the round trip through seconds)
+    bound = (budget_to_units(plain.solver.bound_s) - 1
+             if plain.solver.bound_s is not None else None)
+    if not plain.submodels:
+        return bound, None
+    names = [d.name for d in problem.devices]
+    aggregator = problem.aggregator_name
+    free = {d.name: d.mem_bytes - (problem.fusion.mem_bytes if d.name == aggregator else 0)
+            - sum(sm.mem_bytes for sm in plain.submodels if sm.device == d.name)
+            for d in problem.devices}
+    busy = dict(plain.device_times_s)
+    extra: dict[tuple[str, str], float] = {}   # (failed, standby) -> seconds of copies
+    standby = []
+    for sm in plain.submodels:
+        row = problem.row(sm.ratio)
+        options = []
+        for d in problem.devices:
+            if d.name == sm.device or free[d.name] < row.mem_bytes or \
+                    (d.name == aggregator and not problem.hosts_on_aggregator):
+                continue
+            cost = submodel_latency(row, d, d.name == aggregator).total_s
+            options.append((busy.get(d.name, 0.0) + extra.get((sm.device, d.name), 0.0) + cost,
+                            names.index(d.name), d.name, cost))
+        if not options:
+            return bound, None
+        _, _, chosen, cost = min(options)
+        free[chosen] -= row.mem_bytes
+        extra[(sm.device, chosen)] = extra.get((sm.device, chosen), 0.0) + cost
+        standby.append(chosen)
+    placements = [Placement(sm.device, sm.ratio, tuple(sm.classes)) for sm in plain.submodels]
+    if not score_plan(problem, placements, standby=standby).valid:
+        return bound, None   # e.g. over failover_latency_s
+    rows = {row.ratio: r for r, row in enumerate(problem.profile)}
+    primaries: dict[tuple[int, int], int] = {}
+    copies: dict[tuple[int, int, int], int] = {}
+    for sm, copy_on in zip(plain.submodels, standby):
+        d, e, r = names.index(sm.device), names.index(copy_on), rows[sm.ratio]
+        primaries[d, r] = primaries.get((d, r), 0) + 1
+        copies[d, e, r] = copies.get((d, e, r), 0) + 1
+    hint = StandbyResult("feasible", None, None, primaries, copies, None, None, None)
+    return bound, (hint, placements, standby, plain.status == "optimal")
 
 
 def decode_standby(problem: Problem, result: StandbyResult, capacities: tuple[int, ...]

@@ -276,3 +276,12 @@ def test_solve_prints_standby_placements(edvit, tmp_path):
     result = edvit("solve", str(path))
     assert result.returncode == 0, result.stderr
     assert "worst single failure" in result.stdout and "standby on" in result.stdout
+
+
+def test_a_short_time_limit_still_returns_a_checked_plan():
+    """The plain optimum with copies added is stage 1's hint and the fallback."""
+    problem = resilient(5, num_devices=16, num_classes=12, max_per_device=2)
+    plan = solve(problem, SolverConfig(time_limit_s=0.05))
+    assert plan.status in ("optimal", "feasible")
+    assert all(sm.standby_device not in (None, sm.device) for sm in plan.submodels)
+    assert plan.solver.bound_s <= plan.makespan_s
