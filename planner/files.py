@@ -127,3 +127,20 @@ def _replace_dir(staging: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         staging.rename(target)
+
+
+@contextmanager
+def resumable_directory(target: str | Path, resume: bool) -> Iterator[tuple[Path, bool]]:
+    """Like `staged_directory`, but the staging directory has a fixed name (`.NAME.partial`) and
+    is kept when the block fails or is interrupted, so a rerun with `resume` continues in it.
+    Yields (staging, resumed); without `resume` an old partial directory is cleared first. On
+    success the staging directory takes `target`'s place in one rename."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(f".{target.name}.partial")
+    resumed = resume and staging.is_dir()
+    if not resumed:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    yield staging, resumed
+    _replace_dir(staging, target)

@@ -65,6 +65,9 @@ class ModelSpec(StrictModel):
     num_classes: int = Field(gt=0)
     class_names: list[str] | None = None
     profile: str | None = Field(default=None, description="profile JSON from `edvit profile`")
+    img_size: int | None = Field(default=None, gt=0,
+                                 description="input images in pixels (square); default: the "
+                                             "arch's own. The profile must be made at this size")
 
     @model_validator(mode="after")
     def _names_match(self) -> "ModelSpec":
@@ -237,11 +240,17 @@ def _profile_for(inv: Inventory, base_dir: Path, source: str,
         path = path if path.is_absolute() else base_dir / path
         profile, where = load_profile(path), str(path)
     else:
-        return builtin_profile(inv.model.arch, source=source), f"builtin:{inv.model.arch}"
+        profile, where = builtin_profile(inv.model.arch, source=source), f"builtin:{inv.model.arch}"
     if profile.shape.arch != inv.model.arch:
         raise ProfileMismatchError(
             f"profile {where} is for arch {profile.shape.arch!r}, the inventory names "
             f"{inv.model.arch!r}", file=source, field="model.arch", value=inv.model.arch)
+    wanted = inv.model.img_size
+    if wanted is not None and profile.shape.img_size != wanted:
+        raise ProfileMismatchError(
+            f"profile {where} is for {profile.shape.img_size} px images; make one at {wanted} px "
+            f"with 'edvit profile --arch {inv.model.arch} --img-size {wanted} --out PROFILE.json' "
+            "and name it in model.profile", file=source, field="model.img_size", value=wanted)
     return profile, where
 
 

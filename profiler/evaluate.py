@@ -26,18 +26,20 @@ from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from profiler.flops import count_macs
 from profiler.onnx_latency import measure_onnx_latency
-from vit_ops.data import DataSplits
+from vit_ops.compute import CPU, Compute
+from vit_ops.data import DataSplits, batches
 from vit_ops.deploy import (
     ONNX_FILE,
     load_all_submodels,
     load_deployment_base,
     load_fusion,
     load_manifest,
+    part_path,
 )
 from vit_ops.fusion import concat_features
 from vit_ops.submodel import group_labels
 from vit_ops.timing import measure_latency
-from vit_ops.training import accuracy, predict
+from vit_ops.training import predict
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +107,10 @@ def evaluation_json(evaluation: Evaluation) -> dict:
 def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions: int = 0,
                         measure: bool = True, threads: int | None = None, repeats: int = 7,
                         progress: ProgressCallback | None = None,
-                        runtime: LatencyRuntime = "torch") -> Evaluation:
+                        runtime: LatencyRuntime = "torch", compute: Compute = CPU) -> Evaluation:
     """Accuracy, size, FLOPs and (if `measure`) latency in `runtime` of the deployment on
-    `splits.test`; every latency is seconds per image at batch 1."""
+    `splits.test` (streamed once through every part on `compute`); every latency is seconds per
+    image at batch 1 on this host's CPU."""
     manifest = load_manifest(deploy_dir)
     base = load_deployment_base(deploy_dir)
     subs = load_all_submodels(deploy_dir)
@@ -119,20 +122,21 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
                          value=runtime)
     on_torch = measure and runtime in ("torch", "both")
     on_onnx = measure and runtime in ("onnxruntime", "both")
-    base_dir = Path(deploy_dir) / manifest.base_dir
-    sub_dirs = [Path(deploy_dir) / manifest.submodels[s.index].dir for s in subs]
+    base_dir = part_path(deploy_dir, manifest.base_dir, "base_dir")
+    sub_dirs = [part_path(deploy_dir, manifest.submodels[s.index].dir, "dir") for s in subs]
     if on_onnx:
         _check_onnx_files([base_dir, *sub_dirs])
     test = splits.test
     steps = 2 + len(subs)
     tick = progress or (lambda done, total, label="": None)
 
-    tick(0, steps, "base")
-    base_logits = predict(base.model, test.images)
-    base_acc = accuracy(base_logits, test.labels)
-    fused_logits = fused_predict(subs, fusion.module, test.images)
-    fused_acc = accuracy(fused_logits, test.labels)
-    example = test.images[:1]
+    tick(0, steps, "accuracy")
+    outputs = _held_out_predictions(base.model, [s.module for s in subs], fusion.module, test,
+                                    compute)
+    labels = outputs["labels"]
+    base_acc = _fraction(outputs["base"] == labels)
+    fused_acc = _fraction(outputs["fused"] == labels)
+    example, _ = test.first(1)
     base_flops = _flops(base.model, example) if measure else None
     base_latency = _latency(base.model, example, threads, repeats) if on_torch else None
     onnx_base = _onnx_latency(base_dir, example, threads, repeats) if on_onnx else None
@@ -142,15 +146,10 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
     results = []
     for i, sub in enumerate(subs):
         spec = sub.spec
-        mine = test.of_classes(spec.classes)
-        logits = predict(lambda x: sub.module(x)[0], mine.images)
-        own_acc = accuracy(logits, group_labels(mine.labels, spec.classes))
-        others = [c for c in range(manifest.num_classes) if c not in set(spec.classes)]
-        other_acc = None
-        if others:
-            rest = test.of_classes(others)
-            rest_logits = predict(lambda x: sub.module(x)[0], rest.images)
-            other_acc = float((rest_logits.argmax(-1) == len(spec.classes)).float().mean())
+        predicted = outputs["submodels"][i]
+        mine = torch.isin(labels, torch.tensor(spec.classes, dtype=labels.dtype))
+        own_acc = _fraction(predicted[mine] == group_labels(labels[mine], spec.classes))
+        other_acc = _fraction(predicted[~mine] == len(spec.classes)) if (~mine).any() else None
         params = sub.module.backbone_params()
         flops = _flops(sub.module, example) if measure else None
         latency = _latency(sub.module, example, threads, repeats) if on_torch else None
@@ -179,10 +178,36 @@ def evaluate_deployment(deploy_dir: str | Path, splits: DataSplits, predictions:
         fused_minus_base_pp=100.0 * (fused_acc - base_acc), base_params=base_backbone,
         base_param_bytes=base_backbone * BYTES_PER_PARAM, base_flops=base_flops,
         base_latency_s=base_latency[0] if base_latency else None, submodels=results,
-        predictions=[int(p) for p in fused_logits.argmax(-1)[:predictions]] if predictions else None,
+        predictions=[int(p) for p in outputs["fused"][:predictions]] if predictions else None,
         onnx_threads=threads if on_onnx else None,
         onnx_base_latency_s=onnx_base[0] if onnx_base else None,
         onnx_base_latency_iqr_s=onnx_base[1] if onnx_base else None)
+
+
+@torch.no_grad()
+def _held_out_predictions(base: torch.nn.Module, subs: list[torch.nn.Module],
+                          fusion: torch.nn.Module, test, compute: Compute) -> dict:
+    """One streamed pass over `test`: predicted labels of the base, the fused system and each
+    sub-model (over its classes + other), and the true labels (all CPU int64 vectors)."""
+    parts = [m.eval().to(compute.device) for m in (base, fusion, *subs)]
+    base_pred, fused_pred, labels = [], [], []
+    sub_pred: list[list[torch.Tensor]] = [[] for _ in subs]
+    for x, y in batches(test, compute.eval_batch_size, compute):
+        base_pred.append(base(x).argmax(-1).cpu())
+        outs = [sub(x) for sub in subs]
+        fused_pred.append(fusion(torch.cat([o[1] for o in outs], dim=-1)).argmax(-1).cpu())
+        for k, (logits, _) in enumerate(outs):
+            sub_pred[k].append(logits.argmax(-1).cpu())
+        labels.append(y.cpu())
+    for part in parts:
+        part.cpu()
+    cat = (lambda xs: torch.cat(xs) if xs else torch.zeros(0, dtype=torch.int64))
+    return {"base": cat(base_pred), "fused": cat(fused_pred), "labels": cat(labels),
+            "submodels": [cat(p) for p in sub_pred]}
+
+
+def _fraction(hits: torch.Tensor) -> float:
+    return float(hits.float().mean()) if hits.numel() else float("nan")
 
 
 def fused_predict(subs: list, fusion: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -194,9 +219,10 @@ def _check_data(manifest, splits: DataSplits) -> None:
     if splits.num_classes != manifest.num_classes:
         raise InputError(f"data has {splits.num_classes} classes, the deployment "
                          f"{manifest.num_classes}", field="--data", value=splits.source)
-    if splits.img_size != manifest.img_size:
-        raise InputError(f"data image size {splits.img_size}, the deployment expects "
-                         f"{manifest.img_size}", field="--data", value=splits.source)
+    if splits.preprocess != manifest.preprocess:
+        raise InputError(f"data is decoded with {splits.preprocess}, the deployment records "
+                         f"{manifest.preprocess} (use vit_ops.deploy.deployment_splits)",
+                         field="--data", value=splits.source)
 
 
 def _latency(model: torch.nn.Module, example: torch.Tensor, threads: int,

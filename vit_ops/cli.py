@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import yaml
@@ -42,9 +43,23 @@ from vit_ops.base_model import (
     save_base,
     train_base,
 )
-from vit_ops.data import DIGITS, load_data
-from vit_ops.deploy import load_manifest
+from vit_ops.base_model import base_splits
+from vit_ops.data import DIGITS, DataArgs, load_data
+from vit_ops.deploy import deployment_splits
 from vit_ops.materialize import MaterializeConfig, materialize
+from vit_ops.options import (
+    add_compute_arguments,
+    add_data_arguments,
+    add_preprocess_arguments,
+    compute_from,
+    data_args_from,
+    devices_from,
+    fit_updates,
+    preprocess_updates,
+)
+from vit_ops.preprocess import scratch_preprocess, timm_preprocess
+from vit_ops.shapes import shape_for_arch
+from vit_ops.similarity import class_similarity
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +71,17 @@ DEMO_FUSION_HIDDEN = 128  # the digits features are 32 wide; a 256-unit head onl
 
 
 def add_train_base_arguments(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--data", default="digits",
-                       help="'digits' (built in, default) or an image folder (one sub-folder per "
-                            "class)")
+    add_data_arguments(train)
+    train.add_argument("--arch", metavar="ARCH",
+                       help="timm architecture (e.g. vit_tiny_patch16_224; default: edvit's "
+                            "small ViT)")
+    train.add_argument("--img-size", type=int, metavar="N",
+                       help="input size (default: the arch's own; edvit's small ViT: 16 on "
+                            "digits, 32 on a folder)")
+    train.add_argument("--init", metavar="CKPT.safetensors",
+                       help="start from these weights (fine-tune) instead of a random init")
+    add_preprocess_arguments(train)
+    add_compute_arguments(train)
     train.add_argument("--out", default=DEFAULT_BASE_DIR, metavar="DIR",
                        help=f"output directory (default: {DEFAULT_BASE_DIR})")
     train.add_argument("--epochs", type=int, help="training epochs (default: 40)")
@@ -71,9 +94,13 @@ def add_materialize_arguments(mat: argparse.ArgumentParser) -> None:
     mat.add_argument("plan", metavar="PLAN.json")
     mat.add_argument("--base", required=True, metavar="MODEL",
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
-    mat.add_argument("--data", required=True, help="'digits' or an image folder")
+    add_data_arguments(mat)
+    add_preprocess_arguments(mat)
+    add_compute_arguments(mat, parallel=True)
     mat.add_argument("--out", required=True, metavar="DEPLOY_DIR")
     mat.add_argument("--force", action="store_true", help="replace an existing DEPLOY_DIR")
+    mat.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run after its last finished sub-model")
     mat.add_argument("--importance", choices=["fisher", "kl"], default="fisher",
                      help="fisher: 2nd-order Taylor of the KL (fast, default); kl: exact ablation")
     mat.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per sub-model")
@@ -84,7 +111,8 @@ def add_materialize_arguments(mat: argparse.ArgumentParser) -> None:
 
 def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("deploy_dir", metavar="DEPLOY_DIR")
-    ev.add_argument("--data", required=True, help="'digits' or an image folder")
+    add_data_arguments(ev, recorded=True)
+    add_compute_arguments(ev, training=False)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--predictions", type=int, default=0, metavar="N",
                     help="add the fused predicted labels of the first N held-out images")
@@ -106,7 +134,8 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
 def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
     acc.add_argument("--base", required=True, metavar="MODEL",
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
-    acc.add_argument("--data", required=True, help="'digits' or an image folder")
+    add_data_arguments(acc)
+    add_compute_arguments(acc)
     acc.add_argument("--profile", required=True, metavar="PROFILE.json",
                      help="profile of the base's architecture (`edvit profile`)")
     acc.add_argument("--out", required=True, metavar="PROFILE_WITH_LOSS.json",
@@ -123,20 +152,28 @@ def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
     acc.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
 
+def add_similarity_arguments(sim: argparse.ArgumentParser) -> None:
+    sim.add_argument("--base", required=True, metavar="MODEL",
+                     help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
+    add_data_arguments(sim)
+    add_compute_arguments(sim, training=False)
+    sim.add_argument("--img-size", type=int, metavar="N", help="for ARCH:CHECKPOINT (default: "
+                     "the arch's own)")
+    sim.add_argument("--out", required=True, metavar="SIM.yaml")
+
+
 def run_train_base(args: argparse.Namespace) -> int:
     _positive(args.epochs, "--epochs")
     out = check_output_dir(args.out, args.force)
-    if args.data == DIGITS:
-        splits, shape = load_data(DIGITS, img_size=DIGITS_SHAPE.img_size), DIGITS_SHAPE
-    else:
-        splits = load_data(args.data, img_size=DIGITS_SHAPE.img_size * 2)
-        shape = DIGITS_SHAPE.model_copy(update={"arch": "edvit_small_vit",
-                                                "img_size": splits.img_size, "patch_size": 8,
-                                                "num_classes": splits.num_classes})
-    config = DIGITS_FIT.model_copy(update={"seed": args.seed,
-                                           **({"epochs": args.epochs} if args.epochs else {})})
+    data = data_args_from(args)
+    data = data if data.given else DataArgs(data=DIGITS)
+    shape, preprocess = _base_shape(args, data)
+    splits = load_data(data, preprocess=preprocess.with_overrides(**preprocess_updates(args)))
+    shape = (shape_for_arch(args.arch, splits.num_classes, shape.img_size) if args.arch
+             else shape.model_copy(update={"num_classes": splits.num_classes}))
     with progress_bar("train-base") as progress:
-        base = train_base(splits, shape, config, progress)
+        base = train_base(splits, shape, _base_fit(args), progress, compute_from(args),
+                          init=Path(args.init) if args.init else None)
     save_base(base, out, force=args.force)
     if args.json:
         print_json(base.spec.model_dump(mode="json"))
@@ -146,18 +183,53 @@ def run_train_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base_shape(args: argparse.Namespace, data: DataArgs):
+    """The architecture (its classes are set from the data) and its default preprocessing."""
+    if args.arch:
+        shape = shape_for_arch(args.arch, 1, args.img_size)
+        return shape, timm_preprocess(args.arch, shape.img_size)
+    if args.init:
+        raise InputError("--init needs --arch (the checkpoint's timm architecture)",
+                         field="--init", value=args.init)
+    shape = DIGITS_SHAPE if data.data == DIGITS else DIGITS_SHAPE.model_copy(
+        update={"arch": "edvit_small_vit", "patch_size": 8, "img_size": DIGITS_SHAPE.img_size * 2})
+    if args.img_size:
+        if args.img_size % shape.patch_size:
+            raise InputError(f"must be a multiple of the patch size {shape.patch_size}",
+                             field="--img-size", value=args.img_size)
+        shape = shape.model_copy(update={"img_size": args.img_size})
+    return shape, scratch_preprocess(shape.img_size)
+
+
+def _base_fit(args: argparse.Namespace):
+    update = {"seed": args.seed, **fit_updates(args)}
+    if args.init:  # fine-tuning: a gentler default
+        update = {"lr": 5e-4, "epochs": 10, **update}
+    if args.epochs:
+        update["epochs"] = args.epochs
+    return DIGITS_FIT.model_copy(update=update)
+
+
 def run_materialize(args: argparse.Namespace) -> int:
     _positive(args.finetune_epochs, "--finetune-epochs")
     plan = load_plan(args.plan)
     base = _load_base_for(args.base, plan)
-    splits = _load_data_for(args.data, base)
+    compute = compute_from(args)
+    devices = devices_from(args)
+    splits = base_splits(base, data_args_from(args), preprocess_updates(args))
     config = _with_finetune_args(
         MaterializeConfig(importance=args.importance, export_onnx=not args.no_onnx), args)
-    config = config.model_copy(update={"fusion": config.fusion.model_copy(
-        update={"seed": args.seed})})
-    with progress_bar("materialize") as progress:
-        manifest = materialize(plan, base, splits, Path(args.out), config, force=args.force,
-                               progress=progress, plan_source=args.plan)
+    fusion_update = {"seed": args.seed, **({"max_steps": args.max_steps} if args.max_steps else {})}
+    config = config.model_copy(update={"fusion": config.fusion.model_copy(update=fusion_update)})
+    try:
+        with progress_bar("materialize") as progress:
+            manifest = materialize(plan, base, splits, Path(args.out), config, force=args.force,
+                                   progress=progress, plan_source=args.plan, compute=compute,
+                                   resume=args.resume, devices=devices)
+    except KeyboardInterrupt:
+        print("edvit materialize: finished sub-models are kept; rerun the same command with "
+              "--resume to continue", file=sys.stderr)
+        raise
     if args.json:
         print_json(manifest.model_dump(mode="json"))
     else:
@@ -172,14 +244,31 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.predictions < 0:
         raise InputError("must be >= 0", field="--predictions", value=args.predictions)
     _positive(args.threads, "--threads")
-    manifest = load_manifest(args.deploy_dir)
-    splits = load_data(args.data, img_size=manifest.img_size,
-                       expected_classes=manifest.num_classes, class_names=manifest.class_names)
+    compute = compute_from(args)
+    splits = deployment_splits(args.deploy_dir, data_args_from(args))
     with progress_bar("evaluate") as progress:
         evaluation = evaluate_deployment(args.deploy_dir, splits, predictions=args.predictions,
                                          measure=not args.no_latency, threads=args.threads,
-                                         progress=progress, runtime=args.latency_runtime)
+                                         progress=progress, runtime=args.latency_runtime,
+                                         compute=compute)
     _report(evaluation, args.json)
+    return 0
+
+
+def run_similarity(args: argparse.Namespace) -> int:
+    out = check_output_path(args.out)
+    data = data_args_from(args)
+    num_classes = None
+    if ":" in args.base and data.given:  # a checkpoint: its head is as wide as the data's classes
+        from vit_ops.data import make_split
+
+        num_classes = len(make_split(data).class_names)
+    base = load_base(args.base, num_classes=num_classes, img_size=args.img_size)
+    document = class_similarity(base, base_splits(base, data), compute_from(args))
+    write_text_atomic(out, yaml.safe_dump(document, sort_keys=False))
+    print(f"similarity of {len(document['class_names'])} classes from "
+          f"{document['val_images']} validation images (base accuracy "
+          f"{100 * document['val_accuracy']:.2f} %) -> {out}")
     return 0
 
 
@@ -204,14 +293,15 @@ def run_profile_accuracy(args: argparse.Namespace) -> int:
     profile = load_profile(args.profile)
     base = load_base(args.base, num_classes=profile.shape.num_classes,
                      img_size=profile.shape.img_size)
-    splits = _load_data_for(args.data, base)
+    splits = base_splits(base, data_args_from(args))
+    compute = compute_from(args)
     config = AccuracyTableConfig(
         group_sizes=sizes, groups_per_size=args.groups_per_size, loss_cap_pp=args.loss_cap_pp,
         seed=args.seed,
         materialize=_with_finetune_args(MaterializeConfig(export_onnx=False), args))
     with progress_bar("profile-accuracy") as progress:
         table = measure_accuracy_table(base, splits, profile, config, progress,
-                                       profile_source=args.profile)
+                                       profile_source=args.profile, compute=compute)
     write_json_atomic(out, table.profile.model_dump(mode="json"))
     if args.json:
         data = table.model_dump(mode="json", exclude={"profile"})
@@ -253,16 +343,10 @@ def _load_base_for(source: str, plan):
     return load_base(source, num_classes=plan.num_classes, img_size=img_size)
 
 
-def _load_data_for(data: str, base):
-    names = base.spec.class_names if base.spec.fit is not None else None
-    return load_data(data, img_size=base.spec.shape.img_size,
-                     expected_classes=base.spec.shape.num_classes, class_names=names)
-
-
 def _with_finetune_args(config, args: argparse.Namespace):
     """`config` (a MaterializeConfig) with the sub-models' fine-tuning seeded by `--seed` and
     lasting `--finetune-epochs` when given."""
-    update = {"seed": args.seed}
+    update = {"seed": args.seed, **fit_updates(args)}
     if args.finetune_epochs:
         update["epochs"] = args.finetune_epochs
     return config.model_copy(update={"finetune": config.finetune.model_copy(update=update)})
@@ -348,14 +432,20 @@ def run_demo(out_dir: Path, retrain: bool = False, config: MaterializeConfig = M
 
 COMMANDS = {
     "train-base": Command(add_train_base_arguments, run_train_base,
-                          description="Train a small ViT from scratch; writes "
-                                      "DIR/model.safetensors + DIR/model.json."),
+                          description="Train a ViT (edvit's small one, or any plain timm "
+                                      "ViT/DeiT with --arch, from scratch or from --init); "
+                                      "writes DIR/model.safetensors + model.json + split.json. "
+                                      "Without --data/--train the built-in digits are used."),
     "materialize": Command(
         add_materialize_arguments, run_materialize,
         description="Class-wise importance, structural pruning to the plan's counts, fine-tuning "
                     "with distillation, fusion head, safetensors + JSON + ONNX in DEPLOY_DIR."),
     "evaluate": Command(add_evaluate_arguments, run_evaluate,
-                        description="Evaluate DEPLOY_DIR on the held-out split of DATA."),
+                        description="Evaluate DEPLOY_DIR on its recorded held-out split."),
+    "similarity": Command(
+        add_similarity_arguments, run_similarity,
+        description="Confusions of the base on the validation split as the C x C integer matrix "
+                    "the inventory's `similarity` file takes (secondary: similarity)."),
     "demo": Command(
         add_demo_arguments, run_demo_command,
         description="Train the digits base (or reuse DIR/base), plan for an example fleet of four "

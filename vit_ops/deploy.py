@@ -3,9 +3,11 @@
 Layout (every model = safetensors weights + JSON spec + ONNX graph; no pickles):
 
     DEPLOY_DIR/
-      deployment.json              DeploymentManifest: sub-models in fusion-input order, fusion head
+      deployment.json              DeploymentManifest: sub-models in fusion-input order, fusion head,
+                                   the eval transform (`preprocess`) every consumer applies
       base/model.safetensors       the unsplit base model (for evaluation against it)
       base/model.json
+      base/split.json              the data split as file lists (the held-out images of evaluate/serve)
       base/model.onnx              images (B,3,H,W) -> logits (B,C)
       submodels/<i>-<device>/model.safetensors   SubModel state_dict (backbone.*, head.*)
       submodels/<i>-<device>/model.json          SubModelSpec
@@ -19,6 +21,9 @@ Loading API (one process per device loads only its own part):
     load_submodel(deploy_dir, device) -> LoadedSubModel                 the device's only sub-model
     load_fusion(deploy_dir) -> LoadedFusion                             on the aggregator
     load_deployment_base(deploy_dir) -> LoadedBase
+
+Every path inside the directory is relative to it (checked on load): a deployment copied elsewhere,
+without the user's checkpoint or the working directory it was made in, still loads.
 
 Each loaded sub-model knows its `index`: the slot of its features in the fusion input
 (`manifest.submodels[index]`, widths `fusion.in_features`). All weights load with `strict=True`.
@@ -43,7 +48,9 @@ from planner.files import read_json, write_json_atomic
 from planner.schema_base import StrictModel
 from planner.validation import validate_document
 from planner.vit_shape import PruneCounts, ViTShape
-from vit_ops.base_model import BASE_SPEC_FILE, LoadedBase, load_base, load_weights
+from vit_ops.base_model import BASE_SPEC_FILE, LoadedBase, inside, load_base, load_weights
+from vit_ops.data import DataArgs, DataSplits, SplitRecord, relocate, splits_from_record
+from vit_ops.preprocess import Preprocess
 from vit_ops.fusion import FusionHead
 from vit_ops.submodel import SubModel, build_submodel
 
@@ -111,8 +118,8 @@ class DeploymentManifest(StrictModel):
     class_names: list[str]
     data: str = Field(description="data source the deployment was fine-tuned on")
     img_size: int
-    norm_mean: float
-    norm_std: float
+    preprocess: Preprocess = Field(description="the eval transform of every part's input")
+    split: str = Field(default="base/split.json", description="file lists of the data split")
     base_dir: str = "base"
     base_params: int = Field(description="backbone parameters of the base model")
     submodels: list[SubModelEntry]
@@ -209,6 +216,26 @@ def load_manifest(deploy_dir: str | Path) -> DeploymentManifest:
     return validate_document(DeploymentManifest, read_json(path), str(path))
 
 
+def part_path(deploy_dir: str | Path, relative: str, field: str) -> Path:
+    """`deploy_dir/relative` for a path of the manifest (refused when absolute or outside)."""
+    return inside(Path(deploy_dir), relative, Path(deploy_dir) / MANIFEST_FILE, field)
+
+
+def load_split(deploy_dir: str | Path, manifest: DeploymentManifest | None = None) -> SplitRecord:
+    manifest = manifest or load_manifest(deploy_dir)
+    path = part_path(deploy_dir, manifest.split, "split")
+    return validate_document(SplitRecord, read_json(path), str(path))
+
+
+def deployment_splits(deploy_dir: str | Path, data: DataArgs = DataArgs(),
+                      check_files: bool = True) -> DataSplits:
+    """The deployment's recorded split, decoded with its recorded transform; `data` points at the
+    image folder(s) when they live elsewhere on this machine."""
+    manifest = load_manifest(deploy_dir)
+    record = relocate(load_split(deploy_dir, manifest), data)
+    return splits_from_record(record, manifest.preprocess, check_files=check_files)
+
+
 def load_device_submodels(deploy_dir: str | Path, device: str) -> list[LoadedSubModel]:
     """Every sub-model placed on `device`, in fusion-input order (InputError if none)."""
     manifest = load_manifest(deploy_dir)
@@ -236,7 +263,7 @@ def load_all_submodels(deploy_dir: str | Path) -> list[LoadedSubModel]:
 
 def load_fusion(deploy_dir: str | Path) -> LoadedFusion:
     manifest = load_manifest(deploy_dir)
-    directory = Path(deploy_dir) / manifest.fusion_dir
+    directory = part_path(deploy_dir, manifest.fusion_dir, "fusion_dir")
     spec = _read_spec(directory / SPEC_FILE, FusionSpec)
     with torch.device("meta"):
         head = FusionHead(spec.in_features, spec.hidden, spec.num_classes)
@@ -246,15 +273,20 @@ def load_fusion(deploy_dir: str | Path) -> LoadedFusion:
 
 def load_deployment_base(deploy_dir: str | Path) -> LoadedBase:
     manifest = load_manifest(deploy_dir)
-    return load_base(str(Path(deploy_dir) / manifest.base_dir))
+    return load_base(str(part_path(deploy_dir, manifest.base_dir, "base_dir")))
 
 
-def _load_entry(deploy_dir: Path, entry: SubModelEntry) -> LoadedSubModel:
-    directory = deploy_dir / entry.dir
+def load_part_submodel(directory: Path, index: int = -1) -> LoadedSubModel:
+    """The sub-model saved in `directory` (its `model.json` + `model.safetensors`)."""
     spec = _read_spec(directory / SPEC_FILE, SubModelSpec)
     sub = build_submodel(spec.shape, spec.counts, spec.num_outputs, device="meta")
     load_weights(sub, directory / WEIGHTS_FILE)
-    return LoadedSubModel(index=entry.index, spec=spec, module=sub.eval())
+    return LoadedSubModel(index=index, spec=spec, module=sub.eval())
+
+
+def _load_entry(deploy_dir: Path, entry: SubModelEntry) -> LoadedSubModel:
+    return load_part_submodel(part_path(deploy_dir, entry.dir, f"submodels.{entry.index}.dir"),
+                              entry.index)
 
 
 def _read_spec(path: Path, cls: type[BaseModel]):
@@ -264,5 +296,7 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
            "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
-           "save_part", "save_manifest", "write_onnx", "export_onnx", "open_session", "onnx_max_abs_diff",
+           "load_part_submodel", "load_split", "deployment_splits", "part_path",
+           "save_part", "save_manifest", "write_onnx", "export_onnx", "open_session",
+           "onnx_max_abs_diff",
            "submodel_dir_name"]

@@ -14,8 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from planner.progress import ProgressCallback
-from vit_ops.data import Split
-from vit_ops.training import FitConfig, fit, predict
+from vit_ops.compute import CPU, Compute
+from vit_ops.data import ImageSet
+from vit_ops.training import FitConfig, fit, predict, predict_set
 
 LABEL_SMOOTHING = 0.1
 
@@ -40,19 +41,30 @@ def concat_features(submodels: Sequence[nn.Module], images: torch.Tensor) -> tor
     return torch.cat([predict(lambda x, s=s: s(x)[1], images) for s in submodels], dim=-1)
 
 
-def train_fusion(submodels: Sequence[nn.Module], train: Split, num_classes: int, hidden: int,
-                 config: FitConfig, progress: ProgressCallback | None = None) -> FusionHead:
-    """A fusion head trained (cross-entropy) on the frozen sub-models' features of `train`."""
-    for sub in submodels:
-        sub.eval()
-    widths = [int(s.feature_dim) for s in submodels]
-    features = Split(concat_features(submodels, train.images), train.labels)
+def train_fusion(submodels: Sequence[nn.Module], train: ImageSet, num_classes: int, hidden: int,
+                 config: FitConfig, progress: ProgressCallback | None = None,
+                 compute: Compute = CPU) -> FusionHead:
+    """A fusion head trained (cross-entropy) on the frozen sub-models' features of `train`.
+
+    The images are streamed once through the sub-models; the features (N x sum of widths floats,
+    far smaller than the images) are kept for the head's epochs. With `config.max_steps`, only a
+    seeded sample of the images those steps can see is featurised. Returns the head on the CPU.
+    """
+    if config.max_steps and config.max_steps * config.batch_size < len(train):
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        train = train.subset(order[:config.max_steps * config.batch_size].sort().values.numpy())
+    subs = [sub.eval().to(compute.device) for sub in submodels]
+    widths = [int(s.feature_dim) for s in subs]
+    features, labels = predict_set(
+        lambda x: torch.cat([s(x)[1] for s in subs], dim=-1), train, compute)
+    for sub in subs:
+        sub.cpu()
     torch.manual_seed(config.seed)
-    head = FusionHead(widths, hidden, num_classes)
+    head = FusionHead(widths, hidden, num_classes).to(compute.device)
 
-    def loss_fn(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(x), labels, label_smoothing=LABEL_SMOOTHING)
+    def loss_fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(head(x), y, label_smoothing=LABEL_SMOOTHING)
 
-    fit(list(head.parameters()), [head], features, loss_fn,
-        config.model_copy(update={"max_shift_px": 0}), progress, "fusion")
-    return head.eval()
+    fit(list(head.parameters()), [head], torch.utils.data.TensorDataset(features, labels),
+        loss_fn, config.model_copy(update={"max_shift_px": 0}), progress, "fusion", compute)
+    return head.cpu().eval()
