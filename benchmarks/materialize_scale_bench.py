@@ -14,9 +14,10 @@ accuracy against the number of sub-models.
    rate beside it.
 3. Accuracy against the number of devices K on a generated 30-class folder (10 digits x 3
    rotations, 32 px): for K sub-models of keep ratio 1/sqrt(K) (the fleet's parameters ~ the
-   base's), balanced contiguous class groups against groups from `edvit similarity`-style
-   confusions of the base; base and fused test accuracy, largest sub-model's size reduction and
-   measured latency (batch 1, torch, median).
+   base's), balanced contiguous class groups (ED-ViT's arbitrary split) against balanced groups
+   clustered greedily from the base's `edvit similarity` matrix (validation confusions; the same
+   ratios, so only the grouping differs); base and fused test accuracy, the largest sub-model's
+   size reduction and measured latency (batch 1, torch, median).
 Generated folders live under WORK (default /tmp/edvit-scale-bench) and are reused between runs.
 """
 
@@ -207,12 +208,12 @@ def _contiguous_groups(num_classes: int, k: int) -> list[list[int]]:
     return [list(range(bounds[i], bounds[i + 1])) for i in range(k)]
 
 
-def _similarity_groups(confusion: np.ndarray, k: int) -> list[list[int]]:
+def _similarity_groups(similarity: np.ndarray, k: int) -> list[list[int]]:
     """Balanced groups that keep confusable classes together: agglomerate greedily by summed
-    symmetric confusion, capping a group at ceil(C / K) classes."""
-    c = confusion.shape[0]
+    similarity (the base's symmetric confusion rate), capping a group at ceil(C / K) classes."""
+    c = similarity.shape[0]
     cap = -(-c // k)
-    sym = confusion + confusion.T
+    sym = similarity
     groups = [[i] for i in range(c)]
     while len(groups) > k:
         best, pair = -1.0, None
@@ -236,7 +237,7 @@ def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int, thread
     from vit_ops.data import load_data
     from profiler.evaluate import evaluate_deployment
     from vit_ops.materialize import MaterializeConfig, materialize
-    from vit_ops.training import predict_set
+    from vit_ops.similarity import class_similarity
 
     torch.set_num_threads(threads)
     folder = write_digit_folder(work / f"digits30-{K_IMG}", 1797 * 3, K_IMG, rotations=3)
@@ -249,10 +250,7 @@ def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int, thread
           f"{len(splits.test)} test images, {K_IMG} px); base {shape.arch} trained "
           f"{epochs} epochs in {time.perf_counter() - t0:.0f} s, sub-models fine-tuned "
           f"{finetune_epochs} epochs, keep ratio 1/sqrt(K), torch threads {threads}")
-    logits, labels = predict_set(base.model, splits.val)
-    confusion = np.zeros((30, 30))
-    np.add.at(confusion, (labels.numpy(), logits.argmax(-1).numpy()), 1)
-    np.fill_diagonal(confusion, 0)
+    similarity = np.asarray(class_similarity(base, splits)["similarity"])  # `edvit similarity`
     config = MaterializeConfig(finetune=MaterializeConfig().finetune.model_copy(
         update={"epochs": finetune_epochs}), export_onnx=False)
     print(f"{'K':>2} | {'groups':>10} | {'ratio':>5} | {'base %':>6} | {'fused %':>7} | "
@@ -261,7 +259,7 @@ def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int, thread
     for k in ks:
         ratio = round(1 / k ** 0.5, 3)
         for name, groups in (("contiguous", _contiguous_groups(30, k)),
-                             ("similarity", _similarity_groups(confusion, k))):
+                             ("similarity", _similarity_groups(similarity, k))):
             plan = manual_plan(shape, groups, [ratio] * k)
             out = work / f"k{k}-{name}"
             materialize(plan, base, splits, out, config, force=True)

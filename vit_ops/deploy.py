@@ -40,7 +40,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn as nn
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from safetensors.torch import save_file
 
 from planner.errors import InputError
@@ -125,6 +125,18 @@ class DeploymentManifest(StrictModel):
     submodels: list[SubModelEntry]
     fusion_dir: str = "fusion"
     fusion_device: str | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded_before_preprocess(cls, data):
+        """A manifest written before transforms were recorded: mean/std of its norm fields, the
+        whole image resized (what edvit did then)."""
+        if isinstance(data, dict) and data.get("preprocess") is None and "img_size" in data:
+            mean, std = data.get("norm_mean", 0.5), data.get("norm_std", 0.5)
+            data = {k: v for k, v in data.items() if k not in ("norm_mean", "norm_std")}
+            data["preprocess"] = Preprocess(img_size=data["img_size"], mean=(mean,) * 3,
+                                            std=(std,) * 3)
+        return data
 
 
 @dataclass

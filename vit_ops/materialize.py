@@ -157,7 +157,7 @@ def _fingerprint(plan: Plan, base: LoadedBase, splits: DataSplits,
         digest.update(part.encode())
     for key, tensor in base.model.state_dict().items():
         digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 

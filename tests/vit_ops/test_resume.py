@@ -16,11 +16,12 @@ from safetensors.torch import load_file
 
 from planner.errors import InputError
 from planner.vit_shape import ViTShape
+from profiler.evaluate import evaluate_deployment
+from tests.conftest import ROOT as REPO
 from vit_ops.base_model import load_base, save_base, train_base
 from vit_ops.compute import Compute
 from vit_ops.data import load_data
 from vit_ops.manual_plan import manual_plan
-from profiler.evaluate import evaluate_deployment
 from vit_ops.materialize import MaterializeConfig, materialize
 from vit_ops.training import FitConfig
 
@@ -30,7 +31,8 @@ GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 CONFIG = MaterializeConfig(calibration_images=32, finetune=FitConfig(epochs=2, lr=1e-3),
                            fusion=FitConfig(epochs=3, batch_size=128, max_shift_px=0),
                            export_onnx=False)
-from tests.conftest import ROOT as REPO
+
+pytestmark = pytest.mark.slow  # trains a base and materialises it several times
 
 
 @pytest.fixture(scope="module")
