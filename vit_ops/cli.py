@@ -121,6 +121,10 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--latency-runtime", choices=["torch", "onnxruntime", "both"],
                     default="torch", help="time eager PyTorch (default), each part's model.onnx "
                     "in onnxruntime (JSON keys onnx_*), or both")
+    ev.add_argument("--without", metavar="DEVICE[,DEVICE...]",
+                    help="evaluate the fleet as if these devices failed (their slots zero, their "
+                         "presence-mask bits 0); adds surviving_classes_accuracy and "
+                         "full_fleet_surviving_classes_accuracy")
 
 
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
@@ -250,7 +254,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
         evaluation = evaluate_deployment(args.deploy_dir, splits, predictions=args.predictions,
                                          measure=not args.no_latency, threads=args.threads,
                                          progress=progress, runtime=args.latency_runtime,
-                                         compute=compute)
+                                         compute=compute,
+                                         without=_device_list(args.without))
     _report(evaluation, args.json)
     return 0
 
@@ -331,6 +336,11 @@ def _print_accuracy_table(table, out: str) -> None:
     print(f"-> {out}")
 
 
+def _device_list(text: str | None) -> list[str] | None:
+    """`--without A,B` -> ["A", "B"] (None when not given)."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -365,7 +375,13 @@ def _report(evaluation, as_json: bool) -> None:
     print(f"{e.data}: {e.test_images} held-out images")
     print(f"  base accuracy  {100 * e.base_accuracy:6.2f} %   {e.base_params} params"
           + (f"   {1e3 * e.base_latency_s:.3f} ms" if e.base_latency_s else ""))
-    print(f"  fused accuracy {100 * e.fused_accuracy:6.2f} %   ({e.fused_minus_base_pp:+.2f} pp)")
+    print(f"  fused accuracy {100 * e.fused_accuracy:6.2f} %   ({e.fused_minus_base_pp:+.2f} pp)"
+          + (f" without {', '.join(e.without)}" if e.without else ""))
+    if e.without:
+        print(f"  full fleet     {100 * e.full_fleet_fused_accuracy:6.2f} %; on the "
+              f"{e.surviving_classes_test_images} images of the surviving classes "
+              f"{e.surviving_classes}: {100 * e.surviving_classes_accuracy:.2f} % without, "
+              f"{100 * e.full_fleet_surviving_classes_accuracy:.2f} % full fleet")
     for s in e.submodels:
         latency = (f"   {1e3 * s.latency_s:.3f} ms ({s.speedup:.2f}x faster, "
                    f"{s.flops_reduction:.2f}x fewer FLOPs)" if s.latency_s else "")

@@ -12,7 +12,9 @@ Layout (every model = safetensors weights + JSON spec + ONNX graph; no pickles):
       submodels/<i>-<device>/model.safetensors   SubModel state_dict (backbone.*, head.*)
       submodels/<i>-<device>/model.json          SubModelSpec
       submodels/<i>-<device>/model.onnx          images (B,3,H,W) -> logits (B,g+1), features (B,e)
-      fusion/model.safetensors, model.json, model.onnx   features (B, sum e) -> logits (B, C)
+      fusion/model.safetensors, model.json, model.onnx   features (B, sum e) [, mask (B, slots)]
+                                                         -> logits (B, C); the mask input only
+                                                         when the spec says `presence_mask`
 
 Loading API (one process per device loads only its own part):
 
@@ -51,7 +53,7 @@ from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.base_model import BASE_SPEC_FILE, LoadedBase, inside, load_base, load_weights
 from vit_ops.data import DataArgs, DataSplits, SplitRecord, relocate, splits_from_record
 from vit_ops.preprocess import Preprocess
-from vit_ops.fusion import FusionHead
+from vit_ops.fusion import AnyFusionHead, FusionHead, MaskedFusionHead, SlotDropout
 from vit_ops.submodel import SubModel, build_submodel
 
 MANIFEST_FILE = "deployment.json"
@@ -92,6 +94,12 @@ class FusionSpec(StrictModel):
     hidden: int
     num_classes: int
     params: int
+    presence_mask: bool = Field(
+        default=False, description="the head takes a (B, slots) 0/1 mask of the sub-models that "
+        "answered (`MaskedFusionHead`, ONNX input 'mask'); false (deployments made before): the "
+        "plain `FusionHead`, missing slots only zero-filled")
+    dropout: SlotDropout | None = Field(
+        default=None, description="the sub-model dropout it was trained with")
     onnx_max_abs_diff: float | None = None
 
 
@@ -149,7 +157,7 @@ class LoadedSubModel:
 @dataclass
 class LoadedFusion:
     spec: FusionSpec
-    module: FusionHead
+    module: AnyFusionHead
 
 
 def submodel_dir_name(index: int, device: str) -> str:
@@ -159,7 +167,7 @@ def submodel_dir_name(index: int, device: str) -> str:
 
 # ---------------------------------------------------------------- writing
 
-def save_part(directory: Path, module: SubModel | FusionHead, spec: SubModelSpec | FusionSpec
+def save_part(directory: Path, module: SubModel | AnyFusionHead, spec: SubModelSpec | FusionSpec
               ) -> None:
     """A sub-model or the fusion head: `model.safetensors` + its spec `model.json`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -172,15 +180,29 @@ def save_manifest(deploy_dir: Path, manifest: DeploymentManifest) -> None:
     write_json_atomic(deploy_dir / MANIFEST_FILE, manifest.model_dump(mode="json"))
 
 
-def write_onnx(module: nn.Module, example: torch.Tensor, target, output_names: list[str]) -> None:
-    """Export `module` to ONNX with the graph input "input" and the batch axis dynamic; `target` is
-    a file path or a binary buffer (the runtime's in-memory export)."""
+Example = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _inputs(example: Example) -> tuple[torch.Tensor, ...]:
+    return example if isinstance(example, tuple) else (example,)
+
+
+def input_names(example: Example) -> list[str]:
+    """Graph input names: "input", then "mask" (the fusion head's presence mask) when given."""
+    return ["input", "mask"][:len(_inputs(example))]
+
+
+def write_onnx(module: nn.Module, example: Example, target, output_names: list[str]) -> None:
+    """Export `module` to ONNX with the graph input "input" (and "mask" when `example` is a pair)
+    and the batch axis dynamic; `target` is a file path or a binary buffer (the runtime's
+    in-memory export)."""
+    names = input_names(example)
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), target, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=output_names,
-                          dynamic_axes={name: {0: "batch"} for name in ["input", *output_names]})
+        torch.onnx.export(module, _inputs(example), target, dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=names, output_names=output_names,
+                          dynamic_axes={name: {0: "batch"} for name in [*names, *output_names]})
 
 
 def open_session(model: str | Path | bytes, threads: int):
@@ -200,21 +222,22 @@ def open_session(model: str | Path | bytes, threads: int):
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]
+def export_onnx(module: nn.Module, example: Example, path: Path, output_names: list[str]
                 ) -> float:
     """Export `module` (batch axis dynamic) and return max |torch - onnxruntime| on `example`."""
     write_onnx(module, example, str(path), output_names)
     session = open_session(path, threads=torch.get_num_threads())
     with torch.no_grad():
-        expected = module(example)
+        expected = module(*_inputs(example))
     return onnx_max_abs_diff(session, example, expected)
 
 
-def onnx_max_abs_diff(session, example: torch.Tensor,
+def onnx_max_abs_diff(session, example: Example,
                       expected: torch.Tensor | tuple[torch.Tensor, ...]) -> float:
     """max |onnxruntime - PyTorch| over every output of a `write_onnx` graph on `example`, given
     the module's own output(s) on it."""
-    got = session.run(None, {"input": example.numpy()})
+    feed = {name: x.numpy() for name, x in zip(input_names(example), _inputs(example))}
+    got = session.run(None, feed)
     expected = expected if isinstance(expected, tuple) else (expected,)
     return float(max(np.abs(g - e.numpy()).max() for g, e in zip(got, expected, strict=True)))
 
@@ -277,8 +300,9 @@ def load_fusion(deploy_dir: str | Path) -> LoadedFusion:
     manifest = load_manifest(deploy_dir)
     directory = part_path(deploy_dir, manifest.fusion_dir, "fusion_dir")
     spec = _read_spec(directory / SPEC_FILE, FusionSpec)
+    kind = MaskedFusionHead if spec.presence_mask else FusionHead
     with torch.device("meta"):
-        head = FusionHead(spec.in_features, spec.hidden, spec.num_classes)
+        head = kind(spec.in_features, spec.hidden, spec.num_classes)
     load_weights(head, directory / WEIGHTS_FILE)
     return LoadedFusion(spec=spec, module=head.eval())
 

@@ -53,7 +53,7 @@ from vit_ops.deploy import (
     save_part,
     submodel_dir_name,
 )
-from vit_ops.fusion import concat_features, train_fusion
+from vit_ops.fusion import SlotDropout, concat_features, onnx_check_mask, train_fusion
 from vit_ops.importance import Method, load_importance, save_importance, score_importance
 from vit_ops.prune import apply_prune_spec
 from vit_ops.submodel import (
@@ -80,6 +80,9 @@ class MaterializeConfig(StrictModel):
     finetune: FitConfig = FitConfig(epochs=15, lr=1.5e-3, weight_decay=0.05, max_shift_px=1)
     distill: DistillConfig = DistillConfig()
     fusion: FitConfig = FitConfig(epochs=60, batch_size=128, lr=3e-3, weight_decay=0.01)
+    fusion_dropout: SlotDropout | None = Field(
+        default=SlotDropout(), description="sub-model dropout of the fusion head (a head with a "
+        "presence-mask input); None: the plain head, which only sees zeros for a failed device")
     export_onnx: bool = True
 
 
@@ -249,13 +252,17 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
         phase(0, 1)
     # The head the plan's costs were computed for (check_plan made sure the plan says).
     fusion = train_fusion(submodels, splits.train, plan.num_classes, plan.fusion.hidden,
-                          config.fusion, phase, compute)
+                          config.fusion, phase, compute, config.fusion_dropout)
     fusion_spec = FusionSpec(device=plan.fusion.device, in_features=fusion.in_features,
                              hidden=plan.fusion.hidden,
                              num_classes=plan.num_classes,
-                             params=sum(p.numel() for p in fusion.parameters()))
-    _save_part(staging / "fusion", fusion, fusion_spec,
-               concat_features(submodels, example) if config.export_onnx else None, ["logits"])
+                             params=sum(p.numel() for p in fusion.parameters()),
+                             presence_mask=fusion.takes_mask, dropout=config.fusion_dropout)
+    fusion_example = concat_features(submodels, example) if config.export_onnx else None
+    if fusion_example is not None and fusion.takes_mask:  # the graph takes the mask too
+        fusion_example = (fusion_example, onnx_check_mask(*fusion_example.shape[:1],
+                                                          len(fusion.in_features)))
+    _save_part(staging / "fusion", fusion, fusion_spec, fusion_example, ["logits"])
     manifest = DeploymentManifest(
         plan_name=plan.name, num_classes=plan.num_classes, class_names=base.spec.class_names,
         data=splits.source, img_size=splits.img_size, preprocess=splits.preprocess,

@@ -201,8 +201,11 @@ def test_the_fusion_head_is_built_as_wide_as_the_plan_says(tmp_path, trained_bas
     materialize(plan, load_base(str(trained_base_dir)), digits, out, FAST)
     fusion = load_fusion(out)
     assert fusion.spec.hidden == 48 and fusion.module.fc1.out_features == 48
-    width = sum(fusion.spec.in_features)  # LayerNorm(width) -> Linear(width, 48) -> Linear(48, 10)
-    assert fusion.spec.params == 2 * width + width * 48 + 48 + 48 * 10 + 10
+    # a LayerNorm per slot (2 x width in all) -> Linear(width + slots: features and the presence
+    # mask, 48) -> Linear(48, 10)
+    width, slots = sum(fusion.spec.in_features), len(fusion.spec.in_features)
+    assert fusion.spec.presence_mask
+    assert fusion.spec.params == 2 * width + (width + slots) * 48 + 48 + 48 * 10 + 10
 
 
 def test_a_plan_that_does_not_say_the_fusion_width_is_refused(tmp_path, trained_base_dir,
