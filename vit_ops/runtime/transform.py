@@ -15,9 +15,10 @@ from __future__ import annotations
 import io
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.errors import InputError
+from planner.schema_base import FrozenModel
 from vit_ops.data import NORM_MEAN, NORM_STD, image_pixels, normalize_pixels
 
 IMAGE_FORMATS = ("JPEG", "PNG")
@@ -28,10 +29,8 @@ class ImageDecodeError(InputError):
     """Bytes that are not a JPEG or PNG image this service accepts."""
 
 
-class EvalTransform(BaseModel):
+class EvalTransform(FrozenModel):
     """How one image becomes a model input (see the module docstring)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     img_size: int = Field(gt=0, description="square side the image is resized to, pixels")
     in_chans: int = Field(default=3, description="channels of the model input (RGB)")
