@@ -6,22 +6,20 @@ from __future__ import annotations
 import re
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from planner.schema_base import FrozenModel, StrictModel
 
 DEFAULT_TOP_K = 5
 
 
-class TopClass(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class TopClass(FrozenModel):
     label: str
     prob: float
 
 
-class Classification(BaseModel):
+class Classification(StrictModel):
     """One image's answer: `POST /v2/models/{name}/classify`, `Client.classify`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     label: str
     class_id: int

@@ -23,8 +23,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from planner.schema_base import StrictModel
 from vit_ops.runtime.fleet import Fleet
 from vit_ops.runtime.results import DeviceFailure, RuntimeConfig
 
@@ -34,10 +35,8 @@ DEADLINE_SHARE = 0.85  # of timeout_s for the devices; the rest is fusion, HTTP 
 PING_INTERVAL_S = 0.5
 
 
-class ServiceConfig(BaseModel):
+class ServiceConfig(StrictModel):
     """How the HTTP service behaves (`edvit serve --http`)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     host: str = Field(default="127.0.0.1", description="bind address (loopback unless asked)")
     port: int = Field(default=8000, ge=0, lt=65536, description="0: any free port")
