@@ -27,8 +27,9 @@ from typing import Iterator, Literal, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from planner.schema_base import FrozenModel, StrictModel
 from planner.errors import InputError
 from vit_ops.compute import CPU, Compute, default_workers
 from vit_ops.preprocess import Preprocess, scratch_preprocess
@@ -47,20 +48,18 @@ MAX_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold (0.25 Gi
 SplitName = Literal["train", "val", "test"]
 
 
-class FileList(BaseModel):
+class FileList(StrictModel):
     """Images of one split: paths relative to `root` (digits: sample indices) and labels."""
 
-    model_config = ConfigDict(extra="forbid")
 
     root: str = Field(description="absolute folder of the images, or 'digits'")
     files: list[str]
     labels: list[int]
 
 
-class SplitRecord(BaseModel):
+class SplitRecord(StrictModel):
     """`split.json`: which image is in which split (file lists, so every command agrees)."""
 
-    model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
     source: str = Field(description="what the user passed: 'digits', a folder, or train/val/test")
@@ -303,10 +302,9 @@ def splits_from_record(record: SplitRecord, preprocess: Preprocess,
 
 # ---------------------------------------------------------------- making a split
 
-class DataArgs(BaseModel):
+class DataArgs(FrozenModel):
     """Where the user's images are: `data` (digits or one folder) or train / val [/ test]."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     data: str | None = None
     train: str | None = None

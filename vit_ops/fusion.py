@@ -19,9 +19,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.progress import ProgressCallback
+from planner.schema_base import StrictModel
 from vit_ops.compute import CPU, Compute
 from vit_ops.data import ImageSet
 from vit_ops.training import FitConfig, fit, predict, predict_set
@@ -76,14 +77,13 @@ class MaskedFusionHead(nn.Module):
 AnyFusionHead = FusionHead | MaskedFusionHead
 
 
-class SlotDropout(BaseModel):
+class SlotDropout(StrictModel):
     """Sub-model dropout while training a `MaskedFusionHead` (recorded in the fusion spec).
 
     Per training example: with probability `full_fleet_fraction` every slot is present; otherwise
     k slots are dropped, k uniform in 1..`max_missing` (None: all but one), the slots at random.
     """
 
-    model_config = ConfigDict(extra="forbid")
 
     full_fleet_fraction: float = Field(default=0.5, ge=0, le=1)
     max_missing: int | None = Field(default=None, gt=0)

@@ -18,8 +18,9 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from planner.schema_base import FrozenModel
 from planner.errors import InputError
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
@@ -27,10 +28,9 @@ SCRATCH_MEAN = (0.5, 0.5, 0.5)
 SCRATCH_STD = (0.5, 0.5, 0.5)
 
 
-class Preprocess(BaseModel):
+class Preprocess(FrozenModel):
     """Decoded RGB image -> normalised (3, img_size, img_size) float32 tensor."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     img_size: int = Field(gt=0)
     crop_pct: float = Field(default=1.0, gt=0, le=1,
