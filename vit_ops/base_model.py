@@ -21,7 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from planner.errors import InputError
-from planner.files import check_output_dir, read_json, staged_directory, write_json_atomic
+from planner.files import check_output_dir, staged_directory, write_json_atomic
+from planner.limits import RelativePath
+from planner.reader import path_inside, read_json
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from planner.validation import validate_document
@@ -54,7 +56,7 @@ class BaseModelSpec(StrictModel):
     data: str = Field(description="'digits' or the image folder it was trained on")
     norm_mean: float = NORM_MEAN
     norm_std: float = NORM_STD
-    weights: str = BASE_WEIGHTS_FILE
+    weights: RelativePath = BASE_WEIGHTS_FILE
     fit: FitConfig | None = Field(default=None, description="None for a user's checkpoint")
     test_accuracy: float | None = Field(default=None, description="0..1 on the held-out split")
 
@@ -94,7 +96,8 @@ def save_base(base: LoadedBase, out_dir: Path, force: bool = False) -> Path:
     with staged_directory(out_dir) as staging:
         save_file({k: v.contiguous() for k, v in base.model.state_dict().items()},
                   str(staging / BASE_WEIGHTS_FILE))
-        write_json_atomic(staging / BASE_SPEC_FILE, base.spec.model_dump(mode="json"))
+        spec = base.spec.model_copy(update={"weights": BASE_WEIGHTS_FILE})  # what was written
+        write_json_atomic(staging / BASE_SPEC_FILE, spec.model_dump(mode="json"))
     return out_dir
 
 
@@ -121,15 +124,21 @@ def load_base(source: str, num_classes: int | None = None,
     model = build_vit(shape, full_counts(shape), device="meta")
     load_weights(model, Path(checkpoint))
     spec = BaseModelSpec(shape=shape, class_names=[str(i) for i in range(num_classes)],
-                         data="user checkpoint", weights=str(checkpoint))
+                         data="user checkpoint")
     return LoadedBase(model=model.eval(), spec=spec, source=source)
 
 
-def _load_base_dir(path: Path, source: str) -> LoadedBase:
+def read_base_spec(path: Path) -> BaseModelSpec:
+    """`model.json` of a base model directory, validated."""
     spec_path = path / BASE_SPEC_FILE
-    spec = validate_document(BaseModelSpec, read_json(spec_path), str(spec_path))
+    return validate_document(BaseModelSpec, read_json(spec_path), str(spec_path))
+
+
+def _load_base_dir(path: Path, source: str) -> LoadedBase:
+    spec = read_base_spec(path)
+    weights = path_inside(path, spec.weights, source=str(path / BASE_SPEC_FILE), field="weights")
     model = build_vit(spec.shape, full_counts(spec.shape), device="meta")
-    load_weights(model, path / spec.weights)
+    load_weights(model, weights)
     return LoadedBase(model=model.eval(), spec=spec, source=source)
 
 
@@ -150,6 +159,27 @@ def load_weights(model: nn.Module, path: Path) -> None:
     except RuntimeError as exc:
         raise InputError(f"checkpoint does not fit the model ({_first_line(exc)})",
                          file=str(path)) from None
+
+
+def check_weights(model: nn.Module, path: Path) -> None:
+    """The safetensors file at `path` holds exactly `model`'s tensors, names and shapes, read
+    from its header alone (nothing is loaded): a corrupt or foreign file is refused before use."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise InputError("checkpoint file not found", file=str(path))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"not a readable safetensors checkpoint ({_first_line(exc)})",
+                         file=str(path)) from None
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name in sorted(set(expected) | set(shapes)):
+        if shapes.get(name) != expected.get(name):
+            raise InputError(f"checkpoint does not fit its spec: tensor {name} is "
+                             f"{shapes.get(name, 'missing')}, the spec needs "
+                             f"{expected.get(name, 'none')}", file=str(path))
 
 
 def _first_line(exc: BaseException) -> str:

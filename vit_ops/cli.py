@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from planner.cli.common import Command, print_json, progress_bar
+from planner.cli.common import Command, check_output_dir_of, print_json, progress_bar
 from planner.errors import InputError
 from planner.files import (
     check_output_dir,
@@ -125,7 +125,7 @@ def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
 
 def run_train_base(args: argparse.Namespace) -> int:
     _positive(args.epochs, "--epochs")
-    out = check_output_dir(args.out, args.force)
+    out = check_output_dir(args.out, args.force, inputs=[args.data])
     if args.data == DIGITS:
         splits, shape = load_data(DIGITS, img_size=DIGITS_SHAPE.img_size), DIGITS_SHAPE
     else:
@@ -148,6 +148,7 @@ def run_train_base(args: argparse.Namespace) -> int:
 
 def run_materialize(args: argparse.Namespace) -> int:
     _positive(args.finetune_epochs, "--finetune-epochs")
+    check_output_dir_of(args, args.out)
     plan = load_plan(args.plan)
     base = _load_base_for(args.base, plan)
     splits = _load_data_for(args.data, base)
@@ -196,10 +197,7 @@ def run_profile_accuracy(args: argparse.Namespace) -> int:
     _positive(args.groups_per_size, "--groups-per-size")
     if args.loss_cap_pp < 0:
         raise InputError("must be >= 0", field="--loss-cap-pp", value=args.loss_cap_pp)
-    out = check_output_path(args.out)
-    if out.resolve() == Path(args.profile).resolve():
-        raise InputError("would overwrite the input profile; write to another file",
-                         field="--out", value=args.out)
+    out = check_output_path(args.out, inputs=[args.profile, args.base, args.data])
     sizes = None if args.group_sizes is None else _int_list(args.group_sizes, "--group-sizes")
     profile = load_profile(args.profile)
     base = load_base(args.base, num_classes=profile.shape.num_classes,

@@ -21,9 +21,9 @@ from typing import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
 from planner.errors import InputError
+from vit_ops.images import open_image
 
 log = logging.getLogger(__name__)
 
@@ -127,12 +127,8 @@ def load_image_folder(root: Path, img_size: int) -> DataSplits:
             raise InputError("class sub-folder holds no images", field="--data",
                              value=str(class_dir))
         for path in files:
-            try:
-                with Image.open(path) as img:
-                    images.append(image_pixels(img, img_size))
-            except (UnidentifiedImageError, OSError) as exc:
-                raise InputError(f"cannot read image ({exc.__class__.__name__})",
-                                 file=str(path)) from None
+            with open_image(path) as img:
+                images.append(image_pixels(img, img_size))
             labels.append(label)
     stacked = normalize_pixels(torch.stack(images))
     return _split(str(root), [d.name for d in class_dirs], img_size, stacked,

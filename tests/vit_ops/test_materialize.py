@@ -33,7 +33,7 @@ FAST = MaterializeConfig(calibration_images=64,
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, trained_base_dir, digits):
-    plan = manual_plan(TINY, GROUPS, [0.5, 0.5, 0.75, 0.25], ["pi-a", "pi-b", "pi/c", "pi-a"])
+    plan = manual_plan(TINY, GROUPS, [0.5, 0.5, 0.75, 0.25], ["pi-a", "pi-b", "pi+c", "pi-a"])
     out = tmp_path_factory.mktemp("deploy") / "deploy"
     manifest = materialize(plan, load_base(str(trained_base_dir)), digits, out, FAST)
     return plan, manifest, out
@@ -59,8 +59,8 @@ def test_parameter_counts_are_exactly_the_plans(deployment):
     plan, manifest, out = deployment
     assert [e.params for e in manifest.submodels] == [sm.params for sm in plan.submodels]
     sizes = {sub.spec.device: sub.module.backbone_params()
-             for sub in (load_device_submodels(out, "pi-a") + [load_submodel(out, "pi/c")])}
-    assert sizes["pi/c"] == plan.submodels[2].params
+             for sub in (load_device_submodels(out, "pi-a") + [load_submodel(out, "pi+c")])}
+    assert sizes["pi+c"] == plan.submodels[2].params
 
 
 def test_deployment_reloads_strictly_and_matches_onnx(deployment, digits):
@@ -77,7 +77,7 @@ def test_deployment_reloads_strictly_and_matches_onnx(deployment, digits):
     assert sub.spec.onnx_max_abs_diff is not None and sub.spec.onnx_max_abs_diff < 1e-3
     fusion = load_fusion(out)
     assert fusion.spec.in_features == [s.spec.feature_dim for s in
-                                       sorted(on_a + [sub, load_submodel(out, "pi/c")],
+                                       sorted(on_a + [sub, load_submodel(out, "pi+c")],
                                               key=lambda s: s.index)]
     import onnxruntime as ort
 
