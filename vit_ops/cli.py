@@ -185,6 +185,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    check_output_dir_of(args, args.out)
     with progress_bar("demo") as progress:
         evaluation = run_demo(Path(args.out), retrain=args.retrain, progress=progress,
                           predictions=args.predictions)

@@ -165,6 +165,10 @@ def _split(source: str, names: list[str], img_size: int, images: torch.Tensor,
         parts["test"].extend(idx[:n_test])
         parts["val"].extend(idx[n_test:n_test + n_val])
         parts["train"].extend(idx[n_test + n_val:])
+    if not parts["test"]:
+        raise InputError(f"too few images for a held-out split (largest class: "
+                         f"{max(np.bincount(labels.numpy(), minlength=len(names)))}); give each "
+                         "class at least 3 images", field="--data", value=source)
     splits = {}
     for name, idx in parts.items():
         order = torch.tensor(sorted(idx), dtype=torch.int64)

@@ -79,3 +79,31 @@ def test_augment_is_seeded_translation():
     # a translation moves pixels, never invents brighter ones or changes the background
     assert (one.amax(dim=(1, 2, 3)) <= images.amax(dim=(1, 2, 3)) + 1e-6).all()
     assert torch.equal(one.amin(dim=(1, 2, 3)), images.amin(dim=(1, 2, 3)))
+
+
+def test_a_folder_too_small_for_a_held_out_split_is_an_input_error(tmp_path):
+    _write_folder(tmp_path, ["cat", "dog"], per_class=1)
+    with pytest.raises(InputError, match="too few images"):
+        load_data(str(tmp_path), img_size=8)
+
+
+def _grey_png(path, width: int, height: int) -> None:
+    """A PNG whose header declares width x height pixels; the rows compress to almost nothing."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    body = zlib.compress(b"\x00" * (width + 1) * 4)  # a few rows: the decoder never gets there
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width,height", [(30_000, 30_000), (65_000, 65_000)])
+def test_decompression_bombs_are_refused_unread(tmp_path, width, height):
+    _write_folder(tmp_path, ["cat", "dog"])
+    _grey_png(tmp_path / "cat" / "bomb.png", width, height)
+    with pytest.raises(InputError, match="decompression bomb"):
+        load_data(str(tmp_path), img_size=8)
