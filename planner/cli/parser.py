@@ -20,8 +20,11 @@ INT_LIMIT = 2**63
 
 
 def finite_float(text: str) -> float:
-    """argparse type: a finite float (`nan`, `inf`, `1e999` are usage errors)."""
+    """argparse type: a finite float in ASCII (`nan`, `inf`, `1e999` and other scripts' digits,
+    which Python's float() would take, are usage errors)."""
     try:
+        if not text.isascii():
+            raise ValueError(text)
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None

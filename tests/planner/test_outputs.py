@@ -138,3 +138,9 @@ def test_usage_errors_are_one_line_with_a_pointer_to_help(capsys, argv, fragment
     assert info.value.code == 2
     assert len(err.strip().splitlines()) == 1, err
     assert fragment in err and "--help')" in err
+
+
+def test_other_scripts_digits_are_not_numbers(capsys):
+    with pytest.raises(SystemExit):
+        main(["solve", str(PROBLEM), "--time-limit", "\u0663"])  # float() would read 3.0
+    assert "not a number" in capsys.readouterr().err
