@@ -112,7 +112,7 @@ class Inventory(StrictModel):
     model: ModelSpec
     devices: list[DeviceEntry] = Field(min_length=1, max_length=DEFAULT_MAX_DEVICES)
     kinds: dict[Name, DeviceKind | KindFile] = Field(default_factory=dict)
-    ratios: list[KeepRatio] | None = Field(default=None, max_length=MAX_RATIOS,
+    ratios: list[KeepRatio] | None = Field(default=None, min_length=1, max_length=MAX_RATIOS,
                                            description="default: all profiled ratios")
     max_per_device: PerDevice = 1
     budgets: Budgets = Budgets()

@@ -108,6 +108,7 @@ def test_problems_that_pass_the_types_fit_cp_sat():
     ("solver.workers", 2**31, "solver.workers"),
     ("solver.time_limit_s", math.nan, "solver.time_limit_s"),
     ("budgets.latency_s", 1e300, "budgets.latency_s"),
+    ("ratios", [], "ratios"),
 ])
 def test_inventory_numbers_and_names_are_bounded(path, value, field):
     _refused(lambda d: inventory_from_dict(d, "inv.yaml"), _set(INVENTORY, path, value), field)
