@@ -94,7 +94,7 @@ def importance_table(base_dir: Path, images: int = 64) -> None:
     base = load_base(str(base_dir))
     splits = load_data("digits", img_size=DIGITS_SHAPE.img_size)
     classes = GROUPS[0]
-    x = splits.train.of_classes(classes).images[:images]
+    x, _ = splits.train.of_classes(classes).first(images)
     t0 = time.perf_counter()
     fisher = score_importance(base.model, x, classes, "fisher")
     fisher_s = time.perf_counter() - t0

@@ -110,6 +110,24 @@ def _replace_dir(staging: Path, target: Path) -> None:
         staging.rename(target)
 
 
+@contextmanager
+def resumable_directory(target: str | Path, resume: bool) -> Iterator[tuple[Path, bool]]:
+    """Like `staged_directory`, but the staging directory has a fixed name (`.NAME.partial`) and
+    is kept when the block fails or is interrupted, so a rerun with `resume` continues in it.
+    Yields (staging, resumed); without `resume` an old partial directory is cleared first. On
+    success the staging directory takes `target`'s place in one rename."""
+    target = Path(target)
+    _refuse_inputs(target)
+    _make_parent(target)
+    staging = target.with_name(f".{target.name}.partial")
+    resumed = resume and staging.is_dir()
+    if not resumed:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+    yield staging, resumed
+    _replace_dir(staging, target)
+
+
 # -- checks before writing ------------------------------------------------------------------------
 @contextmanager
 def guarding_inputs() -> Iterator[set[Path]]:

@@ -25,6 +25,7 @@ from planner.limits import (
     ClassCount,
     DeviceCount,
     Dimension,
+    ImageSize,
     KeepRatio,
     LossPoints,
     Name,
@@ -84,6 +85,10 @@ class ModelSpec(StrictModel):
     num_classes: ClassCount
     class_names: list[Text] | None = None
     profile: Text | None = Field(default=None, description="profile JSON from `edvit profile`")
+    img_size: ImageSize | None = Field(default=None,
+                                       description="input images in pixels (square); default: "
+                                                   "the arch's own. The profile must be made at "
+                                                   "this size")
 
     @model_validator(mode="after")
     def _names_match(self) -> "ModelSpec":
@@ -282,11 +287,17 @@ def _profile_for(inv: Inventory, base_dir: Path, source: str,
         path = _beside(base_dir, inv.model.profile)
         profile, where = load_profile(path), str(path)
     else:
-        return builtin_profile(inv.model.arch, source=source), f"builtin:{inv.model.arch}"
+        profile, where = builtin_profile(inv.model.arch, source=source), f"builtin:{inv.model.arch}"
     if profile.shape.arch != inv.model.arch:
         raise ProfileMismatchError(
             f"profile {where} is for arch {profile.shape.arch!r}, the inventory names "
             f"{inv.model.arch!r}", file=source, field="model.arch", value=inv.model.arch)
+    wanted = inv.model.img_size
+    if wanted is not None and profile.shape.img_size != wanted:
+        raise ProfileMismatchError(
+            f"profile {where} is for {profile.shape.img_size} px images; make one at {wanted} px "
+            f"with 'edvit profile --arch {inv.model.arch} --img-size {wanted} --out PROFILE.json' "
+            "and name it in model.profile", file=source, field="model.img_size", value=wanted)
     return profile, where
 
 

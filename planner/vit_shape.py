@@ -56,8 +56,11 @@ def check_same_shape(given: ViTShape, base: ViTShape, *, what: str, source: str,
     (but `ignore`); an InputError names the first field that differs."""
     for name in ViTShape.model_fields:
         if name not in ignore and getattr(given, name) != getattr(base, name):
+            fix = (f" (plan for {base.img_size} px: model.img_size: {base.img_size} in the "
+                   f"inventory, 'edvit profile --arch {base.arch} --img-size {base.img_size}')"
+                   if name == "img_size" else "")
             raise InputError(f"{what} is for a different model: base has {name}="
-                             f"{getattr(base, name)!r}", file=source,
+                             f"{getattr(base, name)!r}{fix}", file=source,
                              field=f"{field_prefix}{name}", value=getattr(given, name))
 
 

@@ -39,7 +39,8 @@ from vit_ops.data import DataSplits
 from vit_ops.importance import group_log_probs
 from vit_ops.materialize import MaterializeConfig, build_one_submodel
 from vit_ops.submodel import group_labels
-from vit_ops.training import accuracy, predict
+from vit_ops.compute import CPU, Compute
+from vit_ops.training import accuracy, predict_set
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,8 @@ def check_group_sizes(sizes: list[int], num_classes: int) -> list[int]:
 def measure_accuracy_table(base: LoadedBase, splits: DataSplits, profile: ModelProfile,
                            config: AccuracyTableConfig = AccuracyTableConfig(),
                            progress: ProgressCallback | None = None,
-                           profile_source: str = "profile") -> AccuracyTable:
+                           profile_source: str = "profile", compute: Compute = CPU
+                           ) -> AccuracyTable:
     """Measure L(r, g) for every ratio of `profile` and every group size of the grid.
 
     Builds len(ratios) x (groups per size, summed over sizes) sub-models; the cost of each is one
@@ -178,7 +180,8 @@ def measure_accuracy_table(base: LoadedBase, splits: DataSplits, profile: ModelP
     groups = [(size, group) for size in sizes for group in
               sample_groups(num_classes, size, config.groups_per_size, config.seed)]
     val = splits.val
-    base_logits = predict(base.model, val.images)
+    base_logits, _ = predict_set(base.model.to(compute.device), val, compute)
+    base.model.cpu()
     base_scores = {tuple(g): _base_accuracy(base_logits, val.labels, g, splits.source)
                    for _, g in groups}
 
@@ -192,10 +195,11 @@ def measure_accuracy_table(base: LoadedBase, splits: DataSplits, profile: ModelP
         for index, (size, group) in enumerate(groups):
             label = f"r={ratio:g} g={size} {group}"
             sub = build_one_submodel(base, group, counts, splits, config.materialize, index,
-                                     phase_progress(progress, done, total, label))
+                                     phase_progress(progress, done, total, label), compute)
             mine = val.of_classes(group)
-            sub_acc = accuracy(predict(lambda x: sub(x)[0], mine.images),
-                               group_labels(mine.labels, group))
+            sub.to(compute.device)
+            logits, labels = predict_set(lambda x: sub(x)[0], mine, compute)
+            sub_acc = accuracy(logits, group_labels(labels, group))
             base_acc, n = base_scores[tuple(group)]
             by_size.setdefault(size, []).append(GroupMeasurement(
                 classes=group, val_images=n, base_accuracy=base_acc, sub_accuracy=sub_acc,

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -29,9 +29,11 @@ from planner.schema_base import StrictModel
 from planner.validation import validate_document
 from planner.vit_shape import ViTShape, full_counts
 from vit_ops.architecture import build_vit
-from vit_ops.data import NORM_MEAN, NORM_STD, DataSplits
+from vit_ops.compute import CPU, Compute
+from vit_ops.data import SPLIT_FILE, DataArgs, DataSplits, SplitRecord
+from vit_ops.preprocess import Preprocess, scratch_preprocess, timm_preprocess
 from vit_ops.shapes import shape_for_arch
-from vit_ops.training import FitConfig, accuracy, fit, predict
+from vit_ops.training import FitConfig, accuracy, fit, predict_set
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,29 @@ class BaseModelSpec(StrictModel):
     shape: ViTShape
     class_names: list[str]
     data: str = Field(description="'digits' or the image folder it was trained on")
-    norm_mean: float = NORM_MEAN
-    norm_std: float = NORM_STD
-    weights: RelativePath = BASE_WEIGHTS_FILE
+    preprocess: Preprocess = Field(description="the eval transform the model expects")
+    weights: RelativePath = Field(default=BASE_WEIGHTS_FILE,
+                                  description="relative to this directory")
+    split: RelativePath | None = Field(default=None, description="file lists of its data split, "
+                                       "relative to this directory (split.json)")
+    checkpoint: str | None = Field(default=None, description="the user's checkpoint it was made "
+                                   "from (a record only: the weights are in `weights`)")
     fit: FitConfig | None = Field(default=None, description="None for a user's checkpoint")
     test_accuracy: float | None = Field(default=None, description="0..1 on the held-out split")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_preprocess(cls, data):
+        """Without one recorded: edvit's from-scratch transform at the model's size (the only one
+        edvit used before transforms were recorded)."""
+        if isinstance(data, dict) and data.get("preprocess") is None:
+            shape = data.get("shape")
+            size = (shape.img_size if isinstance(shape, ViTShape)
+                    else shape.get("img_size") if isinstance(shape, dict) else None)
+            data = {k: v for k, v in data.items() if k not in ("norm_mean", "norm_std")}
+            if size:
+                data["preprocess"] = {"img_size": size}  # scratch_preprocess's
+        return data
 
 
 @dataclass
@@ -68,35 +88,53 @@ class LoadedBase:
     model: nn.Module
     spec: BaseModelSpec
     source: str
+    split: SplitRecord | None = None
 
 
 def train_base(splits: DataSplits, shape: ViTShape, config: FitConfig,
-               progress: ProgressCallback | None = None) -> LoadedBase:
-    """Train `shape` from scratch on `splits.train` (cross-entropy, label smoothing)."""
+               progress: ProgressCallback | None = None, compute: Compute = CPU,
+               init: Path | None = None) -> LoadedBase:
+    """Train `shape` on `splits.train` (cross-entropy, label smoothing): from scratch, or
+    fine-tuned from the safetensors checkpoint `init`."""
     if shape.num_classes != splits.num_classes:
         raise InputError(f"model has {shape.num_classes} classes, data has {splits.num_classes}",
                          field="--data", value=splits.source)
+    if splits.img_size != shape.img_size:
+        raise InputError(f"data is decoded at {splits.img_size} px, the model takes "
+                         f"{shape.img_size} px", field="--img-size", value=splits.img_size)
     torch.manual_seed(config.seed)
-    model = build_vit(shape, full_counts(shape), device="cpu")
+    if init is None:
+        model = build_vit(shape, full_counts(shape), device="cpu")
+    else:
+        model = build_vit(shape, full_counts(shape), device="meta")
+        load_weights(model, Path(init), shape)
+    model.to(compute.device)
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(model(images), labels, label_smoothing=LABEL_SMOOTHING)
 
-    fit(list(model.parameters()), [model], splits.train, loss_fn, config, progress, "base")
-    test_acc = accuracy(predict(model, splits.test.images), splits.test.labels)
+    fit(list(model.parameters()), [model], splits.train, loss_fn, config, progress, "base",
+        compute)
+    logits, labels = predict_set(model, splits.test, compute)
+    test_acc = accuracy(logits, labels)
     log.info("base model: test accuracy %.4f", test_acc)
     spec = BaseModelSpec(shape=shape, class_names=splits.class_names, data=splits.source,
-                         fit=config, test_accuracy=test_acc)
-    return LoadedBase(model=model.eval(), spec=spec, source="trained")
+                         preprocess=splits.preprocess, fit=config, test_accuracy=test_acc,
+                         checkpoint=str(init) if init else None)
+    return LoadedBase(model=model.cpu().eval(), spec=spec, source="trained", split=splits.record)
 
 
 def save_base(base: LoadedBase, out_dir: Path, force: bool = False) -> Path:
-    """Write `model.safetensors` + `model.json` into `out_dir` (atomically, as one directory)."""
+    """Write `model.safetensors` + `model.json` (+ `split.json`) into `out_dir`, atomically as one
+    directory. Every path in `model.json` is relative to it: the directory can be moved."""
     out_dir = check_output_dir(out_dir, force)
+    spec = base.spec.model_copy(update={"weights": BASE_WEIGHTS_FILE,
+                                        "split": SPLIT_FILE if base.split else None})
     with staged_directory(out_dir) as staging:
-        save_file({k: v.contiguous() for k, v in base.model.state_dict().items()},
+        save_file({k: v.detach().cpu().contiguous() for k, v in base.model.state_dict().items()},
                   str(staging / BASE_WEIGHTS_FILE))
-        spec = base.spec.model_copy(update={"weights": BASE_WEIGHTS_FILE})  # what was written
+        if base.split is not None:
+            write_json_atomic(staging / SPLIT_FILE, base.split.model_dump(mode="json"))
         write_json_atomic(staging / BASE_SPEC_FILE, spec.model_dump(mode="json"))
     return out_dir
 
@@ -105,7 +143,8 @@ def load_base(source: str, num_classes: int | None = None,
               img_size: int | None = None) -> LoadedBase:
     """A base model directory from `train-base`, or `ARCH:CHECKPOINT.safetensors`.
 
-    `num_classes` / `img_size` (from the plan) size the head and input of a timm architecture.
+    `num_classes` / `img_size` (from the plan) size the head and input of a timm architecture; a
+    checkpoint of another head or image size is an InputError saying what to change.
     """
     path = Path(source)
     if path.is_dir():
@@ -122,9 +161,10 @@ def load_base(source: str, num_classes: int | None = None,
                          field="--base", value=source)
     shape = shape_for_arch(arch, num_classes, img_size)
     model = build_vit(shape, full_counts(shape), device="meta")
-    load_weights(model, Path(checkpoint))
+    load_weights(model, Path(checkpoint), shape)
     spec = BaseModelSpec(shape=shape, class_names=[str(i) for i in range(num_classes)],
-                         data="user checkpoint")
+                         data="user checkpoint", preprocess=timm_preprocess(arch, shape.img_size),
+                         checkpoint=str(Path(checkpoint).resolve()))
     return LoadedBase(model=model.eval(), spec=spec, source=source)
 
 
@@ -136,19 +176,64 @@ def read_base_spec(path: Path) -> BaseModelSpec:
 
 def _load_base_dir(path: Path, source: str) -> LoadedBase:
     spec = read_base_spec(path)
-    weights = path_inside(path, spec.weights, source=str(path / BASE_SPEC_FILE), field="weights")
+    weights = inside(path, spec.weights, path / BASE_SPEC_FILE, "weights")
     model = build_vit(spec.shape, full_counts(spec.shape), device="meta")
     load_weights(model, weights)
-    return LoadedBase(model=model.eval(), spec=spec, source=source)
+    split = None
+    if spec.split is not None:
+        split_path = inside(path, spec.split, path / BASE_SPEC_FILE, "split")
+        split = validate_document(SplitRecord, read_json(split_path), str(split_path))
+    return LoadedBase(model=model.eval(), spec=spec, source=source, split=split)
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def inside(directory: Path, relative: str, spec_path: Path, field: str) -> Path:
+    """`directory/relative`, refusing a path that is absolute or leaves `directory`, through '..'
+    or a symbolic link (a model directory must be self-contained to be copied elsewhere)."""
+    rel = Path(relative)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise InputError("must be a path relative to the model directory, inside it",
+                         file=str(spec_path), field=field, value=relative)
+    return path_inside(directory, relative, source=str(spec_path), field=field)
+
+
+def check_checkpoint_fits(path: Path, shape: ViTShape) -> None:
+    """Compare the checkpoint's head and position embedding with `shape` before loading, so a
+    mismatch says what to change rather than which tensor differs."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()
+                      if k in ("pos_embed", "head.weight")}
+    except Exception:  # unreadable: load_weights names the problem
+        return
+    head = shapes.get("head.weight")
+    if head and head[0] != shape.num_classes:
+        raise InputError(f"checkpoint's head has {head[0]} outputs, the plan and data have "
+                         f"{shape.num_classes} classes (a checkpoint for these classes, or "
+                         "class folders matching its head)", file=str(path), field="head.weight",
+                         value=head[0])
+    pos = shapes.get("pos_embed")
+    tokens = (shape.img_size // shape.patch_size) ** 2 + (1 if shape.class_token else 0)
+    if pos and pos[1] != tokens:
+        patches = pos[1] - (1 if shape.class_token else 0)
+        side = int(round(patches ** 0.5)) * shape.patch_size
+        raise InputError(f"checkpoint is for {side} px images ({patches} patches), the plan's "
+                         f"model for {shape.img_size} px: set model.img_size: {side} in the "
+                         f"inventory and re-profile with 'edvit profile --arch {shape.arch} "
+                         f"--img-size {side}'", file=str(path), field="pos_embed", value=pos)
+
+
+def load_weights(model: nn.Module, path: Path, shape: ViTShape | None = None) -> None:
     """Load a safetensors file into `model` with `strict=True` (meta models are materialised).
 
-    Missing, corrupt or mismatched files are InputErrors naming the file.
+    Missing, corrupt or mismatched files are InputErrors naming the file; with `shape`, a head or
+    image size that differs is named first (`check_checkpoint_fits`).
     """
     if not path.is_file():
         raise InputError("checkpoint file not found", file=str(path))
+    if shape is not None:
+        check_checkpoint_fits(path, shape)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
@@ -186,3 +271,30 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     detail = " ".join(line.strip() for line in text[:3]) if text else exc.__class__.__name__
     return detail[:300]
+
+
+def base_splits(base: LoadedBase, data: DataArgs, preprocess_updates: dict | None = None
+                ) -> DataSplits:
+    """The data `base` is used with, decoded with its transform (`preprocess_updates` override it).
+
+    A base that records its split (from `train-base`, or a deployment's) keeps it: `data` then
+    only says where the images are now. A user's checkpoint gets a new seeded split of `data`,
+    whose classes must match its head.
+    """
+    from vit_ops.data import check_classes, make_split, relocate, splits_from_record
+
+    preprocess = base.spec.preprocess.with_overrides(**(preprocess_updates or {}))
+    if preprocess.img_size != base.spec.shape.img_size:
+        raise InputError(f"the model takes {base.spec.shape.img_size} px images",
+                         field="--img-size", value=preprocess.img_size)
+    if base.split is not None:
+        record = relocate(base.split, data)
+    elif data.given:
+        record = make_split(data)
+    else:
+        raise InputError("give the data: --data DIR (or 'digits'), or --train DIR --val DIR",
+                         field="--data")
+    names = base.spec.class_names if base.spec.fit is not None else None
+    check_classes(record, base.spec.shape.num_classes, names,
+                  what="the checkpoint's head" if base.spec.fit is None else "the base model")
+    return splits_from_record(record, preprocess)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 import yaml
@@ -42,9 +43,23 @@ from vit_ops.base_model import (
     save_base,
     train_base,
 )
-from vit_ops.data import DIGITS, load_data
-from vit_ops.deploy import load_manifest
+from vit_ops.base_model import base_splits
+from vit_ops.data import DIGITS, DataArgs, load_data
+from vit_ops.deploy import deployment_splits
 from vit_ops.materialize import MaterializeConfig, materialize
+from vit_ops.options import (
+    add_compute_arguments,
+    add_data_arguments,
+    add_preprocess_arguments,
+    compute_from,
+    data_args_from,
+    devices_from,
+    fit_updates,
+    preprocess_updates,
+)
+from vit_ops.preprocess import scratch_preprocess, timm_preprocess
+from vit_ops.shapes import shape_for_arch
+from vit_ops.similarity import class_similarity
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +71,17 @@ DEMO_FUSION_HIDDEN = 128  # the digits features are 32 wide; a 256-unit head onl
 
 
 def add_train_base_arguments(train: argparse.ArgumentParser) -> None:
-    train.add_argument("--data", default="digits",
-                       help="'digits' (built in, default) or an image folder (one sub-folder per "
-                            "class)")
+    add_data_arguments(train)
+    train.add_argument("--arch", metavar="ARCH",
+                       help="timm architecture (e.g. vit_tiny_patch16_224; default: edvit's "
+                            "small ViT)")
+    train.add_argument("--img-size", type=int, metavar="N",
+                       help="input size (default: the arch's own; edvit's small ViT: 16 on "
+                            "digits, 32 on a folder)")
+    train.add_argument("--init", metavar="CKPT.safetensors",
+                       help="start from these weights (fine-tune) instead of a random init")
+    add_preprocess_arguments(train)
+    add_compute_arguments(train)
     train.add_argument("--out", default=DEFAULT_BASE_DIR, metavar="DIR",
                        help=f"output directory (default: {DEFAULT_BASE_DIR})")
     train.add_argument("--epochs", type=int, help="training epochs (default: 40)")
@@ -71,9 +94,13 @@ def add_materialize_arguments(mat: argparse.ArgumentParser) -> None:
     mat.add_argument("plan", metavar="PLAN.json")
     mat.add_argument("--base", required=True, metavar="MODEL",
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
-    mat.add_argument("--data", required=True, help="'digits' or an image folder")
+    add_data_arguments(mat)
+    add_preprocess_arguments(mat)
+    add_compute_arguments(mat, parallel=True)
     mat.add_argument("--out", required=True, metavar="DEPLOY_DIR")
     mat.add_argument("--force", action="store_true", help="replace an existing DEPLOY_DIR")
+    mat.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run after its last finished sub-model")
     mat.add_argument("--importance", choices=["fisher", "kl"], default="fisher",
                      help="fisher: 2nd-order Taylor of the KL (fast, default); kl: exact ablation")
     mat.add_argument("--finetune-epochs", type=int, help="fine-tuning epochs per sub-model")
@@ -84,7 +111,8 @@ def add_materialize_arguments(mat: argparse.ArgumentParser) -> None:
 
 def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("deploy_dir", metavar="DEPLOY_DIR")
-    ev.add_argument("--data", required=True, help="'digits' or an image folder")
+    add_data_arguments(ev, recorded=True)
+    add_compute_arguments(ev, training=False)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
     ev.add_argument("--predictions", type=int, default=0, metavar="N",
                     help="add the fused predicted labels of the first N held-out images")
@@ -93,6 +121,10 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--latency-runtime", choices=["torch", "onnxruntime", "both"],
                     default="torch", help="time eager PyTorch (default), each part's model.onnx "
                     "in onnxruntime (JSON keys onnx_*), or both")
+    ev.add_argument("--without", metavar="DEVICE[,DEVICE...]",
+                    help="evaluate the fleet as if these devices failed (their slots zero, their "
+                         "presence-mask bits 0); adds surviving_classes_accuracy and "
+                         "full_fleet_surviving_classes_accuracy")
 
 
 def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
@@ -106,7 +138,8 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
 def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
     acc.add_argument("--base", required=True, metavar="MODEL",
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
-    acc.add_argument("--data", required=True, help="'digits' or an image folder")
+    add_data_arguments(acc)
+    add_compute_arguments(acc)
     acc.add_argument("--profile", required=True, metavar="PROFILE.json",
                      help="profile of the base's architecture (`edvit profile`)")
     acc.add_argument("--out", required=True, metavar="PROFILE_WITH_LOSS.json",
@@ -123,20 +156,28 @@ def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
     acc.add_argument("--json", action="store_true", help="print the measurements as JSON")
 
 
+def add_similarity_arguments(sim: argparse.ArgumentParser) -> None:
+    sim.add_argument("--base", required=True, metavar="MODEL",
+                     help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
+    add_data_arguments(sim)
+    add_compute_arguments(sim, training=False)
+    sim.add_argument("--img-size", type=int, metavar="N", help="for ARCH:CHECKPOINT (default: "
+                     "the arch's own)")
+    sim.add_argument("--out", required=True, metavar="SIM.yaml")
+
+
 def run_train_base(args: argparse.Namespace) -> int:
     _positive(args.epochs, "--epochs")
-    out = check_output_dir(args.out, args.force, inputs=[args.data])
-    if args.data == DIGITS:
-        splits, shape = load_data(DIGITS, img_size=DIGITS_SHAPE.img_size), DIGITS_SHAPE
-    else:
-        splits = load_data(args.data, img_size=DIGITS_SHAPE.img_size * 2)
-        shape = DIGITS_SHAPE.model_copy(update={"arch": "edvit_small_vit",
-                                                "img_size": splits.img_size, "patch_size": 8,
-                                                "num_classes": splits.num_classes})
-    config = DIGITS_FIT.model_copy(update={"seed": args.seed,
-                                           **({"epochs": args.epochs} if args.epochs else {})})
+    data = data_args_from(args)
+    out = check_output_dir(args.out, args.force, inputs=[*_data_inputs(data), args.init])
+    data = data if data.given else DataArgs(data=DIGITS)
+    shape, preprocess = _base_shape(args, data)
+    splits = load_data(data, preprocess=preprocess.with_overrides(**preprocess_updates(args)))
+    shape = (shape_for_arch(args.arch, splits.num_classes, shape.img_size) if args.arch
+             else shape.model_copy(update={"num_classes": splits.num_classes}))
     with progress_bar("train-base") as progress:
-        base = train_base(splits, shape, config, progress)
+        base = train_base(splits, shape, _base_fit(args), progress, compute_from(args),
+                          init=Path(args.init) if args.init else None)
     save_base(base, out, force=args.force)
     if args.json:
         print_json(base.spec.model_dump(mode="json"))
@@ -146,19 +187,59 @@ def run_train_base(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_inputs(data: DataArgs) -> list[str]:
+    """The image folders a command reads (never to be replaced by its output)."""
+    return [p for p in (data.data, data.train, data.val, data.test) if p]
+
+
+def _base_shape(args: argparse.Namespace, data: DataArgs):
+    """The architecture (its classes are set from the data) and its default preprocessing."""
+    if args.arch:
+        shape = shape_for_arch(args.arch, 1, args.img_size)
+        return shape, timm_preprocess(args.arch, shape.img_size)
+    if args.init:
+        raise InputError("--init needs --arch (the checkpoint's timm architecture)",
+                         field="--init", value=args.init)
+    shape = DIGITS_SHAPE if data.data == DIGITS else DIGITS_SHAPE.model_copy(
+        update={"arch": "edvit_small_vit", "patch_size": 8, "img_size": DIGITS_SHAPE.img_size * 2})
+    if args.img_size:
+        if args.img_size % shape.patch_size:
+            raise InputError(f"must be a multiple of the patch size {shape.patch_size}",
+                             field="--img-size", value=args.img_size)
+        shape = shape.model_copy(update={"img_size": args.img_size})
+    return shape, scratch_preprocess(shape.img_size)
+
+
+def _base_fit(args: argparse.Namespace):
+    update = {"seed": args.seed, **fit_updates(args)}
+    if args.init:  # fine-tuning: a gentler default
+        update = {"lr": 5e-4, "epochs": 10, **update}
+    if args.epochs:
+        update["epochs"] = args.epochs
+    return _fit_with(DIGITS_FIT, update)
+
+
 def run_materialize(args: argparse.Namespace) -> int:
     _positive(args.finetune_epochs, "--finetune-epochs")
     check_output_dir_of(args, args.out)
     plan = load_plan(args.plan)
     base = _load_base_for(args.base, plan)
-    splits = _load_data_for(args.data, base)
+    compute = compute_from(args)
+    devices = devices_from(args)
+    splits = base_splits(base, data_args_from(args), preprocess_updates(args))
     config = _with_finetune_args(
         MaterializeConfig(importance=args.importance, export_onnx=not args.no_onnx), args)
-    config = config.model_copy(update={"fusion": config.fusion.model_copy(
-        update={"seed": args.seed})})
-    with progress_bar("materialize") as progress:
-        manifest = materialize(plan, base, splits, Path(args.out), config, force=args.force,
-                               progress=progress, plan_source=args.plan)
+    fusion_update = {"seed": args.seed, **({"max_steps": args.max_steps} if args.max_steps else {})}
+    config = config.model_copy(update={"fusion": _fit_with(config.fusion, fusion_update)})
+    try:
+        with progress_bar("materialize") as progress:
+            manifest = materialize(plan, base, splits, Path(args.out), config, force=args.force,
+                                   progress=progress, plan_source=args.plan, compute=compute,
+                                   resume=args.resume, devices=devices)
+    except KeyboardInterrupt:
+        print("edvit materialize: finished sub-models are kept; rerun the same command with "
+              "--resume to continue", file=sys.stderr)
+        raise
     if args.json:
         print_json(manifest.model_dump(mode="json"))
     else:
@@ -173,14 +254,32 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if args.predictions < 0:
         raise InputError("must be >= 0", field="--predictions", value=args.predictions)
     _positive(args.threads, "--threads")
-    manifest = load_manifest(args.deploy_dir)
-    splits = load_data(args.data, img_size=manifest.img_size,
-                       expected_classes=manifest.num_classes, class_names=manifest.class_names)
+    compute = compute_from(args)
+    splits = deployment_splits(args.deploy_dir, data_args_from(args))
     with progress_bar("evaluate") as progress:
         evaluation = evaluate_deployment(args.deploy_dir, splits, predictions=args.predictions,
                                          measure=not args.no_latency, threads=args.threads,
-                                         progress=progress, runtime=args.latency_runtime)
+                                         progress=progress, runtime=args.latency_runtime,
+                                         compute=compute,
+                                         without=_device_list(args.without))
     _report(evaluation, args.json)
+    return 0
+
+
+def run_similarity(args: argparse.Namespace) -> int:
+    data = data_args_from(args)
+    out = check_output_path(args.out, inputs=[args.base, *_data_inputs(data)])
+    num_classes = None
+    if ":" in args.base and data.given:  # a checkpoint: its head is as wide as the data's classes
+        from vit_ops.data import make_split
+
+        num_classes = len(make_split(data).class_names)
+    base = load_base(args.base, num_classes=num_classes, img_size=args.img_size)
+    document = class_similarity(base, base_splits(base, data), compute_from(args))
+    write_text_atomic(out, yaml.safe_dump(document, sort_keys=False))
+    print(f"similarity of {len(document['class_names'])} classes from "
+          f"{document['val_images']} validation images (base accuracy "
+          f"{100 * document['val_accuracy']:.2f} %) -> {out}")
     return 0
 
 
@@ -198,19 +297,21 @@ def run_profile_accuracy(args: argparse.Namespace) -> int:
     _positive(args.groups_per_size, "--groups-per-size")
     if args.loss_cap_pp < 0:
         raise InputError("must be >= 0", field="--loss-cap-pp", value=args.loss_cap_pp)
-    out = check_output_path(args.out, inputs=[args.profile, args.base, args.data])
+    out = check_output_path(args.out, inputs=[args.profile, args.base,
+                                              *_data_inputs(data_args_from(args))])
     sizes = None if args.group_sizes is None else _int_list(args.group_sizes, "--group-sizes")
     profile = load_profile(args.profile)
     base = load_base(args.base, num_classes=profile.shape.num_classes,
                      img_size=profile.shape.img_size)
-    splits = _load_data_for(args.data, base)
+    splits = base_splits(base, data_args_from(args))
+    compute = compute_from(args)
     config = AccuracyTableConfig(
         group_sizes=sizes, groups_per_size=args.groups_per_size, loss_cap_pp=args.loss_cap_pp,
         seed=args.seed,
         materialize=_with_finetune_args(MaterializeConfig(export_onnx=False), args))
     with progress_bar("profile-accuracy") as progress:
         table = measure_accuracy_table(base, splits, profile, config, progress,
-                                       profile_source=args.profile)
+                                       profile_source=args.profile, compute=compute)
     write_json_atomic(out, table.profile.model_dump(mode="json"))
     if args.json:
         data = table.model_dump(mode="json", exclude={"profile"})
@@ -240,6 +341,11 @@ def _print_accuracy_table(table, out: str) -> None:
     print(f"-> {out}")
 
 
+def _device_list(text: str | None) -> list[str] | None:
+    """`--without A,B` -> ["A", "B"] (None when not given)."""
+    return None if text is None else [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _int_list(text: str, flag: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -252,19 +358,28 @@ def _load_base_for(source: str, plan):
     return load_base(source, num_classes=plan.num_classes, img_size=img_size)
 
 
-def _load_data_for(data: str, base):
-    names = base.spec.class_names if base.spec.fit is not None else None
-    return load_data(data, img_size=base.spec.shape.img_size,
-                     expected_classes=base.spec.shape.num_classes, class_names=names)
-
-
 def _with_finetune_args(config, args: argparse.Namespace):
     """`config` (a MaterializeConfig) with the sub-models' fine-tuning seeded by `--seed` and
     lasting `--finetune-epochs` when given."""
-    update = {"seed": args.seed}
+    update = {"seed": args.seed, **fit_updates(args)}
     if args.finetune_epochs:
         update["epochs"] = args.finetune_epochs
-    return config.model_copy(update={"finetune": config.finetune.model_copy(update=update)})
+    return config.model_copy(update={"finetune": _fit_with(config.finetune, update,
+                                                           epochs_flag="--finetune-epochs")})
+
+
+def _fit_with(config, update: dict, epochs_flag: str = "--epochs"):
+    """`config` (a FitConfig) with `update` from the command line, validated: a value outside the
+    FitConfig's ranges is one InputError naming its flag (model_copy alone checks nothing)."""
+    from pydantic import ValidationError
+
+    try:
+        return type(config).model_validate({**config.model_dump(), **update})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        flag = epochs_flag if key == "epochs" else "--" + key.replace("_", "-")
+        raise InputError(error["msg"], field=flag, value=update.get(key)) from None
 
 
 def _positive(value, flag: str) -> None:
@@ -280,7 +395,13 @@ def _report(evaluation, as_json: bool) -> None:
     print(f"{e.data}: {e.test_images} held-out images")
     print(f"  base accuracy  {100 * e.base_accuracy:6.2f} %   {e.base_params} params"
           + (f"   {1e3 * e.base_latency_s:.3f} ms" if e.base_latency_s else ""))
-    print(f"  fused accuracy {100 * e.fused_accuracy:6.2f} %   ({e.fused_minus_base_pp:+.2f} pp)")
+    print(f"  fused accuracy {100 * e.fused_accuracy:6.2f} %   ({e.fused_minus_base_pp:+.2f} pp)"
+          + (f" without {', '.join(e.without)}" if e.without else ""))
+    if e.without:
+        print(f"  full fleet     {100 * e.full_fleet_fused_accuracy:6.2f} %; on the "
+              f"{e.surviving_classes_test_images} images of the surviving classes "
+              f"{e.surviving_classes}: {100 * e.surviving_classes_accuracy:.2f} % without, "
+              f"{100 * e.full_fleet_surviving_classes_accuracy:.2f} % full fleet")
     for s in e.submodels:
         latency = (f"   {1e3 * s.latency_s:.3f} ms ({s.speedup:.2f}x faster, "
                    f"{s.flops_reduction:.2f}x fewer FLOPs)" if s.latency_s else "")
@@ -347,14 +468,20 @@ def run_demo(out_dir: Path, retrain: bool = False, config: MaterializeConfig = M
 
 COMMANDS = {
     "train-base": Command(add_train_base_arguments, run_train_base,
-                          description="Train a small ViT from scratch; writes "
-                                      "DIR/model.safetensors + DIR/model.json."),
+                          description="Train a ViT (edvit's small one, or any plain timm "
+                                      "ViT/DeiT with --arch, from scratch or from --init); "
+                                      "writes DIR/model.safetensors + model.json + split.json. "
+                                      "Without --data/--train the built-in digits are used."),
     "materialize": Command(
         add_materialize_arguments, run_materialize,
         description="Class-wise importance, structural pruning to the plan's counts, fine-tuning "
                     "with distillation, fusion head, safetensors + JSON + ONNX in DEPLOY_DIR."),
     "evaluate": Command(add_evaluate_arguments, run_evaluate,
-                        description="Evaluate DEPLOY_DIR on the held-out split of DATA."),
+                        description="Evaluate DEPLOY_DIR on its recorded held-out split."),
+    "similarity": Command(
+        add_similarity_arguments, run_similarity,
+        description="Confusions of the base on the validation split as the C x C integer matrix "
+                    "the inventory's `similarity` file takes (secondary: similarity)."),
     "demo": Command(
         add_demo_arguments, run_demo_command,
         description="Train the digits base (or reuse DIR/base), plan for an example fleet of four "

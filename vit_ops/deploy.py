@@ -3,14 +3,18 @@
 Layout (every model = safetensors weights + JSON spec + ONNX graph; no pickles):
 
     DEPLOY_DIR/
-      deployment.json              DeploymentManifest: sub-models in fusion-input order, fusion head
+      deployment.json              DeploymentManifest: sub-models in fusion-input order, fusion head,
+                                   the eval transform (`preprocess`) every consumer applies
       base/model.safetensors       the unsplit base model (for evaluation against it)
       base/model.json
+      base/split.json              the data split as file lists (the held-out images of evaluate/serve)
       base/model.onnx              images (B,3,H,W) -> logits (B,C)
       submodels/<i>-<device>/model.safetensors   SubModel state_dict (backbone.*, head.*)
       submodels/<i>-<device>/model.json          SubModelSpec
       submodels/<i>-<device>/model.onnx          images (B,3,H,W) -> logits (B,g+1), features (B,e)
-      fusion/model.safetensors, model.json, model.onnx   features (B, sum e) -> logits (B, C)
+      fusion/model.safetensors, model.json, model.onnx   features (B, sum e) [, mask (B, slots)]
+                                                         -> logits (B, C); the mask input only
+                                                         when the spec says `presence_mask`
 
 Loading API (one process per device loads only its own part):
 
@@ -19,6 +23,9 @@ Loading API (one process per device loads only its own part):
     load_submodel(deploy_dir, device) -> LoadedSubModel                 the device's only sub-model
     load_fusion(deploy_dir) -> LoadedFusion                             on the aggregator
     load_deployment_base(deploy_dir) -> LoadedBase
+
+Every path inside the directory is relative to it (checked on load): a deployment copied elsewhere,
+without the user's checkpoint or the working directory it was made in, still loads.
 
 Each loaded sub-model knows its `index`: the slot of its features in the fusion input
 (`manifest.submodels[index]`, widths `fusion.in_features`). All weights load with `strict=True`.
@@ -72,7 +79,9 @@ from vit_ops.base_model import (
     load_weights,
     read_base_spec,
 )
-from vit_ops.fusion import FusionHead
+from vit_ops.data import DataArgs, DataSplits, SplitRecord, relocate, splits_from_record
+from vit_ops.preprocess import Preprocess
+from vit_ops.fusion import AnyFusionHead, FusionHead, MaskedFusionHead, SlotDropout
 from vit_ops.submodel import SubModel, build_submodel
 
 MANIFEST_FILE = "deployment.json"
@@ -128,6 +137,12 @@ class FusionSpec(StrictModel):
     hidden: Dimension
     num_classes: ClassCount
     params: PositiveCount
+    presence_mask: bool = Field(
+        default=False, description="the head takes a (B, slots) 0/1 mask of the sub-models that "
+        "answered (`MaskedFusionHead`, ONNX input 'mask'); false (deployments made before): the "
+        "plain `FusionHead`, missing slots only zero-filled")
+    dropout: SlotDropout | None = Field(
+        default=None, description="the sub-model dropout it was trained with")
     onnx_max_abs_diff: NonNegative | None = None
 
 
@@ -154,8 +169,9 @@ class DeploymentManifest(StrictModel):
     class_names: list[Text]
     data: str = Field(description="data source the deployment was fine-tuned on")
     img_size: ImageSize
-    norm_mean: Finite
-    norm_std: Annotated[float, Field(gt=0, allow_inf_nan=False)]
+    preprocess: Preprocess = Field(description="the eval transform of every part's input")
+    split: RelativePath = Field(default="base/split.json",
+                                description="file lists of the data split")
     base_dir: RelativePath = "base"
     base_params: PositiveCount = Field(description="backbone parameters of the base model")
     submodels: list[SubModelEntry] = Field(min_length=1)
@@ -174,7 +190,22 @@ class DeploymentManifest(StrictModel):
         violations = partition_violations(self.num_classes, [e.classes for e in self.submodels])
         if violations:
             raise ValueError(f"submodels: {violations[0]}")
+        if self.preprocess.img_size != self.img_size:
+            raise ValueError(f"preprocess.img_size {self.preprocess.img_size} differs from "
+                             f"img_size {self.img_size}")
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded_before_preprocess(cls, data):
+        """A manifest written before transforms were recorded: mean/std of its norm fields, the
+        whole image resized (what edvit did then)."""
+        if isinstance(data, dict) and data.get("preprocess") is None and "img_size" in data:
+            mean, std = data.get("norm_mean", 0.5), data.get("norm_std", 0.5)
+            data = {k: v for k, v in data.items() if k not in ("norm_mean", "norm_std")}
+            data["preprocess"] = {"img_size": data["img_size"], "mean": [mean] * 3,
+                                  "std": [std] * 3}  # validated as a Preprocess
+        return data
 
 
 @dataclass
@@ -187,7 +218,7 @@ class LoadedSubModel:
 @dataclass
 class LoadedFusion:
     spec: FusionSpec
-    module: FusionHead
+    module: AnyFusionHead
 
 
 def submodel_dir_name(index: int, device: str) -> str:
@@ -197,7 +228,7 @@ def submodel_dir_name(index: int, device: str) -> str:
 
 # ---------------------------------------------------------------- writing
 
-def save_part(directory: Path, module: SubModel | FusionHead, spec: SubModelSpec | FusionSpec
+def save_part(directory: Path, module: SubModel | AnyFusionHead, spec: SubModelSpec | FusionSpec
               ) -> None:
     """A sub-model or the fusion head: `model.safetensors` + its spec `model.json`."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -210,15 +241,29 @@ def save_manifest(deploy_dir: Path, manifest: DeploymentManifest) -> None:
     write_json_atomic(deploy_dir / MANIFEST_FILE, manifest.model_dump(mode="json"))
 
 
-def write_onnx(module: nn.Module, example: torch.Tensor, target, output_names: list[str]) -> None:
-    """Export `module` to ONNX with the graph input "input" and the batch axis dynamic; `target` is
-    a file path or a binary buffer (the runtime's in-memory export)."""
+Example = torch.Tensor | tuple[torch.Tensor, ...]
+
+
+def _inputs(example: Example) -> tuple[torch.Tensor, ...]:
+    return example if isinstance(example, tuple) else (example,)
+
+
+def input_names(example: Example) -> list[str]:
+    """Graph input names: "input", then "mask" (the fusion head's presence mask) when given."""
+    return ["input", "mask"][:len(_inputs(example))]
+
+
+def write_onnx(module: nn.Module, example: Example, target, output_names: list[str]) -> None:
+    """Export `module` to ONNX with the graph input "input" (and "mask" when `example` is a pair)
+    and the batch axis dynamic; `target` is a file path or a binary buffer (the runtime's
+    in-memory export)."""
+    names = input_names(example)
     module.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, (example,), target, dynamo=False, opset_version=ONNX_OPSET,
-                          input_names=["input"], output_names=output_names,
-                          dynamic_axes={name: {0: "batch"} for name in ["input", *output_names]})
+        torch.onnx.export(module, _inputs(example), target, dynamo=False,
+                          opset_version=ONNX_OPSET, input_names=names, output_names=output_names,
+                          dynamic_axes={name: {0: "batch"} for name in [*names, *output_names]})
 
 
 def open_session(model: str | Path | bytes, threads: int):
@@ -238,21 +283,22 @@ def open_session(model: str | Path | bytes, threads: int):
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_names: list[str]
+def export_onnx(module: nn.Module, example: Example, path: Path, output_names: list[str]
                 ) -> float:
     """Export `module` (batch axis dynamic) and return max |torch - onnxruntime| on `example`."""
     write_onnx(module, example, str(path), output_names)
     session = open_session(path, threads=torch.get_num_threads())
     with torch.no_grad():
-        expected = module(example)
+        expected = module(*_inputs(example))
     return onnx_max_abs_diff(session, example, expected)
 
 
-def onnx_max_abs_diff(session, example: torch.Tensor,
+def onnx_max_abs_diff(session, example: Example,
                       expected: torch.Tensor | tuple[torch.Tensor, ...]) -> float:
     """max |onnxruntime - PyTorch| over every output of a `write_onnx` graph on `example`, given
     the module's own output(s) on it."""
-    got = session.run(None, {"input": example.numpy()})
+    feed = {name: x.numpy() for name, x in zip(input_names(example), _inputs(example))}
+    got = session.run(None, feed)
     expected = expected if isinstance(expected, tuple) else (expected,)
     return float(max(np.abs(g - e.numpy()).max() for g, e in zip(got, expected, strict=True)))
 
@@ -265,7 +311,8 @@ def load_manifest(deploy_dir: str | Path) -> DeploymentManifest:
     if not Path(deploy_dir).is_dir():
         raise InputError("deployment directory not found", file=str(deploy_dir))
     manifest = validate_document(DeploymentManifest, read_json(path), str(path))
-    named = [("base_dir", manifest.base_dir), ("fusion_dir", manifest.fusion_dir)]
+    named = [("base_dir", manifest.base_dir), ("fusion_dir", manifest.fusion_dir),
+             ("split", manifest.split)]
     named += [(f"submodels.{i}.dir", e.dir) for i, e in enumerate(manifest.submodels)]
     for field, relative in named:
         path_inside(deploy_dir, relative, source=str(path), field=field)
@@ -285,6 +332,28 @@ def read_fusion_spec(deploy_dir: str | Path, manifest: DeploymentManifest) -> Fu
                          f"{manifest.num_classes}", file=str(path), field="num_classes",
                          value=spec.num_classes)
     return spec
+
+
+def part_path(deploy_dir: str | Path, relative: str, field: str) -> Path:
+    """`deploy_dir/relative` for a path of the manifest (refused when absolute or when it resolves
+    outside `deploy_dir`, symbolic links included)."""
+    return path_inside(deploy_dir, relative, source=str(Path(deploy_dir) / MANIFEST_FILE),
+                       field=field)
+
+
+def load_split(deploy_dir: str | Path, manifest: DeploymentManifest | None = None) -> SplitRecord:
+    manifest = manifest or load_manifest(deploy_dir)
+    path = part_path(deploy_dir, manifest.split, "split")
+    return validate_document(SplitRecord, read_json(path), str(path))
+
+
+def deployment_splits(deploy_dir: str | Path, data: DataArgs = DataArgs(),
+                      check_files: bool = True) -> DataSplits:
+    """The deployment's recorded split, decoded with its recorded transform; `data` points at the
+    image folder(s) when they live elsewhere on this machine."""
+    manifest = load_manifest(deploy_dir)
+    record = relocate(load_split(deploy_dir, manifest), data)
+    return splits_from_record(record, manifest.preprocess, check_files=check_files)
 
 
 def load_device_submodels(deploy_dir: str | Path, device: str) -> list[LoadedSubModel]:
@@ -316,17 +385,18 @@ def load_all_submodels(deploy_dir: str | Path) -> list[LoadedSubModel]:
 
 def load_fusion(deploy_dir: str | Path) -> LoadedFusion:
     manifest = load_manifest(deploy_dir)
-    directory = Path(deploy_dir) / manifest.fusion_dir
+    directory = part_path(deploy_dir, manifest.fusion_dir, "fusion_dir")
     spec = read_fusion_spec(deploy_dir, manifest)
+    kind = MaskedFusionHead if spec.presence_mask else FusionHead
     with torch.device("meta"):
-        head = FusionHead(spec.in_features, spec.hidden, spec.num_classes)
+        head = kind(spec.in_features, spec.hidden, spec.num_classes)
     load_weights(head, directory / WEIGHTS_FILE)
     return LoadedFusion(spec=spec, module=head.eval())
 
 
 def load_deployment_base(deploy_dir: str | Path) -> LoadedBase:
     manifest = load_manifest(deploy_dir)
-    return load_base(str(Path(deploy_dir) / manifest.base_dir))
+    return load_base(str(part_path(deploy_dir, manifest.base_dir, "base_dir")))
 
 
 def check_deployment(deploy_dir: str | Path) -> DeploymentManifest:
@@ -336,13 +406,15 @@ def check_deployment(deploy_dir: str | Path) -> DeploymentManifest:
     manifest = load_manifest(deploy_dir)
     fusion = read_fusion_spec(deploy_dir, manifest)
     for entry in manifest.submodels:
-        spec = _entry_spec(deploy_dir, entry, fusion)
+        directory = _entry_dir(deploy_dir, entry)
+        spec = _entry_spec(directory, entry, fusion)
         check_weights(build_submodel(spec.shape, spec.counts, spec.num_outputs, device="meta"),
-                      deploy_dir / entry.dir / WEIGHTS_FILE)
+                      directory / WEIGHTS_FILE)
+    kind = MaskedFusionHead if fusion.presence_mask else FusionHead
     with torch.device("meta"):
-        head = FusionHead(fusion.in_features, fusion.hidden, fusion.num_classes)
-    check_weights(head, deploy_dir / manifest.fusion_dir / WEIGHTS_FILE)
-    base_dir = deploy_dir / manifest.base_dir
+        head = kind(fusion.in_features, fusion.hidden, fusion.num_classes)
+    check_weights(head, part_path(deploy_dir, manifest.fusion_dir, "fusion_dir") / WEIGHTS_FILE)
+    base_dir = part_path(deploy_dir, manifest.base_dir, "base_dir")
     base = read_base_spec(base_dir)
     check_weights(build_vit(base.shape, full_counts(base.shape), device="meta"),
                   path_inside(base_dir, base.weights, source=str(base_dir / BASE_SPEC_FILE),
@@ -350,9 +422,13 @@ def check_deployment(deploy_dir: str | Path) -> DeploymentManifest:
     return manifest
 
 
-def _entry_spec(deploy_dir: Path, entry: SubModelEntry, fusion: FusionSpec) -> SubModelSpec:
+def _entry_dir(deploy_dir: Path, entry: SubModelEntry) -> Path:
+    return part_path(deploy_dir, entry.dir, f"submodels.{entry.index}.dir")
+
+
+def _entry_spec(directory: Path, entry: SubModelEntry, fusion: FusionSpec) -> SubModelSpec:
     """A sub-model's spec, which must agree with its manifest entry and the fusion head."""
-    spec_path = deploy_dir / entry.dir / SPEC_FILE
+    spec_path = directory / SPEC_FILE
     spec = _read_spec(spec_path, SubModelSpec)
     for field, got, want in (("device", spec.device, entry.device),
                              ("classes", spec.classes, entry.classes),
@@ -363,11 +439,18 @@ def _entry_spec(deploy_dir: Path, entry: SubModelEntry, fusion: FusionSpec) -> S
     return spec
 
 
-def _load_entry(deploy_dir: Path, entry: SubModelEntry, fusion: FusionSpec) -> LoadedSubModel:
-    spec = _entry_spec(deploy_dir, entry, fusion)
+def load_part_submodel(directory: Path, index: int = -1,
+                       spec: SubModelSpec | None = None) -> LoadedSubModel:
+    """The sub-model saved in `directory` (its `model.json` + `model.safetensors`)."""
+    spec = spec or _read_spec(directory / SPEC_FILE, SubModelSpec)
     sub = build_submodel(spec.shape, spec.counts, spec.num_outputs, device="meta")
-    load_weights(sub, deploy_dir / entry.dir / WEIGHTS_FILE)
-    return LoadedSubModel(index=entry.index, spec=spec, module=sub.eval())
+    load_weights(sub, directory / WEIGHTS_FILE)
+    return LoadedSubModel(index=index, spec=spec, module=sub.eval())
+
+
+def _load_entry(deploy_dir: Path, entry: SubModelEntry, fusion: FusionSpec) -> LoadedSubModel:
+    directory = _entry_dir(deploy_dir, entry)
+    return load_part_submodel(directory, entry.index, _entry_spec(directory, entry, fusion))
 
 
 def _read_spec(path: Path, cls: type[BaseModel]):
@@ -377,5 +460,6 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
            "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
-           "check_deployment", "read_fusion_spec", "save_part", "save_manifest", "write_onnx",
+           "check_deployment", "read_fusion_spec", "load_part_submodel", "load_split",
+           "deployment_splits", "part_path", "save_part", "save_manifest", "write_onnx",
            "export_onnx", "open_session", "onnx_max_abs_diff", "submodel_dir_name"]

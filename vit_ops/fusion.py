@@ -1,8 +1,15 @@
 """The fusion head on the aggregator: an MLP over the concatenated features of all sub-models.
 
-Input: the sub-models' feature vectors concatenated in deployment order (widths `in_features`);
-output: logits over all C classes. It is trained with the sub-models frozen, on their features of the
-training images (computed once, so training takes seconds).
+Input: the sub-models' feature vectors concatenated in deployment order (widths `in_features`, one
+*slot* per sub-model) and, for a failure-aware head, a presence mask (B, slots) of 0/1 floats: 1
+where that sub-model answered. A device that failed leaves its slots zero and their mask bits 0.
+Output: logits over all C classes. It is trained with the sub-models frozen, on their features of
+the training images (computed once, so training takes seconds).
+
+`MaskedFusionHead` is trained with sub-model dropout (`SlotDropout`): random slots of a training
+example are zeroed and its mask says which, so the head learns what a missing sub-model means
+instead of meeting zeros it never saw. `FusionHead` is the plain head of older deployments (no mask
+input; a missing slot is only zero-filled).
 """
 
 from __future__ import annotations
@@ -12,16 +19,21 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
 from planner.progress import ProgressCallback
-from vit_ops.data import Split
-from vit_ops.training import FitConfig, fit, predict
+from vit_ops.compute import CPU, Compute
+from vit_ops.data import ImageSet
+from vit_ops.training import FitConfig, fit, predict, predict_set
 
 LABEL_SMOOTHING = 0.1
 
 
 class FusionHead(nn.Module):
-    """LayerNorm -> Linear -> GELU -> Linear over the concatenated sub-model features."""
+    """LayerNorm -> Linear -> GELU -> Linear over the concatenated sub-model features (no mask
+    input: `mask` only zero-fills the missing slots, as the runtime always did)."""
+
+    takes_mask = False
 
     def __init__(self, in_features: Sequence[int], hidden: int, num_classes: int) -> None:
         super().__init__()
@@ -31,8 +43,80 @@ class FusionHead(nn.Module):
         self.fc1 = nn.Linear(total, hidden)
         self.fc2 = nn.Linear(hidden, num_classes)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            features = zero_missing(features, mask, self.in_features)
         return self.fc2(F.gelu(self.fc1(self.norm(features))))
+
+
+class MaskedFusionHead(nn.Module):
+    """Per-slot LayerNorm, times the slot's mask bit, then Linear over [features, mask] -> GELU ->
+    Linear. A slot with mask 0 contributes nothing but its mask bit: its values are ignored, so
+    neither zeros nor stale values of a failed device move the answer, and the other slots' norms
+    do not shift when one is missing (one LayerNorm over everything would)."""
+
+    takes_mask = True
+
+    def __init__(self, in_features: Sequence[int], hidden: int, num_classes: int) -> None:
+        super().__init__()
+        self.in_features = list(in_features)
+        self.norms = nn.ModuleList(nn.LayerNorm(w) for w in self.in_features)
+        self.fc1 = nn.Linear(sum(self.in_features) + len(self.in_features), hidden)
+        self.fc2 = nn.Linear(hidden, num_classes)
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is None:
+            mask = features.new_ones(features.shape[0], len(self.in_features))
+        parts = torch.split(features, self.in_features, dim=-1)
+        normed = [norm(part) * mask[:, i:i + 1]
+                  for i, (norm, part) in enumerate(zip(self.norms, parts))]
+        return self.fc2(F.gelu(self.fc1(torch.cat([*normed, mask], dim=-1))))
+
+
+AnyFusionHead = FusionHead | MaskedFusionHead
+
+
+class SlotDropout(BaseModel):
+    """Sub-model dropout while training a `MaskedFusionHead` (recorded in the fusion spec).
+
+    Per training example: with probability `full_fleet_fraction` every slot is present; otherwise
+    k slots are dropped, k uniform in 1..`max_missing` (None: all but one), the slots at random.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    full_fleet_fraction: float = Field(default=0.5, ge=0, le=1)
+    max_missing: int | None = Field(default=None, gt=0)
+
+    def sample(self, batch: int, slots: int, generator: torch.Generator) -> torch.Tensor:
+        """A (batch, slots) 0/1 float mask drawn from `generator`; at least one slot present."""
+        most = max(min(self.max_missing or slots - 1, slots - 1), 0)
+        mask = torch.ones(batch, slots)
+        if most == 0:
+            return mask
+        dropping = torch.rand(batch, generator=generator) >= self.full_fleet_fraction
+        k = torch.randint(1, most + 1, (batch,), generator=generator)
+        rank = torch.rand(batch, slots, generator=generator).argsort(dim=1).argsort(dim=1)
+        mask[(rank < k[:, None]) & dropping[:, None]] = 0.0
+        return mask
+
+
+def slot_columns(in_features: Sequence[int]) -> torch.Tensor:
+    """(total width,) the slot index of every fusion-input column."""
+    return torch.repeat_interleave(torch.arange(len(in_features)), torch.tensor(list(in_features)))
+
+
+def zero_missing(features: torch.Tensor, mask: torch.Tensor,
+                 in_features: Sequence[int]) -> torch.Tensor:
+    """`features` with the columns of every slot whose mask bit is 0 set to zero."""
+    return features * mask[:, slot_columns(in_features)]
+
+
+def presence_mask(batch: int, slots: int, missing: Sequence[int] = ()) -> torch.Tensor:
+    """(batch, slots) mask: 1 everywhere but the `missing` slots."""
+    mask = torch.ones(batch, slots)
+    mask[:, list(missing)] = 0.0
+    return mask
 
 
 def concat_features(submodels: Sequence[nn.Module], images: torch.Tensor) -> torch.Tensor:
@@ -40,19 +124,56 @@ def concat_features(submodels: Sequence[nn.Module], images: torch.Tensor) -> tor
     return torch.cat([predict(lambda x, s=s: s(x)[1], images) for s in submodels], dim=-1)
 
 
-def train_fusion(submodels: Sequence[nn.Module], train: Split, num_classes: int, hidden: int,
-                 config: FitConfig, progress: ProgressCallback | None = None) -> FusionHead:
-    """A fusion head trained (cross-entropy) on the frozen sub-models' features of `train`."""
-    for sub in submodels:
-        sub.eval()
-    widths = [int(s.feature_dim) for s in submodels]
-    features = Split(concat_features(submodels, train.images), train.labels)
+def train_fusion(submodels: Sequence[nn.Module], train: ImageSet, num_classes: int, hidden: int,
+                 config: FitConfig, progress: ProgressCallback | None = None,
+                 compute: Compute = CPU, dropout: SlotDropout | None = None) -> AnyFusionHead:
+    """A fusion head trained (cross-entropy) on the frozen sub-models' features of `train`: a
+    `MaskedFusionHead` trained with `dropout`, or without it the plain `FusionHead`.
+
+    The images are streamed once through the sub-models; the features (N x sum of widths floats,
+    far smaller than the images) are kept for the head's epochs. With `config.max_steps`, only a
+    seeded sample of the images those steps can see is featurised. Returns the head on the CPU.
+    """
+    if config.max_steps and config.max_steps * config.batch_size < len(train):
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
+        train = train.subset(order[:config.max_steps * config.batch_size].sort().values.numpy())
+    subs = [sub.eval().to(compute.device) for sub in submodels]
+    widths = [int(s.feature_dim) for s in subs]
+    features, labels = predict_set(
+        lambda x: torch.cat([s(x)[1] for s in subs], dim=-1), train, compute)
+    for sub in subs:
+        sub.cpu()
+    return train_head_on_features(torch.utils.data.TensorDataset(features, labels), widths,
+                                  num_classes, hidden, config, progress, dropout, compute)
+
+
+def train_head_on_features(features: torch.utils.data.Dataset, widths: Sequence[int],
+                           num_classes: int, hidden: int, config: FitConfig,
+                           progress: ProgressCallback | None = None,
+                           dropout: SlotDropout | None = None,
+                           compute: Compute = CPU) -> AnyFusionHead:
+    """The head of `train_fusion` on precomputed (features (sum of `widths`,), label) pairs."""
     torch.manual_seed(config.seed)
-    head = FusionHead(widths, hidden, num_classes)
+    head = (MaskedFusionHead if dropout else FusionHead)(widths, hidden, num_classes)
+    head = head.to(compute.device)
+    masks = torch.Generator().manual_seed(config.seed + 1)
 
     def loss_fn(x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(head(x), labels, label_smoothing=LABEL_SMOOTHING)
+        if dropout is None:
+            return F.cross_entropy(head(x), labels, label_smoothing=LABEL_SMOOTHING)
+        mask = dropout.sample(x.shape[0], len(widths), masks).to(x.device)
+        logits = head(zero_missing(x, mask, widths), mask)
+        return F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
 
     fit(list(head.parameters()), [head], features, loss_fn,
-        config.model_copy(update={"max_shift_px": 0}), progress, "fusion")
-    return head.eval()
+        config.model_copy(update={"max_shift_px": 0}), progress, "fusion", compute)
+    return head.cpu().eval()
+
+
+def onnx_check_mask(batch: int, slots: int) -> torch.Tensor:
+    """A mask for checking an exported head: the first row complete, row i > 0 lacking slot
+    (i - 1) mod slots, so the graph is compared with PyTorch on missing slots too."""
+    mask = torch.ones(batch, slots)
+    for row in range(1, batch):
+        mask[row, (row - 1) % slots] = 0.0
+    return mask

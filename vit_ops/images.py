@@ -41,5 +41,12 @@ def open_image(path: Path) -> Iterator:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise InputError("image declares too many pixels (a decompression bomb?)",
                          file=str(path)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"cannot read image ({exc.__class__.__name__})", file=str(path)) from None
+    except UnidentifiedImageError:
+        raise InputError("not an image PIL can read (corrupt?)", file=str(path)) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"cannot decode image ({_first_line(exc)})", file=str(path)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else exc.__class__.__name__

@@ -154,18 +154,18 @@ def _fisher_scores(model: nn.Module, images: torch.Tensor, classes: list[int], b
     for start in range(0, n, batch_size):
         x = images[start:start + batch_size]
         b = x.shape[0]
-        head_masks = [torch.ones(b, h, requires_grad=True) for h in heads]
-        mlp_masks = [torch.ones(b, m, requires_grad=True) for m in mlp]
-        embed_mask = torch.ones(b, embed, requires_grad=True)
+        head_masks = [torch.ones(b, h, device=x.device, requires_grad=True) for h in heads]
+        mlp_masks = [torch.ones(b, m, device=x.device, requires_grad=True) for m in mlp]
+        embed_mask = torch.ones(b, embed, device=x.device, requires_grad=True)
         masks = [*head_masks, *mlp_masks, embed_mask]
         with _masked(model, head_masks, mlp_masks, embed_mask):
             logq = group_log_probs(model(x), classes)
-        q = logq.detach().exp().double()
+        q = logq.detach().exp().double()  # on the model's device, like the gradients
         for k in range(logq.shape[1]):
             grads = torch.autograd.grad(logq[:, k].sum(), masks, retain_graph=k + 1 < logq.shape[1])
             weight = q[:, k:k + 1]
             for acc, grad in zip([*acc_heads, *acc_mlp, acc_embed], grads):
-                acc += (weight * grad.double() ** 2).sum(0)
+                acc += (weight * grad.double() ** 2).sum(0).cpu()
         if progress:
             progress(min(start + b, n), n, "importance")
     half_mean = 0.5 / n
@@ -178,9 +178,10 @@ def _fisher_scores(model: nn.Module, images: torch.Tensor, classes: list[int], b
 def _ablation_scores(model: nn.Module, images: torch.Tensor, classes: list[int], batch_size: int,
                      progress: ProgressCallback | None) -> UnitImportance:
     heads, mlp, embed = _unit_sizes(model)
-    ones_heads = [torch.ones(1, h) for h in heads]
-    ones_mlp = [torch.ones(1, m) for m in mlp]
-    ones_embed = torch.ones(1, embed)
+    device = images.device
+    ones_heads = [torch.ones(1, h, device=device) for h in heads]
+    ones_mlp = [torch.ones(1, m, device=device) for m in mlp]
+    ones_embed = torch.ones(1, embed, device=device)
     batches = [images[s:s + batch_size] for s in range(0, images.shape[0], batch_size)]
     reference = [group_log_probs(model(x), classes) for x in batches]
 
@@ -223,3 +224,29 @@ def _ablation_scores(model: nn.Module, images: torch.Tensor, classes: list[int],
         embed_scores[i] = kl_with(ones_heads, ones_mlp, mask)
         tick()
     return UnitImportance(heads=head_scores, mlp=mlp_scores, embed=embed_scores, method="kl")
+
+
+def save_importance(scores: UnitImportance, path) -> None:
+    """Checkpoint `scores` as safetensors (written to a temporary name, then renamed)."""
+    from safetensors.torch import save_file
+
+    from planner.files import atomic_file
+
+    tensors = {"embed": scores.embed}
+    tensors.update({f"heads.{i}": t for i, t in enumerate(scores.heads)})
+    tensors.update({f"mlp.{i}": t for i, t in enumerate(scores.mlp)})
+    with atomic_file(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+                  metadata={"method": scores.method})
+
+
+def load_importance(path) -> UnitImportance:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        method = (handle.metadata() or {}).get("method", "fisher")
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    depth = sum(1 for k in tensors if k.startswith("heads."))
+    return UnitImportance(heads=[tensors[f"heads.{i}"] for i in range(depth)],
+                          mlp=[tensors[f"mlp.{i}"] for i in range(depth)],
+                          embed=tensors["embed"], method=method)

@@ -9,14 +9,23 @@ For every sub-model of the plan, in plan order:
 then the fusion head on the frozen sub-models' features (`vit_ops.fusion`), ONNX export of every
 part and of the base model (checked against onnxruntime) and the manifest (`vit_ops.deploy`).
 
-Everything is written to a staging directory next to DEPLOY_DIR and renamed into place at the end,
-so an existing DEPLOY_DIR is untouched on error and replaced only with `force`.
+Everything is written to a staging directory next to DEPLOY_DIR (`.DEPLOY_DIR.partial`) and renamed
+into place at the end, so an existing DEPLOY_DIR is untouched on error and replaced only with
+`force`. The staging directory is a checkpoint: each sub-model's importance scores and each finished
+sub-model stay there when a run is interrupted, and `resume=True` continues after them. Every
+sub-model depends only on the inputs and its own seed, and the fusion head is always trained on the
+sub-models as saved, so a resumed run writes the same deployment as an uninterrupted one.
+
+Sub-models are independent jobs: with several `devices` (e.g. two GPUs) they run in parallel, one
+process per device, each writing its finished sub-models into the staging directory.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,26 +33,30 @@ from pydantic import Field
 
 from planner.checker import partition_violations
 from planner.errors import InputError
-from planner.files import check_output_dir, staged_directory
+from planner.files import check_output_dir, resumable_directory, write_json_atomic
+from planner.reader import read_json
 from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
 from planner.schema_base import StrictModel
 from planner.vit_shape import PruneCounts, check_same_shape, counts_for_ratio
-from vit_ops.base_model import LoadedBase, save_base
-from vit_ops.data import DataSplits
+from vit_ops.base_model import LoadedBase, load_base, save_base
+from vit_ops.compute import CPU, Compute
+from vit_ops.data import SPLIT_FILE, DataSplits, splits_from_record
 from vit_ops.deploy import (
     ONNX_FILE,
+    SPEC_FILE,
     DeploymentManifest,
     FusionSpec,
     SubModelEntry,
     SubModelSpec,
     export_onnx,
+    load_part_submodel,
     save_manifest,
     save_part,
     submodel_dir_name,
 )
-from vit_ops.fusion import concat_features, train_fusion
-from vit_ops.importance import Method, score_importance
+from vit_ops.fusion import SlotDropout, concat_features, onnx_check_mask, train_fusion
+from vit_ops.importance import Method, load_importance, save_importance, score_importance
 from vit_ops.prune import apply_prune_spec
 from vit_ops.submodel import (
     DistillConfig,
@@ -57,6 +70,8 @@ log = logging.getLogger(__name__)
 
 ONNX_CHECK_IMAGES = 4
 ONNX_TOLERANCE = 1e-3
+STATE_FILE = "materialize-state.json"  # in the staging directory only
+IMPORTANCE_DIR = "importance"
 
 
 class MaterializeConfig(StrictModel):
@@ -67,6 +82,9 @@ class MaterializeConfig(StrictModel):
     finetune: FitConfig = FitConfig(epochs=15, lr=1.5e-3, weight_decay=0.05, max_shift_px=1)
     distill: DistillConfig = DistillConfig()
     fusion: FitConfig = FitConfig(epochs=60, batch_size=128, lr=3e-3, weight_decay=0.01)
+    fusion_dropout: SlotDropout | None = Field(
+        default=SlotDropout(), description="sub-model dropout of the fusion head (a head with a "
+        "presence-mask input); None: the plain head, which only sees zeros for a failed device")
     export_onnx: bool = True
 
 
@@ -108,19 +126,64 @@ def check_plan(plan: Plan, base: LoadedBase, source: str = "plan") -> list[Prune
 
 def materialize(plan: Plan, base: LoadedBase, splits: DataSplits, out_dir: Path,
                 config: MaterializeConfig = MaterializeConfig(), force: bool = False,
-                progress: ProgressCallback | None = None, plan_source: str = "plan"
-                ) -> DeploymentManifest:
-    """Build every sub-model and the fusion head of `plan` and write DEPLOY_DIR `out_dir`."""
+                progress: ProgressCallback | None = None, plan_source: str = "plan",
+                compute: Compute = CPU, resume: bool = False,
+                devices: list[Compute] | None = None) -> DeploymentManifest:
+    """Build every sub-model and the fusion head of `plan` and write DEPLOY_DIR `out_dir`.
+
+    Sub-models train on `compute`, or in parallel on `devices` (one process each); `resume`
+    continues an interrupted run from its staging directory.
+    """
     out_dir = Path(out_dir)
     counts = check_plan(plan, base, plan_source)
     if splits.num_classes != plan.num_classes:
         raise InputError(f"data has {splits.num_classes} classes, the plan {plan.num_classes}",
                          field="--data", value=splits.source)
+    if splits.img_size != base.spec.shape.img_size:
+        raise InputError(f"data is decoded at {splits.img_size} px, the model takes "
+                         f"{base.spec.shape.img_size} px", field="--img-size",
+                         value=splits.img_size)
     base = named_by_data(base, splits)
+    base = replace(base, split=splits.record,
+                   spec=base.spec.model_copy(update={"preprocess": splits.preprocess}))
     check_output_dir(out_dir, force)
-    with staged_directory(out_dir) as staging:
-        manifest = _build(plan, base, splits, counts, staging, config, progress)
+    fingerprint = _fingerprint(plan, base, splits, config)
+    with resumable_directory(out_dir, resume) as (staging, resumed):
+        _check_state(staging, fingerprint, resumed)
+        manifest = _build(plan, base, splits, counts, staging, config, progress, compute,
+                          devices)
+        (staging / STATE_FILE).unlink(missing_ok=True)
     return manifest
+
+
+def _fingerprint(plan: Plan, base: LoadedBase, splits: DataSplits,
+                 config: MaterializeConfig) -> str:
+    """A digest of everything a deployment depends on: a staging directory made from other
+    inputs is never resumed."""
+    digest = hashlib.sha256()
+    for part in (plan.model_dump_json(), base.spec.model_dump_json(),
+                 splits.record.model_dump_json(), splits.preprocess.model_dump_json(),
+                 config.model_dump_json()):
+        digest.update(part.encode())
+    for key, tensor in base.model.state_dict().items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def _check_state(staging: Path, fingerprint: str, resumed: bool) -> None:
+    state_path = staging / STATE_FILE
+    if resumed:
+        if not state_path.is_file():
+            raise InputError("no resumable materialize run here (no state file); run without "
+                             "--resume", file=str(staging))
+        if read_json(state_path).get("fingerprint") != fingerprint:
+            raise InputError("the interrupted run was made from other inputs (plan, base, data "
+                             "or settings); run without --resume to start over",
+                             file=str(state_path), field="--resume")
+        log.info("resuming from %s", staging)
+    else:
+        write_json_atomic(state_path, {"fingerprint": fingerprint})
 
 
 def _planned_device_s(plan: Plan, sm: SubModelPlan) -> float | None:
@@ -142,74 +205,161 @@ def named_by_data(base: LoadedBase, splits: DataSplits) -> LoadedBase:
     return base
 
 
+@dataclass(frozen=True)
+class SubModelJob:
+    """One sub-model to build: everything a worker process needs besides the base and data."""
+
+    index: int
+    plan: SubModelPlan
+    counts: PruneCounts
+    directory: Path
+    export_onnx: bool
+
+    @property
+    def done(self) -> bool:
+        return (self.directory / SPEC_FILE).is_file()  # the spec is written last
+
+
 def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneCounts],
-           staging: Path, config: MaterializeConfig, progress: ProgressCallback | None
-           ) -> DeploymentManifest:
+           staging: Path, config: MaterializeConfig, progress: ProgressCallback | None,
+           compute: Compute, devices: list[Compute] | None) -> DeploymentManifest:
     phases = len(plan.submodels) + 1
-    save_base(base, staging / "base", force=True)
+    if not (staging / "base" / "model.json").is_file():
+        save_base(base, staging / "base", force=True)
     base_params = _backbone_params(base.model)
-    example = splits.test.images[:ONNX_CHECK_IMAGES]
-    if config.export_onnx:  # the base too: evaluate times every part in onnxruntime against it
+    example, _ = splits.test.first(ONNX_CHECK_IMAGES)
+    if config.export_onnx and not (staging / "base" / ONNX_FILE).is_file():
         diff = export_onnx(base.model, example, staging / "base" / ONNX_FILE, ["logits"])
         _check_onnx(diff, staging / "base")
         log.info("base model ONNX: max |torch - onnxruntime| %.3g", diff)
-    submodels: list[SubModel] = []
-    entries: list[SubModelEntry] = []
-    for i, (sm, cnt) in enumerate(zip(plan.submodels, counts)):
-        phase = phase_progress(progress, i, phases,
-                               f"sub-model {i + 1}/{len(plan.submodels)} ({sm.device})")
-        if phase:
-            phase(0, 1)
-        sub = build_one_submodel(base, sm.classes, cnt, splits, config, i, phase)
-        params = sub.backbone_params()
-        if sm.params is not None and sm.params != params:
-            raise InputError(f"materialised backbone has {params} parameters, the plan predicts "
-                             f"{sm.params} (plan made from another profile?)",
-                             field=f"submodels.{i}.params", value=sm.params)
-        directory = staging / "submodels" / submodel_dir_name(i, sm.device)
-        _save_part(directory, sub, _submodel_spec(sm, base, cnt, sub),
-                   example if config.export_onnx else None, ["logits", "features"])
-        submodels.append(sub)
-        entries.append(SubModelEntry(index=i, device=sm.device, classes=sm.classes,
-                                     dir=str(directory.relative_to(staging)), params=params,
-                                     predicted_params=sm.params,
-                                     planned_device_s=_planned_device_s(plan, sm)))
+    jobs = [SubModelJob(i, sm, cnt, staging / "submodels" / submodel_dir_name(i, sm.device),
+                        config.export_onnx)
+            for i, (sm, cnt) in enumerate(zip(plan.submodels, counts))]
+    todo = [job for job in jobs if not job.done]
+    if len(jobs) > len(todo):
+        log.info("%d of %d sub-models already built", len(jobs) - len(todo), len(jobs))
+    if devices and len(devices) > 1 and len(todo) > 1:
+        _run_parallel(todo, staging, config, devices, progress, phases)
+    else:
+        for job in todo:
+            phase = phase_progress(progress, job.index, phases,
+                                   f"sub-model {job.index + 1}/{len(jobs)} ({job.plan.device})")
+            if phase:
+                phase(0, 1)
+            run_job(job, base, splits, config, staging, compute, phase)
+    # every sub-model as saved: a resumed run fuses exactly what an uninterrupted one does
+    submodels = [load_part_submodel(job.directory).module for job in jobs]
+    entries = [SubModelEntry(index=job.index, device=job.plan.device, classes=job.plan.classes,
+                             dir=job.directory.relative_to(staging).as_posix(),
+                             params=sub.backbone_params(), predicted_params=job.plan.params,
+                             planned_device_s=_planned_device_s(plan, job.plan))
+               for job, sub in zip(jobs, submodels)]
     phase = phase_progress(progress, phases - 1, phases, "fusion head")
     if phase:
         phase(0, 1)
     # The head the plan's costs were computed for (check_plan made sure the plan says).
     fusion = train_fusion(submodels, splits.train, plan.num_classes, plan.fusion.hidden,
-                          config.fusion, phase)
+                          config.fusion, phase, compute, config.fusion_dropout)
     fusion_spec = FusionSpec(device=plan.fusion.device, in_features=fusion.in_features,
                              hidden=plan.fusion.hidden,
                              num_classes=plan.num_classes,
-                             params=sum(p.numel() for p in fusion.parameters()))
-    _save_part(staging / "fusion", fusion, fusion_spec,
-               concat_features(submodels, example) if config.export_onnx else None, ["logits"])
+                             params=sum(p.numel() for p in fusion.parameters()),
+                             presence_mask=fusion.takes_mask, dropout=config.fusion_dropout)
+    fusion_example = concat_features(submodels, example) if config.export_onnx else None
+    if fusion_example is not None and fusion.takes_mask:  # the graph takes the mask too
+        fusion_example = (fusion_example, onnx_check_mask(*fusion_example.shape[:1],
+                                                          len(fusion.in_features)))
+    _save_part(staging / "fusion", fusion, fusion_spec, fusion_example, ["logits"])
     manifest = DeploymentManifest(
         plan_name=plan.name, num_classes=plan.num_classes, class_names=base.spec.class_names,
-        data=splits.source, img_size=splits.img_size, norm_mean=base.spec.norm_mean,
-        norm_std=base.spec.norm_std, base_params=base_params, submodels=entries,
+        data=splits.source, img_size=splits.img_size, preprocess=splits.preprocess,
+        split=f"base/{SPLIT_FILE}", base_params=base_params, submodels=entries,
         fusion_device=fusion_spec.device)
     save_manifest(staging, manifest)
     return manifest
 
 
+def run_job(job: SubModelJob, base: LoadedBase, splits: DataSplits, config: MaterializeConfig,
+            staging: Path, compute: Compute = CPU,
+            progress: ProgressCallback | None = None) -> None:
+    """Build one sub-model and write it (ONNX first, then weights, the spec last) to its directory.
+    Its importance scores are checkpointed first and reused when present."""
+    importance_path = staging / IMPORTANCE_DIR / f"{job.index}.safetensors"
+    sub = build_one_submodel(base, job.plan.classes, job.counts, splits, config, job.index,
+                             progress, compute, importance_path)
+    params = sub.backbone_params()
+    if job.plan.params is not None and job.plan.params != params:
+        raise InputError(f"materialised backbone has {params} parameters, the plan predicts "
+                         f"{job.plan.params} (plan made from another profile?)",
+                         field=f"submodels.{job.index}.params", value=job.plan.params)
+    example, _ = splits.test.first(ONNX_CHECK_IMAGES)
+    _save_part(job.directory, sub, _submodel_spec(job.plan, base, job.counts, sub),
+               example if job.export_onnx else None, ["logits", "features"])
+
+
+def _run_parallel(jobs: list[SubModelJob], staging: Path, config: MaterializeConfig,
+                  devices: list[Compute], progress: ProgressCallback | None,
+                  phases: int) -> None:
+    """One process per device, each building its share of `jobs` (round-robin) into `staging`."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    shares = [(jobs[k::len(devices)], device) for k, device in enumerate(devices)]
+    context = multiprocessing.get_context("spawn")
+    done = 0
+    with ProcessPoolExecutor(max_workers=len(devices), mp_context=context) as pool:
+        futures = [pool.submit(_device_worker, share, str(staging), config, device,
+                               len(devices)) for share, device in shares if share]
+        for future in as_completed(futures):
+            done += len(future.result())
+            if progress:
+                progress(done * 1000, phases * 1000, f"{done}/{len(jobs)} sub-models")
+
+
+def _device_worker(jobs: list[SubModelJob], staging: str, config: MaterializeConfig,
+                   compute: Compute, processes: int) -> list[int]:
+    """A worker process: load the staged base and its data split, build `jobs` on `compute`."""
+    import os
+
+    if compute.device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))
+    base = load_base(str(Path(staging) / "base"))
+    splits = splits_from_record(base.split, base.spec.preprocess, check_files=False)
+    for job in jobs:
+        run_job(job, base, splits, config, Path(staging), compute)
+    return [job.index for job in jobs]
+
+
 def build_one_submodel(base: LoadedBase, classes: list[int], counts: PruneCounts,
                        splits: DataSplits, config: MaterializeConfig, seed_offset: int = 0,
-                       progress: ProgressCallback | None = None) -> SubModel:
-    """Importance on `classes` -> prune to `counts` -> head + "other" -> fine-tune with KD."""
-    calibration = splits.train.of_classes(classes).images[:config.calibration_images]
-    if calibration.shape[0] == 0:
+                       progress: ProgressCallback | None = None, compute: Compute = CPU,
+                       importance_path: Path | None = None) -> SubModel:
+    """Importance on `classes` -> prune to `counts` -> head + "other" -> fine-tune with KD.
+
+    With `importance_path`, the scores are read from there when present, written there otherwise.
+    Returns the sub-model on the CPU, in eval mode.
+    """
+    mine = splits.train.of_classes(classes)
+    if len(mine) == 0:
         raise InputError(f"no training images of classes {classes}", field="--data",
                          value=splits.source)
-    importance = score_importance(base.model, calibration, classes, config.importance)
+    teacher = base.model if compute.device.type == "cpu" else \
+        copy.deepcopy(base.model).to(compute.device)
+    if importance_path is not None and importance_path.is_file():
+        importance = load_importance(importance_path)
+    else:
+        calibration, _ = mine.first(config.calibration_images, compute)
+        importance = score_importance(teacher, compute.put(calibration), classes,
+                                      config.importance)
+        if importance_path is not None:
+            save_importance(importance, importance_path)
     pruned = apply_prune_spec(base.model, counts, importance, base.spec.shape)
     torch.manual_seed(config.finetune.seed + seed_offset)
-    sub = submodel_from_pruned(pruned, classes)
+    sub = submodel_from_pruned(pruned, classes).to(compute.device)
     fit_config = config.finetune.model_copy(update={"seed": config.finetune.seed + seed_offset})
-    finetune_submodel(sub, base.model, classes, splits.train, fit_config, config.distill, progress)
-    return sub.eval()
+    finetune_submodel(sub, teacher, classes, splits.train, fit_config, config.distill, progress,
+                      compute=compute)
+    return sub.cpu().eval()
 
 
 def _submodel_spec(sm: SubModelPlan, base: LoadedBase, counts: PruneCounts,

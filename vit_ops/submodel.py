@@ -23,7 +23,8 @@ from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from planner.vit_shape import PruneCounts, ViTShape
 from vit_ops.architecture import build_vit
-from vit_ops.data import Split
+from vit_ops.compute import CPU, Compute
+from vit_ops.data import ImageSet
 from vit_ops.importance import group_log_probs
 from vit_ops.training import FitConfig, fit
 
@@ -88,8 +89,9 @@ def submodel_from_pruned(pruned: nn.Module, classes: list[int]) -> SubModel:
 def group_labels(labels: torch.Tensor, classes: list[int]) -> torch.Tensor:
     """Base labels -> sub-model labels: position in `classes`, or len(classes) ("other")."""
     size = max([*classes, int(labels.max()) if labels.numel() else 0]) + 1
-    mapping = torch.full((size,), len(classes), dtype=torch.int64)
-    mapping[torch.tensor(classes, dtype=torch.int64)] = torch.arange(len(classes))
+    mapping = torch.full((size,), len(classes), dtype=torch.int64, device=labels.device)
+    mapping[torch.tensor(classes, dtype=torch.int64, device=labels.device)] = torch.arange(
+        len(classes), device=labels.device)
     return mapping[labels]
 
 
@@ -99,13 +101,16 @@ def balanced_weights(labels: torch.Tensor, num_outputs: int) -> torch.Tensor:
     return labels.numel() / (num_outputs * counts)
 
 
-def finetune_submodel(sub: SubModel, base: nn.Module, classes: list[int], train: Split,
+def finetune_submodel(sub: SubModel, base: nn.Module, classes: list[int], train: ImageSet,
                       config: FitConfig, distill: DistillConfig,
-                      progress: ProgressCallback | None = None, label: str = "fine-tune") -> float:
-    """Fine-tune `sub` in place (all weights) with CE + KD from the frozen `base`; returns last loss."""
+                      progress: ProgressCallback | None = None, label: str = "fine-tune",
+                      compute: Compute = CPU) -> float:
+    """Fine-tune `sub` in place (all weights) with CE + KD from the frozen `base` over every
+    training image (its classes, and the rest as "other"); returns the last epoch's loss.
+    `sub` and `base` must be on `compute.device`."""
     base.eval()
     t = distill.temperature
-    weights = balanced_weights(group_labels(train.labels, classes), len(classes) + 1)
+    weights = compute.put(balanced_weights(group_labels(train.labels, classes), len(classes) + 1))
 
     def loss_fn(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -118,4 +123,4 @@ def finetune_submodel(sub: SubModel, base: nn.Module, classes: list[int], train:
                         reduction="batchmean") * t * t
         return distill.hard_weight * hard + (1 - distill.hard_weight) * soft
 
-    return fit(list(sub.parameters()), [sub], train, loss_fn, config, progress, label)
+    return fit(list(sub.parameters()), [sub], train, loss_fn, config, progress, label, compute)

@@ -1,8 +1,10 @@
 """The one training loop edvit uses (base model, sub-model fine-tuning, fusion head), and inference.
 
-`fit` runs AdamW with a one-cycle learning-rate schedule over seeded mini-batches (shuffle order and
-augmentation drawn from one `torch.Generator`), so the same inputs and seed give the same weights
-on the same host and thread count. The loss is the caller's: `loss_fn(images, labels) -> scalar`.
+`fit` runs AdamW with a one-cycle learning-rate schedule over a `DataLoader` of the training set
+(shuffled per epoch from `(seed, epoch)`, augmentation drawn from one seeded `torch.Generator`), so
+the same inputs and seed give the same weights on the same host, thread count and worker count.
+The loss is the caller's: `loss_fn(images, labels) -> scalar`. `max_steps` caps the optimiser steps
+(the schedule is fitted to the capped length), for quick trials.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pydantic import Field
 
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
-from vit_ops.data import Split, augment
+from vit_ops.compute import CPU, Compute
+from vit_ops.data import EpochShuffle, augment, batches, checked, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -35,30 +38,39 @@ class FitConfig(StrictModel):
     max_shift_px: int = Field(default=1, ge=0, le=1024,
                               description="random translation augmentation")
     seed: int = Field(default=0, ge=0, lt=2**63)
+    max_steps: int | None = Field(default=None, gt=0, le=2**40,
+                                  description="cap on optimiser steps")
+
+    def total_steps(self, num_examples: int) -> int:
+        steps = self.epochs * -(-num_examples // self.batch_size)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
 
-def fit(parameters: list[nn.Parameter], modules: list[nn.Module], split: Split, loss_fn: LossFn,
-        config: FitConfig, progress: ProgressCallback | None = None, label: str = "train") -> float:
-    """Minimise `loss_fn` over `split` for `config.epochs`; returns the last epoch's mean loss.
-
-    `modules` are switched to train mode during the loop and back to eval mode after it.
-    """
+def fit(parameters: list[nn.Parameter], modules: list[nn.Module],
+        data: torch.utils.data.Dataset, loss_fn: LossFn, config: FitConfig,
+        progress: ProgressCallback | None = None, label: str = "train",
+        compute: Compute = CPU) -> float:
+    """Minimise `loss_fn` over `data` for `config.epochs` (or `max_steps`); returns the last
+    epoch's mean loss. `modules` are in train mode during the loop and in eval mode after it."""
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    steps_per_epoch = -(-len(split) // config.batch_size)
-    total = config.epochs * steps_per_epoch
+    total = config.total_steps(len(data))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=total, pct_start=config.warmup_fraction)
+        optimizer, max_lr=config.lr, total_steps=max(total, 1), pct_start=config.warmup_fraction)
+    sampler = EpochShuffle(len(data), config.seed)
+    loader = make_loader(data, config.batch_size, compute, sampler=sampler,
+                         persistent=config.epochs > 1)
     for module in modules:
         module.train()
     step, epoch_loss = 0, float("nan")
     try:
         for epoch in range(config.epochs):
+            sampler.epoch = epoch
             running, seen = 0.0, 0
-            for images, labels in split.batches(config.batch_size, shuffle=True,
-                                                generator=generator):
+            for images, labels in checked(loader, compute):
                 images = augment(images, generator, config.max_shift_px)
-                loss = loss_fn(images, labels)
+                with compute.autocast():
+                    loss = loss_fn(images, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -68,8 +80,12 @@ def fit(parameters: list[nn.Parameter], modules: list[nn.Module], split: Split, 
                 step += 1
                 if progress:
                     progress(step, total, f"{label} epoch {epoch + 1}/{config.epochs}")
+                if step >= total:
+                    break
             epoch_loss = running / max(seen, 1)
             log.info("%s epoch %d/%d: loss %.4f", label, epoch + 1, config.epochs, epoch_loss)
+            if step >= total:
+                break
     finally:
         for module in modules:
             module.eval()
@@ -79,9 +95,22 @@ def fit(parameters: list[nn.Parameter], modules: list[nn.Module], split: Split, 
 @torch.no_grad()
 def predict(fn: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
             batch_size: int = 256) -> torch.Tensor:
-    """`fn` applied to `images` in batches (no gradients), concatenated."""
+    """`fn` applied to an in-memory tensor `images` in batches (no gradients), concatenated."""
     outputs = [fn(images[s:s + batch_size]) for s in range(0, images.shape[0], batch_size)]
     return torch.cat(outputs)
+
+
+@torch.no_grad()
+def predict_set(fn: Callable[[torch.Tensor], torch.Tensor], data: torch.utils.data.Dataset,
+                compute: Compute = CPU) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fn` over every image of `data`, streamed: (outputs on the CPU, labels)."""
+    outputs, labels = [], []
+    for x, y in batches(data, compute.eval_batch_size, compute):
+        outputs.append(fn(x).float().cpu())
+        labels.append(y.cpu())
+    if not outputs:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(outputs), torch.cat(labels)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

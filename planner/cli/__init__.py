@@ -48,8 +48,8 @@ COMMANDS: dict[str, CommandInfo] = {
                            "FLOPs, memory (and host latency) of a ViT's pruned variants"),
     "calibrate": CommandInfo("profiler.cli", "time a few ViT variants here and fit this device's "
                                              "latency figures"),
-    "train-base": CommandInfo("vit_ops.cli", "train the small digits ViT (or one on an image "
-                                             "folder) from scratch"),
+    "train-base": CommandInfo("vit_ops.cli", "train a base ViT: the small digits ViT, or any "
+                                             "plain timm ViT/DeiT on an image folder"),
     "materialize": CommandInfo("vit_ops.cli", "build the plan's pruned sub-models and fusion head"),
     "evaluate": CommandInfo("vit_ops.cli",
                             "accuracy, size and latency of a deployment against its base model"),
@@ -57,6 +57,8 @@ COMMANDS: dict[str, CommandInfo] = {
                                        "evaluate"),
     "profile-accuracy": CommandInfo("vit_ops.cli", "measure the accuracy-loss step table of a "
                                                    "profile's ratios"),
+    "similarity": CommandInfo("vit_ops.cli", "class-similarity matrix from the base model's "
+                                             "confusions (for secondary: similarity)"),
     "serve": CommandInfo("vit_ops.runtime.cli", "run a deployment as distributed inference (one "
                                                 "process per device)"),
     "worker": CommandInfo("vit_ops.runtime.cli", "run one node of a distributed deployment "

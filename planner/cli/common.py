@@ -88,11 +88,13 @@ def check_output_dir_of(args, path: str | Path, field: str = "--out") -> Path:
 
 
 def _inputs_of(args, inputs: Iterable) -> list:
-    return [getattr(args, name, None) for name in INPUT_ARGUMENTS] + list(inputs)
+    named = [getattr(args, name, None) for name in INPUT_ARGUMENTS]
+    return [p for p in named if isinstance(p, (str, Path))] + list(inputs)
 
 
 # argparse destinations that name a command's input files or folders
-INPUT_ARGUMENTS = ("inventory", "problem", "profile", "plan", "base", "data", "deploy_dir")
+INPUT_ARGUMENTS = ("inventory", "problem", "profile", "plan", "base", "data", "train", "val", "test",
+                   "init", "deploy_dir")
 
 
 def add_max_devices_argument(parser) -> None:

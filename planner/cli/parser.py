@@ -49,6 +49,11 @@ bounded_int.__name__ = "integer"
 class EdvitArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors and checked numeric types."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for plain, checked in _TYPES.items():  # argument groups share this registry
+            self.register("type", plain, checked)
+
     def add_argument(self, *args, **kwargs):
         if kwargs.get("type") in _TYPES:
             kwargs["type"] = _TYPES[kwargs["type"]]

@@ -100,6 +100,19 @@ def test_unknown_device_kind_in_inventory(tmp_path, edvit):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_inventory_image_size_must_be_the_profiles(tmp_path, edvit):
+    """model.img_size is part of the contract: a 224 px profile for a 32 px model is refused
+    before planning, and the error says which command makes the right profile."""
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"arch": "vit_tiny_patch16_224", "num_classes": 10, "img_size": 32},
+        "devices": [{"kind": "pi4b-4gb", "count": 2}]}))
+    result = edvit("plan", str(path))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "model.img_size=32" in result.stderr
+    assert "edvit profile --arch vit_tiny_patch16_224 --img-size 32" in result.stderr
+
+
 def test_output_written_atomically_and_not_over_a_directory(tmp_path, edvit):
     result = edvit("solve", str(INSTANCES / "p01_pair_memory.yaml"), "--out", str(tmp_path))
     assert result.returncode == 2 and "directory" in result.stderr

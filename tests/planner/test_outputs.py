@@ -130,6 +130,10 @@ def test_atomic_writes_refuse_what_the_command_read(tmp_path):
     (["solve", str(PROBLEM), "--time-limit", "nan"], "must be a finite number"),
     (["solve", str(PROBLEM), "--time-limit", "1e999"], "must be a finite number"),
     (["schema", "nothing"], "invalid choice"),
+    # options in argument groups (vit_ops.options) get the same checked types
+    (["train-base", "--out", "x", "--lr", "nan"], "must be a finite number"),
+    (["train-base", "--out", "x", "--crop-pct", "\u0663"], "not a number"),
+    (["train-base", "--out", "x", "--max-steps", "9" * 30], "not an integer within 64 bits"),
 ])
 def test_usage_errors_are_one_line_with_a_pointer_to_help(capsys, argv, fragment):
     with pytest.raises(SystemExit) as info:
@@ -144,3 +148,16 @@ def test_other_scripts_digits_are_not_numbers(capsys):
     with pytest.raises(SystemExit):
         main(["solve", str(PROBLEM), "--time-limit", "\u0663"])  # float() would read 3.0
     assert "not a number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--lr", "1e6"), ("--batch-size", str(2**40)),
+                                        ("--max-steps", str(2**50))])
+def test_training_flags_outside_fit_ranges_are_one_input_error(capsys, tmp_path, flag, value):
+    _refused(capsys, "train-base", "--out", tmp_path / "base", flag, value, fragment=flag)
+    assert not (tmp_path / "base").exists()
+
+
+def test_a_directory_output_may_not_hold_a_training_folder(capsys, tmp_path):
+    (tmp_path / "data" / "cat").mkdir(parents=True)
+    _refused(capsys, "train-base", "--train", tmp_path / "data", "--val", tmp_path / "data",
+             "--out", tmp_path, "--force", fragment="would overwrite the input")

@@ -44,7 +44,7 @@ def test_base_onnx_is_exported_and_checked(deploy_dir, digits):
     import torch
 
     base = load_base(str(deploy_dir / "base"))
-    x = digits.test.images[:3]
+    x = digits.test.first(3)[0]
     session = ort.InferenceSession(str(deploy_dir / "base" / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": x.numpy()})

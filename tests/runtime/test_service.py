@@ -125,11 +125,11 @@ def digit_files(tmp_path_factory) -> list[Path]:
     from vit_ops.runtime.transform import EvalTransform
 
     folder = tmp_path_factory.mktemp("digit-files")
-    test = load_data("digits", img_size=16).test
-    pixels = EvalTransform(img_size=16).quantize(test.images[:12])
+    images, labels = load_data("digits", img_size=16).test.first(12)
+    pixels = EvalTransform(img_size=16).quantize(images)
     files = []
     for i, image in enumerate(pixels):
-        path = folder / f"digit{i:02d}_label{int(test.labels[i])}.png"
+        path = folder / f"digit{i:02d}_label{int(labels[i])}.png"
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
         files.append(path)
     return files

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from planner.wire import WIRE_DTYPE, input_bytes
-from vit_ops.data import load_image_folder
+from vit_ops.data import load_data
 from vit_ops.runtime import protocol
 from vit_ops.runtime.fleet import FleetAnswer
 from vit_ops.runtime.results import DeviceFailure, RuntimeConfig
@@ -48,8 +48,8 @@ def test_worker_side_normalising_reproduces_evaluates_images_bit_for_bit(tmp_pat
         for i in range(3):
             pixels = torch.randint(0, 256, (20, 28, 3), generator=generator, dtype=torch.uint8)
             Image.fromarray(pixels.numpy()).save(tmp_path / label / f"{i}.png")
-    loaded = load_image_folder(tmp_path, img_size=12)
-    images = torch.cat([loaded.train.images, loaded.val.images, loaded.test.images])
+    loaded = load_data(str(tmp_path), img_size=12)
+    images = torch.cat([part.first()[0] for part in (loaded.train, loaded.val, loaded.test)])
     transform = EvalTransform(img_size=12)
     served = []
     for path in sorted(tmp_path.glob("*/*.png")):

@@ -1,4 +1,4 @@
-"""vit_ops.data: the digits split and image folders (fast, no training)."""
+"""vit_ops.data: splits as file lists, streamed decoding, held-out order, bad images (no training)."""
 
 from __future__ import annotations
 
@@ -8,38 +8,61 @@ import torch
 from PIL import Image
 
 from planner.errors import InputError
-from vit_ops.data import augment, load_data
+from vit_ops.data import (
+    DataArgs,
+    augment,
+    batches,
+    interleave_classes,
+    load_data,
+    make_split,
+    read_image,
+    relocate,
+    splits_from_record,
+)
+from vit_ops.preprocess import scratch_preprocess
 
 
 def test_digits_split_is_fixed_stratified_and_disjoint():
     a = load_data("digits", img_size=16)
     b = load_data("digits", img_size=16)
     assert a.class_names == [str(i) for i in range(10)]
-    assert a.train.images.shape[1:] == (3, 16, 16)
+    assert a.record == b.record  # the same file lists every time
     assert len(a.train) + len(a.val) + len(a.test) == 1797
-    assert torch.equal(a.test.images, b.test.images) and torch.equal(a.test.labels, b.test.labels)
+    files = [set(part.files.files) for part in (a.train, a.val, a.test)]
+    assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2])
     for split in (a.val, a.test):  # every class is held out in proportion
         counts = torch.bincount(split.labels, minlength=10)
         assert counts.min() >= 0.5 * counts.max()
-    # no image of the test split also appears in train
-    train = {tuple(x.flatten().tolist()) for x in a.train.images[:, 0, ::4, ::4]}
-    dupes = sum(tuple(x.flatten().tolist()) in train for x in a.test.images[:, 0, ::4, ::4])
-    assert dupes < 0.05 * len(a.test)
+    x, y = a.test.first(8)
+    assert x.shape == (8, 3, 16, 16) and torch.equal(y, a.test.labels[:8])
+    assert torch.equal(x, b.test.first(8)[0])
 
 
-def test_of_classes_keeps_only_those_labels():
+def test_held_out_images_are_class_interleaved():
+    test = load_data("digits", img_size=16).test
+    assert test.labels[:10].tolist() == list(range(10))  # the first 10 cover the 10 classes
+    assert test.labels[10:20].tolist() == list(range(10))
+    labels = np.array([0, 0, 0, 1, 2, 2])
+    assert interleave_classes([0, 1, 2, 3, 4, 5], labels) == [0, 3, 4, 1, 5, 2]
+
+
+def test_of_classes_is_an_index_list_over_the_same_files():
     test = load_data("digits", img_size=16).test
     part = test.of_classes([3, 7])
     assert set(part.labels.tolist()) == {3, 7}
     assert len(part) == int(((test.labels == 3) | (test.labels == 7)).sum())
+    assert part.files is test.files  # no copy of the file list, let alone of images
+    images, _ = part.first(2)
+    whole, _ = test.first(len(test))
+    assert torch.equal(images[0], whole[int(part.index[0])])
 
 
-def _write_folder(root, classes, per_class=5):
+def _write_folder(root, classes, per_class=5, size=12):
     rng = np.random.default_rng(0)
     for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
-            pixels = rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)
+            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / name / f"{i}.png")
 
 
@@ -48,30 +71,84 @@ def test_image_folder_loads_resized_images_and_class_names(tmp_path):
     splits = load_data(str(tmp_path), img_size=8, expected_classes=3,
                        class_names=["cat", "dog", "emu"])
     assert splits.class_names == ["cat", "dog", "emu"]
-    assert splits.train.images.shape[1:] == (3, 8, 8)
     assert len(splits.train) + len(splits.val) + len(splits.test) == 15
-    assert splits.train.images.min() >= -1.0 and splits.train.images.max() <= 1.0
+    x, y = splits.train.first(4)
+    assert x.shape == (4, 3, 8, 8) and x.min() >= -1.0 and x.max() <= 1.0
+    assert splits.train.files.files[0] == "cat/0.png"  # relative to the folder
+
+
+def test_streamed_batches_equal_the_transform_of_each_file(tmp_path):
+    _write_folder(tmp_path, ["a", "b"], per_class=6)
+    splits = load_data(str(tmp_path), img_size=8)
+    transform = splits.preprocess.transform()
+    images, labels = next(batches(splits.train, batch_size=64))
+    for k in range(len(splits.train)):
+        path = tmp_path / splits.train.files.files[k]
+        assert torch.equal(images[k], transform(Image.open(path).convert("RGB")))
+    assert labels.tolist() == splits.train.files.labels
+
+
+def test_presplit_folders_and_relocation(tmp_path):
+    _write_folder(tmp_path / "train", ["cat", "dog"], per_class=4)
+    _write_folder(tmp_path / "val", ["cat", "dog"], per_class=4)
+    record = make_split(DataArgs(train=str(tmp_path / "train"), val=str(tmp_path / "val")))
+    assert len(record.train.files) == 8
+    assert len(record.val.files) + len(record.test.files) == 8  # no --test: half of val
+    assert not set(record.val.files) & set(record.test.files)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    (tmp_path / "train").rename(moved / "train")
+    (tmp_path / "val").rename(moved / "val")
+    with pytest.raises(InputError, match="missing"):
+        splits_from_record(record, scratch_preprocess(8))
+    again = relocate(record, DataArgs(train=str(moved / "train"), val=str(moved / "val")))
+    assert again.test.files == record.test.files and again.test.root == str(moved / "val")
+    assert len(splits_from_record(again, scratch_preprocess(8)).test) == len(record.test.files)
+
+
+def test_presplit_class_sets_must_agree(tmp_path):
+    _write_folder(tmp_path / "train", ["cat", "dog"])
+    _write_folder(tmp_path / "val", ["cat", "emu"])
+    with pytest.raises(InputError, match=r"--val=.*extra \['emu'\], missing \['dog'\]"):
+        make_split(DataArgs(train=str(tmp_path / "train"), val=str(tmp_path / "val")))
 
 
 def test_image_folder_missing_class_is_an_input_error(tmp_path):
     _write_folder(tmp_path, ["cat", "dog"])
     with pytest.raises(InputError, match="lacks classes"):
         load_data(str(tmp_path), img_size=8, expected_classes=3, class_names=["cat", "dog", "emu"])
-    with pytest.raises(InputError, match="2 classes, the model has 3"):
+    with pytest.raises(InputError, match="2 class folders, the model has 3"):
         load_data(str(tmp_path), img_size=8, expected_classes=3)
 
 
 def test_image_folder_empty_class_and_missing_folder(tmp_path):
     _write_folder(tmp_path, ["cat"])
     (tmp_path / "dog").mkdir()
-    with pytest.raises(InputError, match="no images"):
+    with pytest.raises(InputError, match="dog: class folder holds no images"):
         load_data(str(tmp_path), img_size=8)
     with pytest.raises(InputError, match="not found"):
         load_data(str(tmp_path / "nope"), img_size=8)
 
 
+def test_corrupt_truncated_and_oversized_images_name_the_file(tmp_path):
+    _write_folder(tmp_path, ["cat", "dog"], per_class=3, size=32)
+    truncated = tmp_path / "cat" / "0.png"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    (tmp_path / "dog" / "0.png").write_bytes(b"not a png at all")
+    with pytest.raises(InputError, match="cat/0.png: cannot decode image"):
+        read_image(truncated)
+    with pytest.raises(InputError, match="dog/0.png: not an image"):
+        read_image(tmp_path / "dog" / "0.png")
+    with pytest.raises(InputError, match="32 x 32 pixels exceeds the 1000-pixel limit"):
+        read_image(tmp_path / "cat" / "1.png", max_pixels=1000)
+    splits = load_data(str(tmp_path), img_size=8)
+    with pytest.raises(InputError, match=r"/(cat|dog)/0\.png: "):  # raised from the loader
+        for part in (splits.train, splits.val, splits.test):
+            list(batches(part, batch_size=2))
+
+
 def test_augment_is_seeded_translation():
-    images = load_data("digits", img_size=16).test.images[:8]
+    images, _ = load_data("digits", img_size=16).test.first(8)
     one = augment(images, torch.Generator().manual_seed(1), 2)
     two = augment(images, torch.Generator().manual_seed(1), 2)
     assert torch.equal(one, two) and one.shape == images.shape
@@ -85,6 +162,14 @@ def test_a_folder_too_small_for_a_held_out_split_is_an_input_error(tmp_path):
     _write_folder(tmp_path, ["cat", "dog"], per_class=1)
     with pytest.raises(InputError, match="too few images"):
         load_data(str(tmp_path), img_size=8)
+
+
+def test_a_val_folder_too_small_to_hold_out_a_test_half_is_an_input_error(tmp_path):
+    _write_folder(tmp_path / "train", ["cat", "dog"], per_class=3)
+    _write_folder(tmp_path / "val", ["cat", "dog"], per_class=1)
+    with pytest.raises(InputError, match="too few images for a held-out split") as info:
+        load_data(DataArgs(train=str(tmp_path / "train"), val=str(tmp_path / "val")), img_size=8)
+    assert "\n" not in str(info.value)
 
 
 def _grey_png(path, width: int, height: int) -> None:
@@ -104,6 +189,11 @@ def _grey_png(path, width: int, height: int) -> None:
 @pytest.mark.parametrize("width,height", [(30_000, 30_000), (65_000, 65_000)])
 def test_decompression_bombs_are_refused_unread(tmp_path, width, height):
     _write_folder(tmp_path, ["cat", "dog"])
-    _grey_png(tmp_path / "cat" / "bomb.png", width, height)
-    with pytest.raises(InputError, match="decompression bomb"):
-        load_data(str(tmp_path), img_size=8)
+    bomb = tmp_path / "cat" / "bomb.png"
+    _grey_png(bomb, width, height)
+    with pytest.raises(InputError, match="bomb.png: .*decompression bomb"):
+        read_image(bomb)
+    splits = load_data(str(tmp_path), img_size=8)  # streamed: images are opened when loaded
+    with pytest.raises(InputError, match="bomb.png: .*decompression bomb"):
+        for part in (splits.train, splits.val, splits.test):
+            list(batches(part, batch_size=2))

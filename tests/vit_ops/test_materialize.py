@@ -41,7 +41,7 @@ def deployment(tmp_path_factory, trained_base_dir, digits):
 
 def test_base_model_reloads_strictly_with_the_same_output(trained_base_dir, digits):
     a, b = load_base(str(trained_base_dir)), load_base(str(trained_base_dir))
-    x = digits.test.images[:8]
+    x = digits.test.first(8)[0]
     with torch.no_grad():
         assert torch.equal(a.model(x), b.model(x))
     assert a.spec.shape == TINY and 0.1 < a.spec.test_accuracy <= 1.0
@@ -81,7 +81,7 @@ def test_deployment_reloads_strictly_and_matches_onnx(deployment, digits):
                                               key=lambda s: s.index)]
     import onnxruntime as ort
 
-    x = digits.test.images[:5]
+    x = digits.test.first(5)[0]
     session = ort.InferenceSession(str(out / manifest.submodels[1].dir / "model.onnx"),
                                    providers=["CPUExecutionProvider"])
     logits, features = session.run(None, {"input": x.numpy()})
@@ -201,8 +201,11 @@ def test_the_fusion_head_is_built_as_wide_as_the_plan_says(tmp_path, trained_bas
     materialize(plan, load_base(str(trained_base_dir)), digits, out, FAST)
     fusion = load_fusion(out)
     assert fusion.spec.hidden == 48 and fusion.module.fc1.out_features == 48
-    width = sum(fusion.spec.in_features)  # LayerNorm(width) -> Linear(width, 48) -> Linear(48, 10)
-    assert fusion.spec.params == 2 * width + width * 48 + 48 + 48 * 10 + 10
+    # a LayerNorm per slot (2 x width in all) -> Linear(width + slots: features and the presence
+    # mask, 48) -> Linear(48, 10)
+    width, slots = sum(fusion.spec.in_features), len(fusion.spec.in_features)
+    assert fusion.spec.presence_mask
+    assert fusion.spec.params == 2 * width + (width + slots) * 48 + 48 + 48 * 10 + 10
 
 
 def test_a_plan_that_does_not_say_the_fusion_width_is_refused(tmp_path, trained_base_dir,
@@ -212,3 +215,20 @@ def test_a_plan_that_does_not_say_the_fusion_width_is_refused(tmp_path, trained_
     with pytest.raises(InputError) as caught:
         materialize(plan, load_base(str(trained_base_dir)), digits, tmp_path / "deploy", FAST)
     assert caught.value.field == "fusion.hidden"
+
+
+def test_similarity_command_writes_the_planners_matrix(tmp_path, capsys, trained_base_dir):
+    import yaml
+
+    out = tmp_path / "sim.yaml"
+    code, _, err = _cli(capsys, "similarity", "--base", str(trained_base_dir), "--out", str(out))
+    assert code == 0, err  # no --data: the base's recorded split
+    document = yaml.safe_load(out.read_text())
+    sim = document["similarity"]
+    assert len(sim) == 10 and all(len(row) == 10 for row in sim)
+    assert all(sim[i][i] == 0 and all(sim[i][j] == sim[j][i] for j in range(10))
+               for i in range(10))
+    assert all(isinstance(v, int) and 0 <= v <= 100 for row in sim for v in row)
+    assert document["val_images"] == len(load_base(str(trained_base_dir)).split.val.files)
+    mistakes = round((1 - document["val_accuracy"]) * document["val_images"])
+    assert (sum(map(sum, sim)) > 0) == (mistakes > 0)

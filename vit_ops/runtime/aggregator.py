@@ -5,7 +5,8 @@ It joins the fleet (`vit_ops.runtime.fleet`), optionally calibrates, then sends 
 A device whose link breaks (its process died) or that does not answer within `timeout_s` of the
 request's start (hung) is a `DeviceFailure`, named by device. Without `degraded` the run stops and
 `WorkerFailedError` is raised; with it, the failed device's slots of the fusion input stay zero
-from then on and every prediction made so is marked. (The long-running service,
+from then on, their presence-mask bits 0 for a head that takes a mask, and every prediction made
+so is marked. (The long-running service,
 `vit_ops.runtime.service`, answers HTTP requests over the same fleet instead.)
 """
 

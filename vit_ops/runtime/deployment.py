@@ -2,8 +2,9 @@
 
 A device's feature extractor is every sub-model the manifest places on it, in fusion-input order,
 returning their feature vectors concatenated; the fusion head and its input widths come from
-`fusion/model.json`; the held-out images are the test split of the data the deployment was
-fine-tuned on (the same split `edvit evaluate` uses), or of `data` when given.
+`fusion/model.json`; the held-out images are the recorded test split (`base/split.json`, the same
+files `edvit evaluate` uses, class-interleaved), decoded with the recorded transform; `data` says
+where the image folder is on this machine when it has moved.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ class VitOpsDeployment:
         self.deploy_dir = Path(deploy_dir)
         self.name = str(deploy_dir)
         self.manifest = deploy.check_deployment(self.deploy_dir)
-        self.data = data or self.manifest.data
+        self.data = data
         self.widths = list(deploy.read_fusion_spec(self.deploy_dir, self.manifest).in_features)
-        self.in_chans = read_base_spec(self.deploy_dir / self.manifest.base_dir).shape.in_chans
+        self.in_chans = read_base_spec(
+            deploy.part_path(self.deploy_dir, self.manifest.base_dir, "base_dir")).shape.in_chans
 
     def slots(self) -> list[FeatureSlot]:
         entries = sorted(self.manifest.submodels, key=lambda e: e.index)
@@ -69,9 +71,8 @@ class VitOpsDeployment:
         return self.in_chans, self.manifest.img_size, self.manifest.img_size
 
     def eval_transform(self) -> EvalTransform:
-        """The preprocessing `edvit evaluate` applies: the manifest's size and normalisation."""
-        return EvalTransform(img_size=self.manifest.img_size, in_chans=self.in_chans,
-                             mean=self.manifest.norm_mean, std=self.manifest.norm_std)
+        """The preprocessing `edvit evaluate` applies: the transform recorded in the manifest."""
+        return EvalTransform(**self.manifest.preprocess.model_dump(), in_chans=self.in_chans)
 
     @property
     def class_names(self) -> list[str]:
@@ -83,16 +84,16 @@ class VitOpsDeployment:
         return self.deploy_dir.resolve().name
 
     def eval_images(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from vit_ops.data import load_data
+        from vit_ops.data import DataArgs
 
-        splits = load_data(self.data, img_size=self.manifest.img_size,
-                           expected_classes=self.manifest.num_classes,
-                           class_names=self.manifest.class_names)
+        splits = deploy.deployment_splits(self.deploy_dir, DataArgs(data=self.data),
+                                          check_files=False)
         test = splits.test
         if not 1 <= n <= len(test):
-            raise InputError(f"the held-out split of {self.data} has {len(test)} images",
+            raise InputError(f"the held-out split of {splits.source} has {len(test)} images",
                              field="--images", value=n)
-        return test.images[:n].contiguous(), test.labels[:n].clone()
+        images, labels = test.first(n)
+        return images.contiguous(), labels
 
 
 def open_deployment(deploy_dir: str | Path, data: str | None = None) -> VitOpsDeployment:

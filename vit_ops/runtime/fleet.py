@@ -7,7 +7,8 @@ running fleet. `infer` sends one batch of 8-bit images to every live device at o
 posted before the first send), waits for each answer until the request's deadline, and fuses the
 features; a device whose link breaks (process died) or that misses the deadline (hung) is dropped
 at once, named as a `DeviceFailure`, and `on_lost(rank)` tells the launcher. Its slots of the
-fusion input stay zero while it is away; the answer lists every device it lacks, and the caller
+fusion input stay zero while it is away, and their bits of the presence mask 0 for a head that
+takes one (`vit_ops.fusion.MaskedFusionHead`, what `edvit evaluate --without` feeds it); the answer lists every device it lacks, and the caller
 decides whether such an answer may be served (degraded mode) or not.
 
 `infer`, `ping`, `calibrate` and `close` are called from one thread (the caller's); the watcher
@@ -33,7 +34,13 @@ from vit_ops.runtime.rendezvous import (POLL_S, accept, close_fleet, latest_gene
 from planner.errors import InputError
 from vit_ops.runtime.results import (DeviceFailure, DeviceTrace, RequestTrace, RuntimeConfig,
                                      WorkerInfo, first_line)
-from vit_ops.runtime.source import DeploymentSource, device_columns, devices_of, feature_width
+from vit_ops.runtime.source import (
+    DeploymentSource,
+    device_columns,
+    device_slots,
+    devices_of,
+    feature_width,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,7 @@ class _Device:
     name: str
     rank: int  # the worker's rank in the fleet (device order)
     columns: torch.Tensor  # fusion-input columns its features fill
+    slots: list[int]  # its slots: the presence-mask columns its answer sets
     link: Link | None = None
     seen_generation: int = 0
     info: WorkerInfo | None = None
@@ -86,14 +94,16 @@ class Fleet:
         self.store, self.config = store, config
         self.exit_status, self.on_lost = exit_status, on_lost
         slots = source.slots()
-        columns = device_columns(slots)
-        self.devices = [_Device(name=d, rank=r, columns=columns[d])
+        columns, slot_indices = device_columns(slots), device_slots(slots)
+        self.devices = [_Device(name=d, rank=r, columns=columns[d], slots=slot_indices[d])
                         for r, d in enumerate(devices_of(source), start=1)]
         self.total_width = feature_width(slots)
         unknown = [d for d in config.input_order or [] if d not in devices_of(source)]
         if unknown:
             raise InputError("not a device of the fleet", field="input_order", value=unknown[0])
+        self.num_slots = len(slots)
         self.fusion = source.load_fusion().eval()
+        self.takes_mask = bool(getattr(self.fusion, "takes_mask", False))
         self.lock = threading.Lock()
         self.changed = threading.Condition(self.lock)
         self.failures: list[DeviceFailure] = []  # every failure seen, in order
@@ -202,10 +212,12 @@ class Fleet:
                                        protocol.to_wire(pixels), n, deadline,
                                        self.config.input_order)
         features = torch.zeros(n, self.total_width)
+        mask = torch.zeros(n, self.num_slots)
         device_s, devices = {}, {}
         for device, reply, received_at in replies:
             values, times = protocol.unpack_features(reply, n, device.width)
             features[:, device.columns] = values
+            mask[:, device.slots] = 1.0
             device_s[device.name] = times.compute_s
             send_start, send_end = sent[device.name]
             devices[device.name] = DeviceTrace(
@@ -215,7 +227,7 @@ class Fleet:
                 features_ready_s=times.features_ready_at - started,
                 features_received_s=received_at - started)
         received = time.perf_counter()
-        logits = self.fusion(features)
+        logits = self.fusion(features, mask) if self.takes_mask else self.fusion(features)
         done = time.perf_counter()
         trace = RequestTrace(devices=devices, fusion_start_s=received - started,
                              end_s=done - started)

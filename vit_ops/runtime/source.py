@@ -69,6 +69,14 @@ def device_columns(slots: list[FeatureSlot]) -> dict[str, torch.Tensor]:
     return {device: torch.tensor(cols, dtype=torch.int64) for device, cols in columns.items()}
 
 
+def device_slots(slots: list[FeatureSlot]) -> dict[str, list[int]]:
+    """device -> the indices of its slots (the presence-mask columns its answer sets)."""
+    indices: dict[str, list[int]] = {}
+    for i, slot in enumerate(slots):
+        indices.setdefault(slot.device, []).append(i)
+    return indices
+
+
 def feature_width(slots: list[FeatureSlot], device: str | None = None) -> int:
     """Total feature floats per image, of one device or (None) of the fusion input."""
     return sum(s.width for s in slots if device is None or s.device == device)

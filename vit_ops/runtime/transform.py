@@ -1,8 +1,8 @@
 """The deployment's eval transform, split at the wire: 8-bit pixels here, floats on the worker.
 
-An image file becomes the model's input in two steps, both from `vit_ops.data` so that serving and
-`edvit evaluate` see identical tensors: `image_pixels` (decode, RGB, bilinear resize to the model's
-size: uint8 (C, H, W)) runs where the image arrives, and `normalize_pixels` runs on each worker
+An image file becomes the model's input in two steps, both from `vit_ops.preprocess.Preprocess` so
+that serving and `edvit evaluate` see identical tensors: `pixels` (decode, RGB, resize and crop to
+the model's size: uint8 (C, H, W)) runs where the image arrives, and `normalize` runs on each worker
 after the 8-bit pixels crossed the wire (`planner.wire`). `eval_transform(source)` is the one place
 that says which transform a deployment uses, so a recorded transform can replace the default there.
 
@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import io
 
-import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from planner.errors import InputError
-from vit_ops.data import NORM_MEAN, NORM_STD, image_pixels, normalize_pixels
+from vit_ops.preprocess import Preprocess
 
 IMAGE_FORMATS = ("JPEG", "PNG")
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -28,29 +27,12 @@ class ImageDecodeError(InputError):
     """Bytes that are not a JPEG or PNG image this service accepts."""
 
 
-class EvalTransform(BaseModel):
-    """How one image becomes a model input (see the module docstring)."""
+class EvalTransform(Preprocess):
+    """How one image becomes a model input: the deployment's recorded `Preprocess` (resize, crop,
+    per-channel normalisation; `pixels` where the image arrives, `normalize` on the worker) and
+    the model's input channels."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    img_size: int = Field(gt=0, description="square side the image is resized to, pixels")
     in_chans: int = Field(default=3, description="channels of the model input (RGB)")
-    mean: float = NORM_MEAN
-    std: float = NORM_STD
-
-    def pixels(self, image) -> torch.Tensor:
-        """A PIL image -> uint8 (C, H, W) at the model's size: what travels to the workers."""
-        return image_pixels(image, self.img_size)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 (N, C, H, W) -> the float32 model input (on the worker)."""
-        return normalize_pixels(pixels, self.mean, self.std)
-
-    def quantize(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised float images -> their uint8 pixels (exact for images that were 8-bit, as
-        every image `vit_ops.data` loads is; others are rounded and clipped to 0..255)."""
-        pixels = (images * self.std + self.mean) * 255.0
-        return pixels.round().clamp(0, 255).to(torch.uint8).contiguous()
 
 
 def eval_transform(source) -> EvalTransform:
