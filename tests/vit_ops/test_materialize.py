@@ -146,7 +146,8 @@ def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, capsys, trained_base_dir):
     code, _, err = _cli(capsys, "materialize", str(ok_plan), "--base", str(trained_base_dir), "--data",
                         str(tmp_path / "no-such-folder"), "--out", str(out))
     assert code == 2 and "--data" in err
-    eleven = manual_plan(TINY.model_copy(update={"num_classes": 11}), [[0], [1]], [0.5, 0.5])
+    eleven = manual_plan(TINY.model_copy(update={"num_classes": 11}),  # a valid plan, 11 classes
+                         [list(range(6)), list(range(6, 11))], [0.5, 0.5])
     (tmp_path / "eleven.json").write_text(eleven.model_dump_json())
     code, _, err = _cli(capsys, "materialize", str(tmp_path / "eleven.json"), "--base",
                         str(trained_base_dir), "--data", "digits", "--out", str(out))
