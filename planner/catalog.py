@@ -12,7 +12,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from planner.errors import InputError
-from planner.files import read_yaml
+from planner.limits import Bytes, Name, PositiveBytes, Price, Rate, Seconds, Text
+from planner.reader import read_yaml
 from planner.schema_base import StrictModel
 from planner.units import parse_bytes
 from planner.validation import validate_document
@@ -24,20 +25,20 @@ class DeviceKind(StrictModel):
     """What one device of a kind can do: the one device-kind type of the catalog, of inventories'
     `kinds:` and of `edvit calibrate`'s output."""
 
-    name: str | None = Field(default=None, description="the kind's own name, as `edvit "
-                             "calibrate` writes it; in an inventory the `kinds:` key names it")
-    description: str = ""
-    mem_bytes: int = Field(gt=0, description="physical memory; accepts units, e.g. 4GiB")
-    runtime_overhead_bytes: int = Field(
-        default=0, ge=0, description="memory the OS and runtime take; accepts units")
-    flops_per_s: float = Field(gt=0, description="effective FLOP/s on ViT inference")
-    overhead_s: float = Field(ge=0, description="fixed cost of one inference")
-    link_bytes_per_s: float = Field(gt=0, description="effective bandwidth to the aggregator")
-    weight_bytes_per_s: float | None = Field(
-        default=None, gt=0, description="rate of reading weights (calibrated traffic model)")
-    overhead_per_block_s: float = Field(
-        default=0.0, ge=0, description="dispatch cost per transformer block (traffic model)")
-    cost_usd: float | None = Field(default=None, ge=0)
+    name: Name | None = Field(default=None, description="the kind's own name, as `edvit "
+                              "calibrate` writes it; in an inventory the `kinds:` key names it")
+    description: Text = ""
+    mem_bytes: PositiveBytes = Field(description="physical memory; accepts units, e.g. 4GiB")
+    runtime_overhead_bytes: Bytes = Field(
+        default=0, description="memory the OS and runtime take; accepts units")
+    flops_per_s: Rate = Field(description="effective FLOP/s on ViT inference")
+    overhead_s: Seconds = Field(description="fixed cost of one inference")
+    link_bytes_per_s: Rate = Field(description="effective bandwidth to the aggregator")
+    weight_bytes_per_s: Rate | None = Field(
+        default=None, description="rate of reading weights (calibrated traffic model)")
+    overhead_per_block_s: Seconds = Field(
+        default=0.0, description="dispatch cost per transformer block (traffic model)")
+    cost_usd: Price | None = None
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")
     @classmethod
@@ -53,7 +54,7 @@ class DeviceKind(StrictModel):
 
 class Catalog(StrictModel):
     schema_version: int = 1
-    kinds: dict[str, DeviceKind]
+    kinds: dict[Name, DeviceKind]
 
 
 @lru_cache(maxsize=1)

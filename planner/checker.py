@@ -166,6 +166,27 @@ def group_similarity(similarity: list[list[int]], groups: list[list[int]] | list
                for j in group[a + 1:])
 
 
+def partition_violations(num_classes: int, groups: list) -> list[str]:
+    """How the sub-models' class groups fail to partition 0..C-1 (empty: they partition it)."""
+    violations: list[str] = []
+    seen: dict[int, int] = {}
+    for k, classes in enumerate(groups):
+        if not classes:
+            violations.append(f"sub-model {k} serves no class")
+        for c in classes:
+            if not 0 <= c < num_classes:
+                violations.append(f"sub-model {k} serves class {c}, outside 0..{num_classes - 1}")
+            elif c in seen:
+                violations.append(f"class {c} is served by sub-models {seen[c]} and {k}")
+            else:
+                seen[c] = k
+    missing = num_classes - len(seen)
+    if missing > 0:
+        first = next(c for c in range(num_classes) if c not in seen)
+        violations.append(f"{missing} class(es) are served by no sub-model (first: {first})")
+    return violations
+
+
 def failover_scenarios(problem: Problem, placements: Sequence[Placement],
                        standby: Sequence[str], costs: Sequence[SubModelCost],
                        device_times: Mapping[str, float], fusion_s: float) -> dict[str, float]:
@@ -234,20 +255,7 @@ def score_plan(problem: Problem, placements: list[Placement],
 
     if not placements:
         violations.append("a plan needs at least one sub-model")
-    seen: dict[int, int] = {}
-    for k, p in enumerate(placements):
-        if not p.classes:
-            violations.append(f"sub-model {k} serves no class")
-        for c in p.classes:
-            if not 0 <= c < problem.num_classes:
-                violations.append(f"sub-model {k} serves class {c}, outside 0..{problem.num_classes - 1}")
-            elif c in seen:
-                violations.append(f"class {c} is served by sub-models {seen[c]} and {k}")
-            else:
-                seen[c] = k
-    missing = problem.num_classes - len(seen)
-    if missing > 0:
-        violations.append(f"{missing} class(es) are served by no sub-model")
+    violations.extend(partition_violations(problem.num_classes, [p.classes for p in placements]))
 
     costs: list[SubModelCost] = []
     device_times = {}

@@ -39,6 +39,7 @@ from pydantic import Field
 
 from planner.errors import InternalError
 from planner.instance import Instance
+from planner.limits import Seed, TimeLimit, Workers
 from planner.schema_base import FrozenModel
 
 log = logging.getLogger(__name__)
@@ -48,11 +49,10 @@ search_log = logging.getLogger("planner.cpsat.search")
 class SolverConfig(FrozenModel):
     """Solver parameters, always explicit and validated (the plan records them)."""
 
-    time_limit_s: float = Field(default=30.0, gt=0, description="wall-clock limit, seconds")
-    workers: int = Field(default=1, ge=1, description="CP-SAT search workers; 1 = deterministic "
-                         "plans for the same inputs and seed")
-    seed: int = Field(default=0, ge=-(2**31), le=2**31 - 1,
-                      description="CP-SAT random seed (a 32-bit integer)")
+    time_limit_s: TimeLimit = Field(default=30.0, description="wall-clock limit, seconds")
+    workers: Workers = Field(default=1, description="CP-SAT search workers; 1 = deterministic "
+                             "plans for the same inputs and seed")
+    seed: Seed = Field(default=0, description="CP-SAT random seed (a 32-bit integer)")
     log_search: bool = Field(default=False, description="CP-SAT's search log through `logging` "
                              "(logger planner.cpsat.search, level INFO), never on stdout")
 
@@ -157,10 +157,12 @@ class ConfigurationModel:
 
     def _add_constraints(self) -> None:
         inst, m = self.instance, self.model
+        on_type: dict[int, list[cp_model.IntVar]] = {}
+        for q, config in enumerate(inst.configs):
+            on_type.setdefault(config.type_index, []).append(self.run[q])
         for t in inst.types:
-            on_type = [self.run[q] for q, c in enumerate(inst.configs) if c.type_index == t.index]
-            if on_type:
-                m.add(sum(on_type) <= len(t.devices))
+            if t.index in on_type:
+                m.add(sum(on_type[t.index]) <= len(t.devices))
         for q, config in enumerate(inst.configs):
             count = len(inst.types[config.type_index].devices)
             m.add(self.run[q] <= count * self.used[q])

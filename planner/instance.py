@@ -121,10 +121,11 @@ def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
 
     max_slots = min(problem.max_per_device, problem.num_classes)
     configs: list[Configuration] = []
+    by_name = {d.name: d for d in problem.devices}
     for t in types:
         if t.is_aggregator and not problem.hosts_on_aggregator:
             continue  # it only fuses
-        device = problem.device(t.devices[0])
+        device = by_name[t.devices[0]]
         mem_limit = device.mem_bytes - (problem.fusion.mem_bytes if t.is_aggregator else 0)
         row_units = {i: seconds_to_units(submodel_latency(problem.profile[i], device,
                                                           t.is_aggregator).total_s)

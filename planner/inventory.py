@@ -18,12 +18,32 @@ from pydantic import Field, StrictBool, StrictInt, ValidationError, field_valida
 from planner.catalog import DeviceKind, lookup_kind
 from planner.cpsat_model import SolverConfig
 from planner.errors import InputError, ProfileMismatchError
-from planner.files import read_yaml
+from planner.limits import (
+    DEFAULT_MAX_DEVICES,
+    MAX_RATIOS,
+    Bytes,
+    ClassCount,
+    DeviceCount,
+    Dimension,
+    ImageSize,
+    KeepRatio,
+    LossPoints,
+    Name,
+    PerDevice,
+    PositiveBytes,
+    PositiveSeconds,
+    Price,
+    Rate,
+    Seconds,
+    Text,
+    too_many_devices,
+)
 from planner.loss_rule import default_loss_steps
 from planner.problem import (MAX_INPUT_BYTES, Device, Fusion, Problem, ProfileRow, Resilience,
                              Secondary)
 from planner.profile_schema import ModelProfile
 from planner.profiles import builtin_profile, load_profile
+from planner.reader import read_yaml
 from planner.schema_base import StrictModel
 from planner.units import parse_bytes
 from planner.validation import raise_validation_error, validate_document
@@ -36,17 +56,17 @@ FLOAT_BYTES = 4
 class DeviceEntry(StrictModel):
     """`count` devices of one kind, optionally with figures overridden."""
 
-    kind: str
-    count: int = Field(default=1, ge=0)
-    name: str | None = Field(default=None, description="name prefix; default: the kind")
-    mem_bytes: int | None = Field(default=None, gt=0, description="accepts units, e.g. 4GiB")
-    runtime_overhead_bytes: int | None = Field(default=None, ge=0)
-    flops_per_s: float | None = Field(default=None, gt=0)
-    overhead_s: float | None = Field(default=None, ge=0)
-    link_bytes_per_s: float | None = Field(default=None, gt=0)
-    weight_bytes_per_s: float | None = Field(default=None, gt=0)
-    overhead_per_block_s: float | None = Field(default=None, ge=0)
-    cost_usd: float | None = Field(default=None, ge=0)
+    kind: Name
+    count: DeviceCount = 1
+    name: Name | None = Field(default=None, description="name prefix; default: the kind")
+    mem_bytes: PositiveBytes | None = Field(default=None, description="accepts units, e.g. 4GiB")
+    runtime_overhead_bytes: Bytes | None = None
+    flops_per_s: Rate | None = None
+    overhead_s: Seconds | None = None
+    link_bytes_per_s: Rate | None = None
+    weight_bytes_per_s: Rate | None = None
+    overhead_per_block_s: Seconds | None = None
+    cost_usd: Price | None = None
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")
     @classmethod
@@ -61,13 +81,14 @@ class DeviceEntry(StrictModel):
 
 
 class ModelSpec(StrictModel):
-    arch: str = Field(description="timm architecture name, e.g. vit_base_patch16_224")
-    num_classes: int = Field(gt=0)
-    class_names: list[str] | None = None
-    profile: str | None = Field(default=None, description="profile JSON from `edvit profile`")
-    img_size: int | None = Field(default=None, gt=0,
-                                 description="input images in pixels (square); default: the "
-                                             "arch's own. The profile must be made at this size")
+    arch: Name = Field(description="timm architecture name, e.g. vit_base_patch16_224")
+    num_classes: ClassCount
+    class_names: list[Text] | None = None
+    profile: Text | None = Field(default=None, description="profile JSON from `edvit profile`")
+    img_size: ImageSize | None = Field(default=None,
+                                       description="input images in pixels (square); default: "
+                                                   "the arch's own. The profile must be made at "
+                                                   "this size")
 
     @model_validator(mode="after")
     def _names_match(self) -> "ModelSpec":
@@ -78,28 +99,30 @@ class ModelSpec(StrictModel):
 
 
 class Budgets(StrictModel):
-    latency_s: float | None = Field(default=None, gt=0, description="upper bound on the makespan")
-    loss_pp: float | None = Field(
-        default=1.0, ge=0, description="upper bound on every sub-model's accuracy loss (points)")
+    latency_s: PositiveSeconds | None = Field(default=None,
+                                              description="upper bound on the makespan")
+    loss_pp: LossPoints | None = Field(
+        default=1.0, description="upper bound on every sub-model's accuracy loss (points)")
 
 
 class KindFile(StrictModel):
-    file: str = Field(description="YAML file with one device kind, e.g. from `edvit calibrate`")
+    file: Text = Field(description="YAML file with one device kind, e.g. from `edvit calibrate`")
 
 
 class Inventory(StrictModel):
     """What a user writes: `edvit plan INVENTORY.yaml`."""
 
     schema_version: Literal[1] = INVENTORY_SCHEMA_VERSION
-    name: str = "inventory"
+    name: Text = "inventory"
     model: ModelSpec
-    devices: list[DeviceEntry] = Field(min_length=1)
-    kinds: dict[str, DeviceKind | KindFile] = Field(default_factory=dict)
-    ratios: list[float] | None = Field(default=None, description="default: all profiled ratios")
-    max_per_device: int = Field(default=1, gt=0)
+    devices: list[DeviceEntry] = Field(min_length=1, max_length=DEFAULT_MAX_DEVICES)
+    kinds: dict[Name, DeviceKind | KindFile] = Field(default_factory=dict)
+    ratios: list[KeepRatio] | None = Field(default=None, min_length=1, max_length=MAX_RATIOS,
+                                           description="default: all profiled ratios")
+    max_per_device: PerDevice = 1
     budgets: Budgets = Budgets()
     secondary: Secondary = "memory"
-    aggregator: str | None = Field(default=None, description="device name; default: fastest")
+    aggregator: Text | None = Field(default=None, description="device name; default: fastest")
     aggregator_hosts_submodels: StrictBool = Field(
         default=True, description="false: the aggregator only sends the input and fuses")
     input_bytes: StrictInt | None = Field(
@@ -107,12 +130,21 @@ class Inventory(StrictModel):
         description="bytes of one image as the aggregator sends it to each device; default: "
                     "the model's input shape in the runtime's wire format (planner.wire); "
                     "0: leave the transfer out (every device gets its images elsewhere)")
-    fusion_hidden: int = Field(default=256, gt=0, description="hidden units of the fusion MLP")
-    similarity: str | None = Field(default=None, description="YAML/JSON file with a C x C matrix")
+    fusion_hidden: Dimension = Field(default=256, description="hidden units of the fusion MLP")
+    similarity: Text | None = Field(default=None,
+                                    description="YAML/JSON file with a C x C matrix")
     resilience: Resilience | None = Field(
         default=None, description="standby: true gives every sub-model a standby copy on another "
                                   "device; failover_latency_s bounds the worst single failure")
     solver: SolverConfig = SolverConfig()
+
+    @field_validator("devices")
+    @classmethod
+    def _device_cap(cls, devices: list[DeviceEntry]) -> list[DeviceEntry]:
+        refusal = too_many_devices(sum(entry.count for entry in devices))
+        if refusal:
+            raise ValueError(refusal)
+        return devices
 
 
 @dataclass(frozen=True)
@@ -141,15 +173,31 @@ def _resolve_kinds(inv: Inventory, base_dir: Path, source: str) -> dict[str, Dev
     kinds: dict[str, DeviceKind] = {}
     for name, kind in inv.kinds.items():
         if isinstance(kind, KindFile):
-            path = (base_dir / kind.file) if not Path(kind.file).is_absolute() else Path(kind.file)
+            path = _beside(base_dir, kind.file)
             kind = validate_document(DeviceKind, read_yaml(path), str(path))
         kinds[name] = kind
     return kinds
 
 
+def referenced_files(inv: Inventory, base_dir: Path) -> list[Path]:
+    """The files an inventory names (kind files, profile, similarity), as compiling reads them."""
+    names = [k.file for k in inv.kinds.values() if isinstance(k, KindFile)]
+    names += [name for name in (inv.model.profile, inv.similarity) if name is not None]
+    return [_beside(base_dir, name) for name in names]
+
+
+def _beside(base_dir: Path, name: str) -> Path:
+    """A path from the inventory: relative ones are relative to the inventory's folder."""
+    path = Path(name)
+    return path if path.is_absolute() else base_dir / path
+
+
 def expand_devices(inv: Inventory, kinds: dict[str, DeviceKind], source: str
                    ) -> list[tuple[str, str, DeviceKind]]:
     """(device name, kind name, figures) for every device, named `<prefix>-<i>`."""
+    refusal = too_many_devices(sum(entry.count for entry in inv.devices))
+    if refusal:
+        raise InputError(refusal, file=source, field="devices")
     devices, taken = [], set()
     for e, entry in enumerate(inv.devices):
         base = lookup_kind(entry.kind, kinds, source=source, field=f"devices.{e}.kind")
@@ -236,8 +284,7 @@ def _profile_for(inv: Inventory, base_dir: Path, source: str,
     if profile_path is not None:
         profile, where = load_profile(profile_path), str(profile_path)
     elif inv.model.profile is not None:
-        path = Path(inv.model.profile)
-        path = path if path.is_absolute() else base_dir / path
+        path = _beside(base_dir, inv.model.profile)
         profile, where = load_profile(path), str(path)
     else:
         profile, where = builtin_profile(inv.model.arch, source=source), f"builtin:{inv.model.arch}"
@@ -269,8 +316,7 @@ def _chosen_variants(inv: Inventory, profile: ModelProfile, source: str):
 
 
 def _load_similarity(inv: Inventory, base_dir: Path, source: str) -> list[list[int]]:
-    path = Path(inv.similarity)
-    path = path if path.is_absolute() else base_dir / path
+    path = _beside(base_dir, inv.similarity)
     data = read_yaml(path)
     if isinstance(data, dict):
         data = data.get("similarity")

@@ -7,14 +7,37 @@ in the names. Validation happens here, so the solver receives fully prepared dat
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
-from planner.files import read_yaml
-from planner.profile_schema import distinct_ratios, same_ratio
+from planner.limits import (
+    MAX_CONFIGURATIONS,
+    MAX_MAKESPAN_S,
+    MAX_RATIOS,
+    Bytes,
+    ClassCount,
+    Dimension,
+    Flops,
+    KeepRatio,
+    LossPoints,
+    Name,
+    PerDevice,
+    PositiveBytes,
+    PositiveFlops,
+    PositiveSeconds,
+    Rate,
+    Seconds,
+    SimilarityValue,
+    Text,
+    too_many_devices,
+)
+from planner.profile_schema import LossSteps, check_loss_steps, distinct_ratios, same_ratio
+from planner.reader import read_yaml
 from planner.schema_base import StrictModel
 from planner.validation import field_error, validate_document
 
@@ -26,17 +49,17 @@ MAX_INPUT_BYTES = 2**30  # one input over 1 GiB is a unit mistake, not an image
 class Device(StrictModel):
     """One device as the solver sees it."""
 
-    name: str = Field(min_length=1)
-    mem_bytes: int = Field(gt=0)
-    flops_per_s: float = Field(gt=0)
-    overhead_s: float = Field(ge=0)
-    link_bytes_per_s: float | None = Field(
-        default=None, gt=0,
+    name: Name
+    mem_bytes: PositiveBytes
+    flops_per_s: Rate
+    overhead_s: Seconds
+    link_bytes_per_s: Rate | None = Field(
+        default=None,
         description="bandwidth of its link to the aggregator; on the aggregator itself: of its "
                     "own link, which carries the input to every other device (may be absent "
                     "only on the aggregator, and there only while no input is sent)")
-    weight_bytes_per_s: float | None = Field(
-        default=None, gt=0,
+    weight_bytes_per_s: Rate | None = Field(
+        default=None,
         description="extension: rate of reading weights; with a row's param_bytes adds "
                     "param_bytes / weight_bytes_per_s to compute time (absent: no such term)")
 
@@ -44,28 +67,19 @@ class Device(StrictModel):
 class ProfileRow(StrictModel):
     """Costs of a sub-model at one keep ratio, and its accuracy-loss step table."""
 
-    ratio: float = Field(gt=0, le=1)
-    flops: int = Field(gt=0)
-    mem_bytes: int = Field(gt=0)
-    feat_bytes: int = Field(gt=0)
-    param_bytes: int | None = Field(
-        default=None, gt=0, description="extension: weight bytes read once per inference")
-    loss_steps: list[tuple[int, float]] = Field(
+    ratio: KeepRatio
+    flops: PositiveFlops
+    mem_bytes: PositiveBytes
+    feat_bytes: PositiveBytes
+    param_bytes: PositiveBytes | None = Field(
+        default=None, description="extension: weight bytes read once per inference")
+    loss_steps: LossSteps = Field(
         description="[[g_max, loss_pp], ...], g_max increasing, loss non-decreasing")
 
     @field_validator("loss_steps")
     @classmethod
     def _monotone_steps(cls, steps: list[tuple[int, float]]) -> list[tuple[int, float]]:
-        for i, (g_max, loss) in enumerate(steps):
-            if g_max < 1:
-                raise ValueError(f"g_max must be >= 1, got {g_max}")
-            if loss < 0:
-                raise ValueError(f"loss must be >= 0, got {loss}")
-            if i and g_max <= steps[i - 1][0]:
-                raise ValueError(f"g_max must increase, got {steps[i - 1][0]} then {g_max}")
-            if i and loss < steps[i - 1][1]:
-                raise ValueError(f"loss must not decrease, got {steps[i - 1][1]} then {loss}")
-        return steps
+        return check_loss_steps(steps)
 
     @property
     def capacity(self) -> int:
@@ -90,12 +104,12 @@ class ProfileRow(StrictModel):
 class Fusion(StrictModel):
     """Cost of the fusion head on the aggregator."""
 
-    flops_fixed: int = Field(ge=0)
-    flops_per_submodel: int = Field(ge=0)
-    mem_bytes: int = Field(ge=0)
-    hidden: int | None = Field(
-        default=None, gt=0, description="extension: hidden units of the fusion MLP these costs "
-                                        "are for (compiled inventories set it; the plan carries it)")
+    flops_fixed: Flops
+    flops_per_submodel: Flops
+    mem_bytes: Bytes
+    hidden: Dimension | None = Field(
+        default=None, description="extension: hidden units of the fusion MLP these costs "
+                                  "are for (compiled inventories set it; the plan carries it)")
 
 
 class Resilience(StrictModel):
@@ -104,8 +118,8 @@ class Resilience(StrictModel):
     standby: StrictBool = Field(
         description="true: every sub-model also gets a standby copy on a different device; it "
                     "holds memory there and runs only after its primary device fails")
-    failover_latency_s: float | None = Field(
-        default=None, gt=0, allow_inf_nan=False,
+    failover_latency_s: PositiveSeconds | None = Field(
+        default=None,
         description="upper bound on the makespan under every single-device failure (absent: "
                     "minimised but unbounded)")
 
@@ -121,17 +135,17 @@ class Resilience(StrictModel):
 class Problem(StrictModel):
     """A planning problem (the documented "problem" format)."""
 
-    name: str = "problem"
-    num_classes: int = Field(gt=0)
-    max_per_device: int = Field(default=1, gt=0)
+    name: Text = "problem"
+    num_classes: ClassCount
+    max_per_device: PerDevice = 1
     aggregator: str | None = None
-    latency_budget_s: float | None = Field(default=None, gt=0)
-    loss_budget: float | None = Field(default=None, ge=0)
+    latency_budget_s: PositiveSeconds | None = None
+    loss_budget: LossPoints | None = None
     secondary: Secondary = "memory"
     fusion: Fusion
-    profile: list[ProfileRow] = Field(min_length=1)
+    profile: list[ProfileRow] = Field(min_length=1, max_length=MAX_RATIOS)
     devices: list[Device] = Field(min_length=1)
-    similarity: list[list[int]] | None = None
+    similarity: list[list[SimilarityValue]] | None = None
     input_bytes: StrictInt | None = Field(
         default=None, ge=0, le=MAX_INPUT_BYTES,
         description="extension: bytes of one input, sent by the aggregator to every other device "
@@ -142,22 +156,32 @@ class Problem(StrictModel):
     resilience: Resilience | None = Field(
         default=None, description="extension: standby sub-models (absent: none)")
 
+    @field_validator("devices")
+    @classmethod
+    def _device_cap(cls, devices: list[Device]) -> list[Device]:
+        refusal = too_many_devices(len(devices))
+        if refusal:
+            raise ValueError(refusal)
+        return devices
+
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "Problem":
         names = [d.name for d in self.devices]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = sorted(n for n, k in Counter(names).items() if k > 1)
         if dupes:
-            raise ValueError(f"device names must be unique; repeated: {dupes}")
+            raise ValueError(f"device names must be unique; repeated: {dupes[:10]}")
         ratios = [row.ratio for row in self.profile]
         if not distinct_ratios(ratios):
             raise ValueError(f"profile ratios must be unique, got {ratios}")
-        if self.aggregator is not None and self.aggregator not in names:
-            raise ValueError(f"aggregator {self.aggregator!r} is not a device; devices: {names}")
+        if self.aggregator is not None and self.aggregator not in set(names):
+            raise ValueError(f"aggregator {self.aggregator!r} is not a device; devices: "
+                             f"{names[:8]}{'...' if len(names) > 8 else ''}")
         if self.similarity is not None:
             self._check_similarity()
         if self.secondary == "similarity" and self.similarity is None:
             raise ValueError("secondary 'similarity' needs a similarity matrix")
         self._check_links()
+        self._check_solver_bounds()
         return self
 
     def _check_links(self) -> None:
@@ -176,6 +200,42 @@ class Problem(StrictModel):
                                   f"required on the aggregator when input_bytes="
                                   f"{self.input_bytes}: its link carries the input to the other "
                                   "devices")
+
+    def _check_solver_bounds(self) -> None:
+        """Work and integers the solver sees stay bounded (see `planner.limits`): the
+        configurations it would enumerate, and the longest makespan it could meet (the slowest
+        sub-model on every slot, the fusion head for C sub-models, the input sent to everyone)."""
+        from planner.checker import fusion_latency, submodel_latency
+
+        slots = min(self.max_per_device, self.num_classes)
+        aggregator = self.device(self.aggregator_name)
+        types: dict[tuple, Device] = {}
+        for d in self.devices:
+            types.setdefault((d.name == aggregator.name, d.mem_bytes, d.flops_per_s,
+                              d.overhead_s, d.link_bytes_per_s, d.weight_bytes_per_s), d)
+        configurations = len(types) * (math.comb(len(self.profile) + slots, slots) - 1)
+        if configurations > MAX_CONFIGURATIONS:
+            raise ValueError(
+                f"max_per_device={self.max_per_device} with {len(self.profile)} keep ratios and "
+                f"{len(types)} device types means {configurations:,} configurations to weigh "
+                f"(limit {MAX_CONFIGURATIONS:,}); lower max_per_device or use fewer ratios")
+        slowest, device = max(
+            (submodel_latency(row, d, d.name == aggregator.name).total_s, d.name)
+            for row in self.profile for d in types.values())
+        fusion_s = fusion_latency(self, self.num_classes)
+        input_s = 0.0
+        if self.sends_input:
+            input_s = sum(self.input_bytes_sent / min(aggregator.link_bytes_per_s,
+                                                      d.link_bytes_per_s)
+                          for d in self.devices if d.name != aggregator.name)
+        if self.standby:  # after a failure a device also runs the standby copies it holds
+            slots *= 2
+        if slots * slowest + fusion_s + input_s > MAX_MAKESPAN_S:
+            raise ValueError(
+                f"the slowest sub-model takes {slowest:.3g} s on {device}, the fusion head up "
+                f"to {fusion_s:.3g} s and sending the input {input_s:.3g} s: beyond the "
+                f"{MAX_MAKESPAN_S:.0e} s the planner works with; check flops_per_s, overhead_s "
+                "and link_bytes_per_s")
 
     def _check_similarity(self) -> None:
         c = self.num_classes

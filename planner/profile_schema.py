@@ -12,21 +12,43 @@ once per device from the device catalog (`runtime_overhead_bytes`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from planner.limits import (
+    MAX_RATIOS,
+    Bytes,
+    GroupSize,
+    KeepRatio,
+    LossPoints,
+    PositiveBytes,
+    PositiveCount,
+    PositiveFlops,
+    PositiveSeconds,
+    Seconds,
+)
 from planner.schema_base import StrictModel
 from planner.vit_shape import PruneCounts, ViTShape
 
 PROFILE_SCHEMA_VERSION = 1
+
+LossSteps = list[tuple[GroupSize, LossPoints]]
+
+
+def check_loss_steps(steps: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """g_max increasing, loss non-decreasing (the ranges are in `LossSteps`)."""
+    for i, (g_max, loss) in enumerate(steps):
+        if i and g_max <= steps[i - 1][0]:
+            raise ValueError(f"g_max must increase, got {steps[i - 1][0]} then {g_max}")
+        if i and loss < steps[i - 1][1]:
+            raise ValueError(f"loss must not decrease, got {steps[i - 1][1]} then {loss}")
+    return steps
 # Keep ratios profiled when nobody says which (`edvit profile`, the built-in profiles).
 DEFAULT_RATIOS: tuple[float, ...] = (1.0, 0.75, 0.5, 0.375, 0.25, 0.125)
 FLOPS_PER_MAC = 2
 # Keep ratios closer than this are the same ratio (they come from decimal text and float maths).
 RATIO_TOLERANCE = 1e-9
-
-LossSteps = list[tuple[int, float]]
 
 
 def flops_from_macs(macs: int) -> int:
@@ -47,29 +69,36 @@ def distinct_ratios(ratios: list[float]) -> bool:
 class LatencyStats(StrictModel):
     """Host latency of one inference at batch 1, from `torch.utils.benchmark`."""
 
-    median_s: float = Field(gt=0)
-    iqr_s: float = Field(ge=0, description="interquartile range of the repeats")
-    repeats: int = Field(gt=0)
-    threads: int = Field(gt=0, description="torch intra-op threads, pinned while timing")
+    median_s: PositiveSeconds
+    iqr_s: Seconds = Field(description="interquartile range of the repeats")
+    repeats: PositiveCount
+    threads: Annotated[int, Field(gt=0, le=4096)] = Field(
+        description="torch intra-op threads, pinned while timing")
 
 
 class VariantProfile(StrictModel):
     """Costs of one pruned variant (one keep ratio)."""
 
-    ratio: float = Field(gt=0, le=1)
+    ratio: KeepRatio
     counts: PruneCounts
-    params: int = Field(gt=0, description="parameters of the backbone (no classifier head)")
-    macs: int = Field(gt=0, description="multiply-accumulates of one inference at batch 1")
-    flops: int = Field(gt=0, description="2 x macs")
-    param_bytes: int = Field(gt=0)
-    act_bytes: int = Field(ge=0, description="peak activation bytes of one inference, batch 1")
-    mem_bytes: int = Field(gt=0, description="param_bytes + act_bytes")
-    feat_bytes: int = Field(gt=0, description="bytes of the feature vector sent to the aggregator")
+    params: PositiveCount = Field(description="parameters of the backbone (no classifier head)")
+    macs: PositiveFlops = Field(description="multiply-accumulates of one inference at batch 1")
+    flops: PositiveFlops = Field(description="2 x macs")
+    param_bytes: PositiveBytes
+    act_bytes: Bytes = Field(description="peak activation bytes of one inference, batch 1")
+    mem_bytes: PositiveBytes = Field(description="param_bytes + act_bytes")
+    feat_bytes: PositiveBytes = Field(
+        description="bytes of the feature vector sent to the aggregator")
     host_latency: LatencyStats | None = None
     loss_steps: LossSteps | None = Field(
         default=None,
         description="measured accuracy-loss step table [[g_max, loss_pp], ...]; "
                     "None = the planner's default rule")
+
+    @field_validator("loss_steps")
+    @classmethod
+    def _monotone_steps(cls, steps: LossSteps | None) -> LossSteps | None:
+        return None if steps is None else check_loss_steps(steps)
 
     @model_validator(mode="after")
     def _consistent(self) -> "VariantProfile":
@@ -86,7 +115,7 @@ class ModelProfile(StrictModel):
     schema_version: Literal[1] = PROFILE_SCHEMA_VERSION
     shape: ViTShape
     dtype: Literal["fp32", "fp16", "int8"] = "fp32"
-    variants: list[VariantProfile] = Field(min_length=1)
+    variants: list[VariantProfile] = Field(min_length=1, max_length=MAX_RATIOS)
     skipped_ops: dict[str, int] = Field(
         default_factory=dict,
         description="ops fvcore could not count, with how often they occur")
@@ -98,6 +127,10 @@ class ModelProfile(StrictModel):
         ratios = [v.ratio for v in self.variants]
         if not distinct_ratios(ratios):
             raise ValueError(f"ratios must be unique, got {ratios}")
+        for i, v in enumerate(self.variants):
+            misfit = v.counts.fits(self.shape)
+            if misfit:
+                raise ValueError(f"variants.{i}.counts: {misfit}")
         return self
 
     def variant(self, ratio: float) -> VariantProfile:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from planner.errors import InputError, ProfileMismatchError
-from planner.files import read_json
+from planner.reader import read_json
 from planner.profile_schema import PROFILE_SCHEMA_VERSION, ModelProfile
 from planner.validation import validate_document
 

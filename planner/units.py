@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import re
+
+from planner.limits import MAX_BYTES
 
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$", re.ASCII)
 
 
 def parse_bytes(value: int | float | str) -> int:
@@ -20,7 +23,10 @@ def parse_bytes(value: int | float | str) -> int:
         if not match or match.group(2).lower() not in _UNITS:
             raise ValueError(f"expected a size such as 4GiB or 512MB, got {value!r}")
         number, unit = float(match.group(1)), match.group(2).lower()
-    size = int(round(number * _UNITS[unit]))
+    number *= _UNITS[unit]
+    if not math.isfinite(number) or number > MAX_BYTES:
+        raise ValueError(f"size must be at most {MAX_BYTES // 2**40} TiB, got {value!r}")
+    size = int(round(number))
     if size <= 0:
         raise ValueError(f"size must be positive, got {value!r}")
     return size

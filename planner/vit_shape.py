@@ -10,26 +10,28 @@ things to different rounding rules. The one function that turns a keep ratio int
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from pydantic import Field, model_validator
 
 from planner.errors import InputError
+from planner.limits import ClassCount, Depth, Dimension, ImageSize, Name
 from planner.schema_base import FrozenModel
 
 
 class ViTShape(FrozenModel):
     """Architecture of a (timm-style) Vision Transformer classifier."""
 
-    arch: str = Field(description="timm architecture name, or a custom label")
-    img_size: int = Field(gt=0)
-    patch_size: int = Field(gt=0)
-    in_chans: int = Field(default=3, gt=0)
-    embed_dim: int = Field(gt=0)
-    depth: int = Field(gt=0)
-    num_heads: int = Field(gt=0)
-    head_dim: int = Field(gt=0, description="channels per attention head")
-    mlp_hidden: int = Field(gt=0, description="hidden units of each block's MLP")
-    num_classes: int = Field(gt=0)
+    arch: Name = Field(description="timm architecture name, or a custom label")
+    img_size: ImageSize
+    patch_size: ImageSize
+    in_chans: Annotated[int, Field(gt=0, le=64)] = 3
+    embed_dim: Dimension
+    depth: Depth
+    num_heads: Annotated[int, Field(gt=0, le=4096)]
+    head_dim: Dimension = Field(description="channels per attention head")
+    mlp_hidden: Dimension = Field(description="hidden units of each block's MLP")
+    num_classes: ClassCount
     class_token: bool = True
 
     @property
@@ -69,10 +71,11 @@ class PruneCounts(FrozenModel):
     entry per block. `head_dim` is never pruned (heads are removed whole).
     """
 
-    embed_dim: int = Field(gt=0)
-    head_dim: int = Field(gt=0)
-    heads: list[int] = Field(description="attention heads kept, per block")
-    mlp_hidden: list[int] = Field(description="MLP hidden units kept, per block")
+    embed_dim: Dimension
+    head_dim: Dimension
+    heads: list[Dimension] = Field(max_length=1024, description="attention heads kept, per block")
+    mlp_hidden: list[Dimension] = Field(max_length=1024,
+                                        description="MLP hidden units kept, per block")
 
     @model_validator(mode="after")
     def _blocks_agree(self) -> "PruneCounts":
@@ -81,6 +84,20 @@ class PruneCounts(FrozenModel):
         if any(h < 1 for h in self.heads) or any(m < 1 for m in self.mlp_hidden):
             raise ValueError("every block keeps at least one head and one MLP unit")
         return self
+
+    def fits(self, shape: ViTShape) -> str | None:
+        """Why these counts cannot be a pruned `shape` (None when they can)."""
+        if len(self.heads) != shape.depth:
+            return f"counts list {len(self.heads)} blocks, the model has {shape.depth}"
+        if self.head_dim != shape.head_dim:
+            return f"counts have head_dim {self.head_dim}, the model {shape.head_dim}"
+        if self.embed_dim > shape.embed_dim:
+            return f"counts keep {self.embed_dim} embedding channels of {shape.embed_dim}"
+        if max(self.heads) > shape.num_heads:
+            return f"counts keep {max(self.heads)} heads of {shape.num_heads}"
+        if max(self.mlp_hidden) > shape.mlp_hidden:
+            return f"counts keep {max(self.mlp_hidden)} MLP units of {shape.mlp_hidden}"
+        return None
 
 
 def keep_count(total: int, ratio: float) -> int:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -39,6 +40,7 @@ from pydantic import Field
 from planner.catalog import builtin_catalog
 from planner.cpsat_model import SolverConfig
 from planner.errors import InputError
+from planner.limits import MAX_SCENARIOS, max_devices
 from planner.inventory import (
     CompiledInventory,
     DeviceEntry,
@@ -161,13 +163,13 @@ def what_if(inventory: Inventory | str | Path, vary: Mapping[str, Iterable[int]]
     if target_latency_s is not None and not target_latency_s > 0:
         raise InputError("must be > 0", field="target_latency_s", value=target_latency_s)
     ranges = _check_ranges(inventory, vary, source)
-    total = 1
-    for values in ranges.values():
-        total *= len(values)
-    if max_scenarios is not None and total > max_scenarios:
-        raise InputError(f"the sweep has {total} scenarios, more than the maximum of "
-                         f"{max_scenarios}; narrow the ranges or raise the maximum",
-                         field="vary", value={k: f"{v[0]}..{v[-1]}" for k, v in ranges.items()})
+    total = math.prod(len(values) for values in ranges.values())
+    for limit, advice in ((max_scenarios, "narrow the ranges or raise the maximum"),
+                          (MAX_SCENARIOS, "edvit sweeps at most this many; narrow the ranges")):
+        if limit is not None and total > limit:
+            raise InputError(f"the sweep has {total:,} scenarios, more than the maximum of "
+                             f"{limit:,}; {advice}", field="vary",
+                             value={k: f"{v[0]}..{v[-1]}" for k, v in ranges.items()})
     config = (config or inventory.solver).model_copy(update={"workers": 1, "log_search": False})
 
     notes: list[str] = []
@@ -213,15 +215,19 @@ def _check_ranges(inv: Inventory, vary: Mapping[str, Iterable[int]], source: str
         raise InputError("nothing to vary: give at least one device kind and its counts",
                          field="vary")
     ranges: dict[str, list[int]] = {}
-    for key, values in vary.items():
+    for key, given in vary.items():
         _entries_for(inv, key, source)  # raises for unknown or ambiguous keys
-        values = list(values)
+        values = list(itertools.islice(given, max_devices() + 2))  # counts increase, <= the cap
         if not values:
             raise InputError("empty range of counts", field=f"vary.{key}", value=values)
         if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in values):
             raise InputError("counts must be integers >= 0", field=f"vary.{key}", value=values)
         if any(b <= a for a, b in zip(values, values[1:])):
             raise InputError("counts must increase", field=f"vary.{key}", value=values)
+        if values[-1] > max_devices():
+            shown = f"{given.start}..{given.stop - 1}" if isinstance(given, range) else values[-1]
+            raise InputError(f"counts beyond the limit of {max_devices()} devices "
+                             "(--max-devices raises it)", field=f"vary.{key}", value=shown)
         ranges[key] = values
     return ranges
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from planner.errors import EdvitError
 from planner.files import write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class ProfileCache:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             data = None
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # JSON or UTF-8 errors: a corrupt entry
             logger.warning("ignoring unreadable cache entry %s (%s)", path, exc)
             data = None
         if isinstance(data, dict):
@@ -65,5 +66,5 @@ class ProfileCache:
     def put(self, key: str, data: dict[str, Any]) -> None:
         try:
             write_json_atomic(self._path(key), data)
-        except OSError as exc:  # a read-only home must not stop profiling
+        except (OSError, EdvitError) as exc:  # a read-only home must not stop profiling
             logger.warning("cannot write cache entry under %s (%s)", self.directory, exc)

@@ -11,6 +11,7 @@ import argparse
 
 from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
+from planner.cli.parser import finite_float
 from planner.files import check_output_path, write_json_atomic, write_text_atomic
 from planner.profile_schema import DEFAULT_RATIOS
 from profiler.cache import ProfileCache
@@ -102,8 +103,8 @@ def parse_ratios(text: str) -> list[float]:
     ratios = []
     for part in text.split(","):
         try:
-            ratios.append(float(part))
-        except ValueError:
+            ratios.append(finite_float(part))
+        except argparse.ArgumentTypeError:
             raise InputError("not a number", field="--ratios", value=part.strip()) from None
     for ratio in ratios:
         if not 0 < ratio <= 1:

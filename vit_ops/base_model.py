@@ -21,7 +21,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from planner.errors import InputError
-from planner.files import check_output_dir, read_json, staged_directory, write_json_atomic
+from planner.files import check_output_dir, staged_directory, write_json_atomic
+from planner.limits import RelativePath
+from planner.reader import path_inside, read_json
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from planner.validation import validate_document
@@ -55,9 +57,10 @@ class BaseModelSpec(StrictModel):
     class_names: list[str]
     data: str = Field(description="'digits' or the image folder it was trained on")
     preprocess: Preprocess = Field(description="the eval transform the model expects")
-    weights: str = Field(default=BASE_WEIGHTS_FILE, description="relative to this directory")
-    split: str | None = Field(default=None, description="file lists of its data split, relative "
-                                                        "to this directory (split.json)")
+    weights: RelativePath = Field(default=BASE_WEIGHTS_FILE,
+                                  description="relative to this directory")
+    split: RelativePath | None = Field(default=None, description="file lists of its data split, "
+                                       "relative to this directory (split.json)")
     checkpoint: str | None = Field(default=None, description="the user's checkpoint it was made "
                                    "from (a record only: the weights are in `weights`)")
     fit: FitConfig | None = Field(default=None, description="None for a user's checkpoint")
@@ -70,10 +73,11 @@ class BaseModelSpec(StrictModel):
         edvit used before transforms were recorded)."""
         if isinstance(data, dict) and data.get("preprocess") is None:
             shape = data.get("shape")
-            size = shape.img_size if isinstance(shape, ViTShape) else (shape or {}).get("img_size")
+            size = (shape.img_size if isinstance(shape, ViTShape)
+                    else shape.get("img_size") if isinstance(shape, dict) else None)
+            data = {k: v for k, v in data.items() if k not in ("norm_mean", "norm_std")}
             if size:
-                data = {**data, "preprocess": scratch_preprocess(int(size))}
-            data.pop("norm_mean", None), data.pop("norm_std", None)
+                data["preprocess"] = {"img_size": size}  # scratch_preprocess's
         return data
 
 
@@ -164,26 +168,32 @@ def load_base(source: str, num_classes: int | None = None,
     return LoadedBase(model=model.eval(), spec=spec, source=source)
 
 
-def _load_base_dir(path: Path, source: str) -> LoadedBase:
+def read_base_spec(path: Path) -> BaseModelSpec:
+    """`model.json` of a base model directory, validated."""
     spec_path = path / BASE_SPEC_FILE
-    spec = validate_document(BaseModelSpec, read_json(spec_path), str(spec_path))
+    return validate_document(BaseModelSpec, read_json(spec_path), str(spec_path))
+
+
+def _load_base_dir(path: Path, source: str) -> LoadedBase:
+    spec = read_base_spec(path)
+    weights = inside(path, spec.weights, path / BASE_SPEC_FILE, "weights")
     model = build_vit(spec.shape, full_counts(spec.shape), device="meta")
-    load_weights(model, inside(path, spec.weights, spec_path, "weights"))
+    load_weights(model, weights)
     split = None
     if spec.split is not None:
-        split_path = inside(path, spec.split, spec_path, "split")
+        split_path = inside(path, spec.split, path / BASE_SPEC_FILE, "split")
         split = validate_document(SplitRecord, read_json(split_path), str(split_path))
     return LoadedBase(model=model.eval(), spec=spec, source=source, split=split)
 
 
 def inside(directory: Path, relative: str, spec_path: Path, field: str) -> Path:
-    """`directory/relative`, refusing a path that is absolute or leaves `directory` (a model
-    directory must be self-contained to be copied elsewhere)."""
+    """`directory/relative`, refusing a path that is absolute or leaves `directory`, through '..'
+    or a symbolic link (a model directory must be self-contained to be copied elsewhere)."""
     rel = Path(relative)
     if rel.is_absolute() or ".." in rel.parts:
         raise InputError("must be a path relative to the model directory, inside it",
                          file=str(spec_path), field=field, value=relative)
-    return directory / rel
+    return path_inside(directory, relative, source=str(spec_path), field=field)
 
 
 def check_checkpoint_fits(path: Path, shape: ViTShape) -> None:
@@ -234,6 +244,27 @@ def load_weights(model: nn.Module, path: Path, shape: ViTShape | None = None) ->
     except RuntimeError as exc:
         raise InputError(f"checkpoint does not fit the model ({_first_line(exc)})",
                          file=str(path)) from None
+
+
+def check_weights(model: nn.Module, path: Path) -> None:
+    """The safetensors file at `path` holds exactly `model`'s tensors, names and shapes, read
+    from its header alone (nothing is loaded): a corrupt or foreign file is refused before use."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise InputError("checkpoint file not found", file=str(path))
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"not a readable safetensors checkpoint ({_first_line(exc)})",
+                         file=str(path)) from None
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    for name in sorted(set(expected) | set(shapes)):
+        if shapes.get(name) != expected.get(name):
+            raise InputError(f"checkpoint does not fit its spec: tensor {name} is "
+                             f"{shapes.get(name, 'missing')}, the spec needs "
+                             f"{expected.get(name, 'none')}", file=str(path))
 
 
 def _first_line(exc: BaseException) -> str:

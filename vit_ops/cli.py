@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from planner.cli.common import Command, print_json, progress_bar
+from planner.cli.common import Command, check_output_dir_of, print_json, progress_bar
 from planner.errors import InputError
 from planner.files import (
     check_output_dir,
@@ -168,8 +168,8 @@ def add_similarity_arguments(sim: argparse.ArgumentParser) -> None:
 
 def run_train_base(args: argparse.Namespace) -> int:
     _positive(args.epochs, "--epochs")
-    out = check_output_dir(args.out, args.force)
     data = data_args_from(args)
+    out = check_output_dir(args.out, args.force, inputs=[*_data_inputs(data), args.init])
     data = data if data.given else DataArgs(data=DIGITS)
     shape, preprocess = _base_shape(args, data)
     splits = load_data(data, preprocess=preprocess.with_overrides(**preprocess_updates(args)))
@@ -185,6 +185,11 @@ def run_train_base(args: argparse.Namespace) -> int:
         print(f"base model {shape.arch}: test accuracy {100 * base.spec.test_accuracy:.2f} % "
               f"({len(splits.test)} images) -> {out}")
     return 0
+
+
+def _data_inputs(data: DataArgs) -> list[str]:
+    """The image folders a command reads (never to be replaced by its output)."""
+    return [p for p in (data.data, data.train, data.val, data.test) if p]
 
 
 def _base_shape(args: argparse.Namespace, data: DataArgs):
@@ -211,11 +216,12 @@ def _base_fit(args: argparse.Namespace):
         update = {"lr": 5e-4, "epochs": 10, **update}
     if args.epochs:
         update["epochs"] = args.epochs
-    return DIGITS_FIT.model_copy(update=update)
+    return _fit_with(DIGITS_FIT, update)
 
 
 def run_materialize(args: argparse.Namespace) -> int:
     _positive(args.finetune_epochs, "--finetune-epochs")
+    check_output_dir_of(args, args.out)
     plan = load_plan(args.plan)
     base = _load_base_for(args.base, plan)
     compute = compute_from(args)
@@ -224,7 +230,7 @@ def run_materialize(args: argparse.Namespace) -> int:
     config = _with_finetune_args(
         MaterializeConfig(importance=args.importance, export_onnx=not args.no_onnx), args)
     fusion_update = {"seed": args.seed, **({"max_steps": args.max_steps} if args.max_steps else {})}
-    config = config.model_copy(update={"fusion": config.fusion.model_copy(update=fusion_update)})
+    config = config.model_copy(update={"fusion": _fit_with(config.fusion, fusion_update)})
     try:
         with progress_bar("materialize") as progress:
             manifest = materialize(plan, base, splits, Path(args.out), config, force=args.force,
@@ -261,8 +267,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_similarity(args: argparse.Namespace) -> int:
-    out = check_output_path(args.out)
     data = data_args_from(args)
+    out = check_output_path(args.out, inputs=[args.base, *_data_inputs(data)])
     num_classes = None
     if ":" in args.base and data.given:  # a checkpoint: its head is as wide as the data's classes
         from vit_ops.data import make_split
@@ -278,6 +284,7 @@ def run_similarity(args: argparse.Namespace) -> int:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    check_output_dir_of(args, args.out)
     with progress_bar("demo") as progress:
         evaluation = run_demo(Path(args.out), retrain=args.retrain, progress=progress,
                           predictions=args.predictions)
@@ -290,10 +297,8 @@ def run_profile_accuracy(args: argparse.Namespace) -> int:
     _positive(args.groups_per_size, "--groups-per-size")
     if args.loss_cap_pp < 0:
         raise InputError("must be >= 0", field="--loss-cap-pp", value=args.loss_cap_pp)
-    out = check_output_path(args.out)
-    if out.resolve() == Path(args.profile).resolve():
-        raise InputError("would overwrite the input profile; write to another file",
-                         field="--out", value=args.out)
+    out = check_output_path(args.out, inputs=[args.profile, args.base,
+                                              *_data_inputs(data_args_from(args))])
     sizes = None if args.group_sizes is None else _int_list(args.group_sizes, "--group-sizes")
     profile = load_profile(args.profile)
     base = load_base(args.base, num_classes=profile.shape.num_classes,
@@ -359,7 +364,22 @@ def _with_finetune_args(config, args: argparse.Namespace):
     update = {"seed": args.seed, **fit_updates(args)}
     if args.finetune_epochs:
         update["epochs"] = args.finetune_epochs
-    return config.model_copy(update={"finetune": config.finetune.model_copy(update=update)})
+    return config.model_copy(update={"finetune": _fit_with(config.finetune, update,
+                                                           epochs_flag="--finetune-epochs")})
+
+
+def _fit_with(config, update: dict, epochs_flag: str = "--epochs"):
+    """`config` (a FitConfig) with `update` from the command line, validated: a value outside the
+    FitConfig's ranges is one InputError naming its flag (model_copy alone checks nothing)."""
+    from pydantic import ValidationError
+
+    try:
+        return type(config).model_validate({**config.model_dump(), **update})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = str(error["loc"][0]) if error["loc"] else "?"
+        flag = epochs_flag if key == "epochs" else "--" + key.replace("_", "-")
+        raise InputError(error["msg"], field=flag, value=update.get(key)) from None
 
 
 def _positive(value, flag: str) -> None:

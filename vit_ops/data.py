@@ -31,6 +31,7 @@ from pydantic import Field
 
 from planner.schema_base import FrozenModel, StrictModel
 from planner.errors import InputError
+from vit_ops.images import open_image
 from vit_ops.compute import CPU, Compute, default_workers
 from vit_ops.preprocess import Preprocess, scratch_preprocess
 
@@ -44,7 +45,6 @@ TEST_FRACTION = 0.2
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 NORM_MEAN = 0.5  # the from-scratch models' normalisation (`scratch_preprocess`)
 NORM_STD = 0.5
-MAX_IMAGE_PIXELS = 89_478_485  # PIL's own decompression-bomb threshold (0.25 GiB at RGBA)
 SplitName = Literal["train", "val", "test"]
 
 
@@ -100,31 +100,17 @@ class _DigitsPixels:
 
 
 def read_image(path: str | Path, max_pixels: int | None = None):
-    """Decode `path` to an RGB PIL image; a problem is an InputError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-
-    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    try:
-        with Image.open(path) as img:  # reads the header only
-            width, height = img.size
-            if width * height > limit:
-                raise InputError(f"image of {width} x {height} pixels exceeds the "
-                                 f"{limit}-pixel limit (decompression bomb?)", file=str(path))
-            img.load()  # decodes: a truncated file fails here
-            return img.convert("RGB")
-    except InputError:
-        raise
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"decompression bomb ({exc})", file=str(path)) from None
-    except UnidentifiedImageError:
-        raise InputError("not an image PIL can read (corrupt?)", file=str(path)) from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"cannot decode image ({_first_line(exc)})", file=str(path)) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else exc.__class__.__name__
+    """Decode `path` to an RGB PIL image through `vit_ops.images.open_image` (size and
+    decompression-bomb limits checked from the header, before decoding); `max_pixels` is a
+    tighter limit. A problem is an InputError naming the file."""
+    path = Path(path)
+    with open_image(path) as img:  # header only so far
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise InputError(f"image of {width} x {height} pixels exceeds the "
+                             f"{max_pixels}-pixel limit (decompression bomb?)", file=str(path))
+        img.load()  # decodes: a truncated file fails here (open_image names it)
+        return img.convert("RGB")
 
 
 # ---------------------------------------------------------------- datasets
@@ -409,6 +395,7 @@ def _stratified_record(source: str, root: str, names: list[str], files: list[str
         train=_file_list(root, files, labels, sorted(train)),
         val=_file_list(root, files, labels, interleave_classes(val, labels)),
         test=_file_list(root, files, labels, interleave_classes(test, labels)))
+    _check_held_out(record, labels, len(names), "--data")
     _log(record)
     return record
 
@@ -440,8 +427,21 @@ def _presplit_record(args: DataArgs) -> SplitRecord:
                        interleave_classes(val_idx, val_labels)),
         test=_file_list(str(test_root), test_files, test_labels,
                         interleave_classes(test_idx, test_labels)))
+    _check_held_out(record, test_labels if "--test" in scanned else val_labels, len(names),
+                    "--test" if "--test" in scanned else "--val")
     _log(record)
     return record
+
+
+def _check_held_out(record: SplitRecord, labels: np.ndarray, num_classes: int, flag: str) -> None:
+    """An empty held-out (test) split is one InputError, not a crash later in evaluation."""
+    if record.test.files:
+        return
+    largest = int(np.bincount(labels, minlength=num_classes).max()) if len(labels) else 0
+    need = "give each class at least 3 images" if flag == "--data" else \
+        "give each class at least 2 images in --val, or pass --test"
+    raise InputError(f"too few images for a held-out split (largest class: {largest}); {need}",
+                     field=flag, value=record.source)
 
 
 def _log(record: SplitRecord) -> None:

@@ -29,6 +29,11 @@ without the user's checkpoint or the working directory it was made in, still loa
 
 Each loaded sub-model knows its `index`: the slot of its features in the fusion input
 (`manifest.submodels[index]`, widths `fusion.in_features`). All weights load with `strict=True`.
+
+A deployment directory is input like any other file: the manifest must be self-consistent (slots
+0..K-1 in order, classes partitioning 0..C-1), every directory it names is a relative path that
+stays inside DEPLOY_DIR (symbolic links included), and each part's spec must agree with the
+manifest and with the fusion head before its weights are loaded against it.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -45,12 +50,35 @@ import torch.nn as nn
 from pydantic import BaseModel, Field, model_validator
 from safetensors.torch import save_file
 
+from planner.checker import partition_violations
 from planner.errors import InputError
-from planner.files import read_json, write_json_atomic
+from planner.files import write_json_atomic
+from planner.limits import (
+    ClassCount,
+    ClassId,
+    Dimension,
+    Finite,
+    ImageSize,
+    KeepRatio,
+    Name,
+    NonNegative,
+    PositiveCount,
+    RelativePath,
+    Text,
+)
+from planner.reader import path_inside, read_json
 from planner.schema_base import StrictModel
 from planner.validation import validate_document
-from planner.vit_shape import PruneCounts, ViTShape
-from vit_ops.base_model import BASE_SPEC_FILE, LoadedBase, inside, load_base, load_weights
+from planner.vit_shape import PruneCounts, ViTShape, full_counts
+from vit_ops.architecture import build_vit
+from vit_ops.base_model import (
+    BASE_SPEC_FILE,
+    LoadedBase,
+    check_weights,
+    load_base,
+    load_weights,
+    read_base_spec,
+)
 from vit_ops.data import DataArgs, DataSplits, SplitRecord, relocate, splits_from_record
 from vit_ops.preprocess import Preprocess
 from vit_ops.fusion import AnyFusionHead, FusionHead, MaskedFusionHead, SlotDropout
@@ -69,19 +97,34 @@ class SubModelSpec(StrictModel):
 
     schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
     kind: Literal["submodel"] = "submodel"
-    device: str
-    classes: list[int] = Field(description="base class ids, in the order of the first outputs")
-    class_names: list[str]
+    device: Name
+    classes: list[ClassId] = Field(min_length=1,
+                                   description="base class ids, in the order of the first outputs")
+    class_names: list[Text]
     shape: ViTShape = Field(description="the base model's architecture")
     counts: PruneCounts
-    num_outputs: int = Field(description="len(classes) + 1; the last output is 'other'")
-    feature_dim: int = Field(description="width of the feature vector sent to the aggregator")
-    params: int = Field(description="backbone parameters (the plan's unit), head excluded")
-    head_params: int
-    predicted_params: int | None = Field(description="the plan's prediction for `params`")
-    ratio: float | None = None
-    onnx_max_abs_diff: float | None = Field(
+    num_outputs: PositiveCount = Field(description="len(classes) + 1; the last output is 'other'")
+    feature_dim: Dimension = Field(
+        description="width of the feature vector sent to the aggregator")
+    params: PositiveCount = Field(description="backbone parameters (the plan's unit), head excluded")
+    head_params: PositiveCount
+    predicted_params: PositiveCount | None = Field(
+        description="the plan's prediction for `params`")
+    ratio: KeepRatio | None = None
+    onnx_max_abs_diff: NonNegative | None = Field(
         default=None, description="max |torch - onnxruntime| on the check batch (logits, features)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SubModelSpec":
+        if self.num_outputs != len(self.classes) + 1:
+            raise ValueError(f"num_outputs {self.num_outputs} is not len(classes) + 1")
+        if self.feature_dim != self.counts.embed_dim:
+            raise ValueError(f"feature_dim {self.feature_dim} is not counts.embed_dim "
+                             f"{self.counts.embed_dim}")
+        misfit = self.counts.fits(self.shape)
+        if misfit:
+            raise ValueError(f"counts: {misfit}")
+        return self
 
 
 class FusionSpec(StrictModel):
@@ -89,30 +132,30 @@ class FusionSpec(StrictModel):
 
     schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
     kind: Literal["fusion"] = "fusion"
-    device: str | None = Field(description="the aggregator, from the plan")
-    in_features: list[int]
-    hidden: int
-    num_classes: int
-    params: int
+    device: Name | None = Field(description="the aggregator, from the plan")
+    in_features: list[Dimension] = Field(min_length=1)
+    hidden: Dimension
+    num_classes: ClassCount
+    params: PositiveCount
     presence_mask: bool = Field(
         default=False, description="the head takes a (B, slots) 0/1 mask of the sub-models that "
         "answered (`MaskedFusionHead`, ONNX input 'mask'); false (deployments made before): the "
         "plain `FusionHead`, missing slots only zero-filled")
     dropout: SlotDropout | None = Field(
         default=None, description="the sub-model dropout it was trained with")
-    onnx_max_abs_diff: float | None = None
+    onnx_max_abs_diff: NonNegative | None = None
 
 
 class SubModelEntry(StrictModel):
     """One sub-model in the manifest (its spec lives in `dir/model.json`)."""
 
-    index: int = Field(description="slot of its features in the fusion input")
-    device: str
-    classes: list[int]
-    dir: str = Field(description="relative to the deployment directory")
-    params: int
-    predicted_params: int | None
-    planned_device_s: float | None = Field(
+    index: Annotated[int, Field(ge=0)] = Field(description="slot of its features in the fusion input")
+    device: Name
+    classes: list[ClassId] = Field(min_length=1)
+    dir: RelativePath = Field(description="relative to the deployment directory")
+    params: PositiveCount
+    predicted_params: PositiveCount | None
+    planned_device_s: NonNegative | None = Field(
         default=None, description="the plan's predicted seconds of this sub-model on its device "
         "for one image (compute + per-call overhead, not sending its features)")
 
@@ -121,18 +164,36 @@ class DeploymentManifest(StrictModel):
     """`deployment.json`."""
 
     schema_version: Literal[1] = DEPLOY_SCHEMA_VERSION
-    plan_name: str
-    num_classes: int
-    class_names: list[str]
+    plan_name: Text
+    num_classes: ClassCount
+    class_names: list[Text]
     data: str = Field(description="data source the deployment was fine-tuned on")
-    img_size: int
+    img_size: ImageSize
     preprocess: Preprocess = Field(description="the eval transform of every part's input")
-    split: str = Field(default="base/split.json", description="file lists of the data split")
-    base_dir: str = "base"
-    base_params: int = Field(description="backbone parameters of the base model")
-    submodels: list[SubModelEntry]
-    fusion_dir: str = "fusion"
-    fusion_device: str | None
+    split: RelativePath = Field(default="base/split.json",
+                                description="file lists of the data split")
+    base_dir: RelativePath = "base"
+    base_params: PositiveCount = Field(description="backbone parameters of the base model")
+    submodels: list[SubModelEntry] = Field(min_length=1)
+    fusion_dir: RelativePath = "fusion"
+    fusion_device: Name | None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DeploymentManifest":
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"class_names lists {len(self.class_names)} names for "
+                             f"{self.num_classes} classes")
+        slots = [e.index for e in self.submodels]
+        if slots != list(range(len(slots))):
+            raise ValueError(f"submodels must hold slots 0..{len(slots) - 1} in order, got "
+                             f"{slots[:10]}")
+        violations = partition_violations(self.num_classes, [e.classes for e in self.submodels])
+        if violations:
+            raise ValueError(f"submodels: {violations[0]}")
+        if self.preprocess.img_size != self.img_size:
+            raise ValueError(f"preprocess.img_size {self.preprocess.img_size} differs from "
+                             f"img_size {self.img_size}")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -142,8 +203,8 @@ class DeploymentManifest(StrictModel):
         if isinstance(data, dict) and data.get("preprocess") is None and "img_size" in data:
             mean, std = data.get("norm_mean", 0.5), data.get("norm_std", 0.5)
             data = {k: v for k, v in data.items() if k not in ("norm_mean", "norm_std")}
-            data["preprocess"] = Preprocess(img_size=data["img_size"], mean=(mean,) * 3,
-                                            std=(std,) * 3)
+            data["preprocess"] = {"img_size": data["img_size"], "mean": [mean] * 3,
+                                  "std": [std] * 3}  # validated as a Preprocess
         return data
 
 
@@ -245,15 +306,39 @@ def onnx_max_abs_diff(session, example: Example,
 # ---------------------------------------------------------------- reading
 
 def load_manifest(deploy_dir: str | Path) -> DeploymentManifest:
+    """`deployment.json`, validated, with every directory it names inside `deploy_dir`."""
     path = Path(deploy_dir) / MANIFEST_FILE
     if not Path(deploy_dir).is_dir():
         raise InputError("deployment directory not found", file=str(deploy_dir))
-    return validate_document(DeploymentManifest, read_json(path), str(path))
+    manifest = validate_document(DeploymentManifest, read_json(path), str(path))
+    named = [("base_dir", manifest.base_dir), ("fusion_dir", manifest.fusion_dir),
+             ("split", manifest.split)]
+    named += [(f"submodels.{i}.dir", e.dir) for i, e in enumerate(manifest.submodels)]
+    for field, relative in named:
+        path_inside(deploy_dir, relative, source=str(path), field=field)
+    return manifest
+
+
+def read_fusion_spec(deploy_dir: str | Path, manifest: DeploymentManifest) -> FusionSpec:
+    """`fusion/model.json`, which must read one feature slot per sub-model, C classes."""
+    path = Path(deploy_dir) / manifest.fusion_dir / SPEC_FILE
+    spec = _read_spec(path, FusionSpec)
+    if len(spec.in_features) != len(manifest.submodels):
+        raise InputError(f"the fusion head reads {len(spec.in_features)} feature slots, the "
+                         f"manifest lists {len(manifest.submodels)} sub-models", file=str(path),
+                         field="in_features")
+    if spec.num_classes != manifest.num_classes:
+        raise InputError(f"the fusion head has {spec.num_classes} classes, the manifest "
+                         f"{manifest.num_classes}", file=str(path), field="num_classes",
+                         value=spec.num_classes)
+    return spec
 
 
 def part_path(deploy_dir: str | Path, relative: str, field: str) -> Path:
-    """`deploy_dir/relative` for a path of the manifest (refused when absolute or outside)."""
-    return inside(Path(deploy_dir), relative, Path(deploy_dir) / MANIFEST_FILE, field)
+    """`deploy_dir/relative` for a path of the manifest (refused when absolute or when it resolves
+    outside `deploy_dir`, symbolic links included)."""
+    return path_inside(deploy_dir, relative, source=str(Path(deploy_dir) / MANIFEST_FILE),
+                       field=field)
 
 
 def load_split(deploy_dir: str | Path, manifest: DeploymentManifest | None = None) -> SplitRecord:
@@ -279,7 +364,8 @@ def load_device_submodels(deploy_dir: str | Path, device: str) -> list[LoadedSub
         devices = sorted({e.device for e in manifest.submodels})
         raise InputError(f"no sub-model on this device; devices: {devices}", field="device",
                          value=device)
-    return [_load_entry(Path(deploy_dir), e) for e in entries]
+    fusion = read_fusion_spec(deploy_dir, manifest)
+    return [_load_entry(Path(deploy_dir), e, fusion) for e in entries]
 
 
 def load_submodel(deploy_dir: str | Path, device: str) -> LoadedSubModel:
@@ -293,13 +379,14 @@ def load_submodel(deploy_dir: str | Path, device: str) -> LoadedSubModel:
 
 def load_all_submodels(deploy_dir: str | Path) -> list[LoadedSubModel]:
     manifest = load_manifest(deploy_dir)
-    return [_load_entry(Path(deploy_dir), e) for e in manifest.submodels]
+    fusion = read_fusion_spec(deploy_dir, manifest)
+    return [_load_entry(Path(deploy_dir), e, fusion) for e in manifest.submodels]
 
 
 def load_fusion(deploy_dir: str | Path) -> LoadedFusion:
     manifest = load_manifest(deploy_dir)
     directory = part_path(deploy_dir, manifest.fusion_dir, "fusion_dir")
-    spec = _read_spec(directory / SPEC_FILE, FusionSpec)
+    spec = read_fusion_spec(deploy_dir, manifest)
     kind = MaskedFusionHead if spec.presence_mask else FusionHead
     with torch.device("meta"):
         head = kind(spec.in_features, spec.hidden, spec.num_classes)
@@ -312,17 +399,58 @@ def load_deployment_base(deploy_dir: str | Path) -> LoadedBase:
     return load_base(str(part_path(deploy_dir, manifest.base_dir, "base_dir")))
 
 
-def load_part_submodel(directory: Path, index: int = -1) -> LoadedSubModel:
+def check_deployment(deploy_dir: str | Path) -> DeploymentManifest:
+    """Everything a fleet loads, checked before any process starts: the manifest, every spec
+    against it and the fusion head, every weights file's tensors against its spec (headers only)."""
+    deploy_dir = Path(deploy_dir)
+    manifest = load_manifest(deploy_dir)
+    fusion = read_fusion_spec(deploy_dir, manifest)
+    for entry in manifest.submodels:
+        directory = _entry_dir(deploy_dir, entry)
+        spec = _entry_spec(directory, entry, fusion)
+        check_weights(build_submodel(spec.shape, spec.counts, spec.num_outputs, device="meta"),
+                      directory / WEIGHTS_FILE)
+    kind = MaskedFusionHead if fusion.presence_mask else FusionHead
+    with torch.device("meta"):
+        head = kind(fusion.in_features, fusion.hidden, fusion.num_classes)
+    check_weights(head, part_path(deploy_dir, manifest.fusion_dir, "fusion_dir") / WEIGHTS_FILE)
+    base_dir = part_path(deploy_dir, manifest.base_dir, "base_dir")
+    base = read_base_spec(base_dir)
+    check_weights(build_vit(base.shape, full_counts(base.shape), device="meta"),
+                  path_inside(base_dir, base.weights, source=str(base_dir / BASE_SPEC_FILE),
+                              field="weights"))
+    return manifest
+
+
+def _entry_dir(deploy_dir: Path, entry: SubModelEntry) -> Path:
+    return part_path(deploy_dir, entry.dir, f"submodels.{entry.index}.dir")
+
+
+def _entry_spec(directory: Path, entry: SubModelEntry, fusion: FusionSpec) -> SubModelSpec:
+    """A sub-model's spec, which must agree with its manifest entry and the fusion head."""
+    spec_path = directory / SPEC_FILE
+    spec = _read_spec(spec_path, SubModelSpec)
+    for field, got, want in (("device", spec.device, entry.device),
+                             ("classes", spec.classes, entry.classes),
+                             ("feature_dim", spec.feature_dim, fusion.in_features[entry.index])):
+        if got != want:
+            raise InputError(f"does not match the deployment (manifest / fusion head: {want!r})",
+                             file=str(spec_path), field=field, value=got)
+    return spec
+
+
+def load_part_submodel(directory: Path, index: int = -1,
+                       spec: SubModelSpec | None = None) -> LoadedSubModel:
     """The sub-model saved in `directory` (its `model.json` + `model.safetensors`)."""
-    spec = _read_spec(directory / SPEC_FILE, SubModelSpec)
+    spec = spec or _read_spec(directory / SPEC_FILE, SubModelSpec)
     sub = build_submodel(spec.shape, spec.counts, spec.num_outputs, device="meta")
     load_weights(sub, directory / WEIGHTS_FILE)
     return LoadedSubModel(index=index, spec=spec, module=sub.eval())
 
 
-def _load_entry(deploy_dir: Path, entry: SubModelEntry) -> LoadedSubModel:
-    return load_part_submodel(part_path(deploy_dir, entry.dir, f"submodels.{entry.index}.dir"),
-                              entry.index)
+def _load_entry(deploy_dir: Path, entry: SubModelEntry, fusion: FusionSpec) -> LoadedSubModel:
+    directory = _entry_dir(deploy_dir, entry)
+    return load_part_submodel(directory, entry.index, _entry_spec(directory, entry, fusion))
 
 
 def _read_spec(path: Path, cls: type[BaseModel]):
@@ -332,7 +460,6 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
            "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
-           "load_part_submodel", "load_split", "deployment_splits", "part_path",
-           "save_part", "save_manifest", "write_onnx", "export_onnx", "open_session",
-           "onnx_max_abs_diff",
-           "submodel_dir_name"]
+           "check_deployment", "read_fusion_spec", "load_part_submodel", "load_split",
+           "deployment_splits", "part_path", "save_part", "save_manifest", "write_onnx",
+           "export_onnx", "open_session", "onnx_max_abs_diff", "submodel_dir_name"]

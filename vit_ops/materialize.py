@@ -31,8 +31,10 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
+from planner.checker import partition_violations
 from planner.errors import InputError
-from planner.files import check_output_dir, read_json, resumable_directory, write_json_atomic
+from planner.files import check_output_dir, resumable_directory, write_json_atomic
+from planner.reader import read_json
 from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
 from planner.schema_base import StrictModel
@@ -89,8 +91,9 @@ class MaterializeConfig(StrictModel):
 def check_plan(plan: Plan, base: LoadedBase, source: str = "plan") -> list[PruneCounts]:
     """The counts of every sub-model, after checking the plan fits the base model.
 
-    Raises InputError naming the plan field when the arch, shape or class count differ, or when a
-    sub-model's classes or counts do not fit.
+    Raises InputError naming the plan field when the arch, shape or class count differ, when the
+    sub-models' classes do not partition 0..C-1 (the checker's rule), or when counts do not fit.
+    A plan read with `load_plan` passed these checks already; one built in code may not have.
     """
     if plan.model is None:
         raise InputError("plan has no model section (make it with 'edvit plan')", file=source,
@@ -107,13 +110,17 @@ def check_plan(plan: Plan, base: LoadedBase, source: str = "plan") -> list[Prune
                          value=plan.num_classes)
     check_same_shape(plan.model.shape, shape, what="plan", source=source,
                      field_prefix="model.shape.")
+    violations = partition_violations(plan.num_classes, [sm.classes for sm in plan.submodels])
+    if violations:
+        raise InputError(f"the sub-models' classes must partition 0..{plan.num_classes - 1}: "
+                         f"{violations[0]}", file=source, field="submodels")
     counts = []
     for i, sm in enumerate(plan.submodels):
-        bad = [c for c in sm.classes if not 0 <= c < plan.num_classes]
-        if bad or not sm.classes or len(set(sm.classes)) != len(sm.classes):
-            raise InputError(f"classes must be distinct ids in 0..{plan.num_classes - 1}",
-                             file=source, field=f"submodels.{i}.classes", value=sm.classes)
-        counts.append(sm.counts if sm.counts is not None else counts_for_ratio(shape, sm.ratio))
+        cnt = sm.counts if sm.counts is not None else counts_for_ratio(shape, sm.ratio)
+        misfit = cnt.fits(shape)
+        if misfit:
+            raise InputError(misfit, file=source, field=f"submodels.{i}.counts")
+        counts.append(cnt)
     return counts
 
 

@@ -13,7 +13,7 @@ interpolation, crop); models trained from scratch by edvit use mean = std = 0.5,
 from __future__ import annotations
 
 import math
-from typing import Callable, Literal
+from typing import Annotated, Callable, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from pydantic import Field
 
 from planner.schema_base import FrozenModel
 from planner.errors import InputError
+from planner.limits import Finite, ImageSize
+
+PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 SCRATCH_MEAN = (0.5, 0.5, 0.5)
@@ -32,13 +35,13 @@ class Preprocess(FrozenModel):
     """Decoded RGB image -> normalised (3, img_size, img_size) float32 tensor."""
 
 
-    img_size: int = Field(gt=0)
-    crop_pct: float = Field(default=1.0, gt=0, le=1,
+    img_size: ImageSize
+    crop_pct: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False,
                             description="resize the shorter side to img_size / crop_pct, then "
                                         "centre-crop img_size")
     interpolation: Interpolation = "bilinear"
-    mean: tuple[float, float, float] = SCRATCH_MEAN
-    std: tuple[float, float, float] = SCRATCH_STD
+    mean: tuple[Finite, Finite, Finite] = SCRATCH_MEAN
+    std: tuple[PositiveFinite, PositiveFinite, PositiveFinite] = SCRATCH_STD
 
     @property
     def resize_size(self) -> int:

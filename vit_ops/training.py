@@ -29,14 +29,17 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 class FitConfig(StrictModel):
     """Optimisation settings (recorded in the JSON spec of what was trained)."""
 
-    epochs: int = Field(gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    lr: float = Field(default=3e-3, gt=0, description="peak learning rate of the one-cycle schedule")
-    weight_decay: float = Field(default=0.05, ge=0)
-    warmup_fraction: float = Field(default=0.15, ge=0, lt=1)
-    max_shift_px: int = Field(default=1, ge=0, description="random translation augmentation")
-    seed: int = 0
-    max_steps: int | None = Field(default=None, gt=0, description="cap on optimiser steps")
+    epochs: int = Field(gt=0, le=100_000)
+    batch_size: int = Field(default=64, gt=0, le=2**20)
+    lr: float = Field(default=3e-3, gt=0, le=10, allow_inf_nan=False,
+                      description="peak learning rate of the one-cycle schedule")
+    weight_decay: float = Field(default=0.05, ge=0, le=10, allow_inf_nan=False)
+    warmup_fraction: float = Field(default=0.15, ge=0, lt=1, allow_inf_nan=False)
+    max_shift_px: int = Field(default=1, ge=0, le=1024,
+                              description="random translation augmentation")
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    max_steps: int | None = Field(default=None, gt=0, le=2**40,
+                                  description="cap on optimiser steps")
 
     def total_steps(self, num_examples: int) -> int:
         steps = self.epochs * -(-num_examples // self.batch_size)

@@ -5,7 +5,10 @@
 torch while `edvit materialize` imports it at the top of `vit_ops/cli.py` like any module.
 A command module exposes `COMMANDS: dict[str, Command]` (see `planner.cli.common.Command`); a
 registry entry naming a module or command that does not exist fails loudly, never silently.
-Errors a user can cause become one line on stderr and exit code 2.
+Errors a user can cause become one line on stderr and exit code 2 (usage errors too,
+`planner.cli.parser`); while a command runs, no output may replace a file it read
+(`planner.files.guarding_inputs`). Anything else is a bug: one line, exit code 70, and the
+traceback with `-v`.
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ import logging
 import sys
 from dataclasses import dataclass
 
-from planner.cli.common import Command
+from planner.cli.common import Command, device_cap_of
+from planner.cli.parser import EdvitArgumentParser
 from planner.errors import EdvitError
+from planner.files import guarding_inputs
+from planner.limits import allow_devices
+
+EXIT_INTERNAL_ERROR = 70  # EX_SOFTWARE: a bug, never the user's input
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,7 @@ def load_command(name: str, registry: dict[str, CommandInfo] = COMMANDS) -> Comm
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The `edvit` parser with the command chosen in `argv` fully defined (its module imported)
     and every other command listed by its summary only."""
-    parser = argparse.ArgumentParser(
+    parser = EdvitArgumentParser(
         prog="edvit",
         description="Split a Vision Transformer across a fleet of edge devices.")
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -107,13 +115,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        return int(args.func(args) or 0)
+        with guarding_inputs(), allow_devices(device_cap_of(args)):
+            return int(args.func(args) or 0)
     except EdvitError as exc:
         print(f"edvit {args.command}: error: {exc.one_line()}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"edvit {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the last line of defence of the one-line contract
+        if args.verbose:
+            raise
+        detail = " ".join(str(exc).split())[:200]
+        print(f"edvit {args.command}: internal error: {exc.__class__.__name__}: {detail} "
+              "(a bug; run with -v for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from planner.cli.common import Command
+from planner.cli.common import Command, check_outputs_of, csv_beside
 from planner.cli.solve_cmd import (
     add_output_arguments,
     add_solver_arguments,
@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     timeline = _timeline_path(args)
     compiled = compile_inventory_file(args.inventory, profile_path=args.profile)
+    check_outputs_of(args, {"--out": args.out, "--emit-problem": args.emit_problem,
+                            "--timeline": timeline,
+                            "--timeline (data)": timeline and csv_beside(timeline)})
     config = solver_config(args, start=compiled.inventory.solver)
     if args.emit_problem:
         write_text_atomic(args.emit_problem, dump_problem(compiled.problem))
@@ -54,12 +57,8 @@ def _timeline_path(args: argparse.Namespace) -> Path | None:
     if not args.timeline:
         return None
     path = Path(args.timeline)
-    if path.is_dir() or path.suffix.lower() != ".png":
+    if path.suffix.lower() != ".png":
         raise InputError("the timeline is written as PNG; name it *.png", field="--timeline",
-                         value=args.timeline)
-    inputs = [Path(p).resolve() for p in (args.inventory, args.profile) if p]
-    if {path.resolve(), path.with_name(f"{path.stem}_data.csv").resolve()} & set(inputs):
-        raise InputError("would overwrite an input file", field="--timeline",
                          value=args.timeline)
     return path
 

@@ -6,7 +6,7 @@ import argparse
 
 from pydantic import ValidationError
 
-from planner.cli.common import Command, print_json
+from planner.cli.common import Command, add_max_devices_argument, check_outputs_of, print_json
 from planner.cpsat_model import SolverConfig
 from planner.errors import InputError
 from planner.files import check_output_path, write_text_atomic
@@ -38,6 +38,7 @@ def add_solver_arguments(parser: argparse.ArgumentParser, default: str = "") -> 
 def add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="PLAN.json", help="write the plan file here")
     parser.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    add_max_devices_argument(parser)
 
 
 def solver_config(args: argparse.Namespace, start: SolverConfig | None = None) -> SolverConfig:
@@ -173,6 +174,7 @@ def _secondary_text(name: str, value: float | int | None) -> str:
 def run(args: argparse.Namespace) -> int:
     config = solver_config(args)
     problem = load_problem(args.problem)
+    check_outputs_of(args, {"--out": args.out})
     return report_plan(solve(problem, config), args)
 
 

@@ -18,17 +18,26 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from planner.cli.common import Command, print_json, progress_bar
+from planner.cli.common import (
+    Command,
+    add_max_devices_argument,
+    check_outputs_of,
+    csv_beside,
+    print_json,
+    progress_bar,
+)
 from planner.cli.solve_cmd import solver_config
 from planner.errors import InputError
-from planner.files import atomic_file, check_output_path, write_text_atomic
-from planner.inventory import load_inventory
+from planner.files import atomic_file, write_text_atomic
+from planner.inventory import load_inventory, referenced_files
+from planner.limits import MAX_SCENARIOS
 from planner.whatif import what_if
 
 DEFAULT_MAX_SCENARIOS = 200
 EXIT_TARGET_MISSED = 3
 _SPEC = re.compile(r"^\s*([^=\s]+)\s*=\s*(.+?)\s*$")
-_RANGE = re.compile(r"^(\d+)\s*\.\.\s*(\d+)$")
+_RANGE = re.compile(r"^([0-9]{1,19})\s*\.\.\s*([0-9]{1,19})$", re.ASCII)
+_LIST = re.compile(r"[0-9]{1,19}(\s*,\s*[0-9]{1,19})*", re.ASCII)
 
 CSV_FIELDS = ("status", "makespan_s", "bound_s", "greedy_makespan_s", "devices_total",
               "devices_used", "num_submodels", "total_mem_bytes", "worst_loss_pp", "aggregator",
@@ -57,12 +66,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-scenarios", type=int, default=DEFAULT_MAX_SCENARIOS, metavar="N",
                         help="refuse larger sweeps without --yes "
                              f"(default {DEFAULT_MAX_SCENARIOS})")
-    parser.add_argument("--yes", action="store_true", help="run sweeps above --max-scenarios")
+    parser.add_argument("--yes", action="store_true",
+                        help=f"run sweeps above --max-scenarios (up to {MAX_SCENARIOS})")
+    add_max_devices_argument(parser)
 
 
-def parse_vary(specs: list[str]) -> dict[str, list[int]]:
-    """`KIND=A..B` / `KIND=N` / `KIND=A,B,C` flags -> {kind: counts}; InputError on bad specs."""
-    vary: dict[str, list[int]] = {}
+def parse_vary(specs: list[str]) -> dict[str, range | list[int]]:
+    """`KIND=A..B` / `KIND=N` / `KIND=A,B,C` flags -> {kind: counts}; InputError on bad specs.
+    Counts are ASCII digits; a range stays a `range` (what_if bounds it before listing it)."""
+    vary: dict[str, range | list[int]] = {}
     for spec in specs:
         match = _SPEC.match(spec)
         if not match:
@@ -75,8 +87,8 @@ def parse_vary(specs: list[str]) -> dict[str, list[int]]:
             low, high = int(span.group(1)), int(span.group(2))
             if high < low:
                 raise InputError("inverted range (empty)", field="--vary", value=spec)
-            vary[key] = list(range(low, high + 1))
-        elif re.fullmatch(r"\d+(\s*,\s*\d+)*", counts):
+            vary[key] = range(low, high + 1)
+        elif _LIST.fullmatch(counts):
             vary[key] = [int(n) for n in counts.split(",")]
         else:
             raise InputError("counts must be A..B, N or A,B,C with integers >= 0",
@@ -90,16 +102,20 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None and value <= 0:
             raise InputError("must be > 0", field=f"--{flag.replace('_', '-')}", value=value)
-    out = check_output_path(args.out) if args.out else None
     plot = Path(args.plot) if args.plot else None
-    if plot is not None and (plot.is_dir() or plot.suffix.lower() != ".png"):
+    if plot is not None and plot.suffix.lower() != ".png":
         raise InputError("the plot is written as PNG; name it *.png", field="--plot",
                          value=args.plot)
     inventory = load_inventory(args.inventory)
+    base_dir = Path(args.inventory).parent
+    check_outputs_of(args, {"--out": args.out, "--plot": plot,
+                            "--plot (data)": plot and csv_beside(plot)},
+                     inputs=referenced_files(inventory, base_dir))
+    out = Path(args.out) if args.out else None
     config = solver_config(args, start=inventory.solver)
     with progress_bar("what-if", enabled=True) as progress:
         result = what_if(inventory, vary, target_latency_s=args.target_latency,
-                         base_dir=Path(args.inventory).parent, profile_path=args.profile,
+                         base_dir=base_dir, profile_path=args.profile,
                          config=config, processes=args.processes,
                          max_scenarios=None if args.yes else args.max_scenarios,
                          progress=progress, source=args.inventory)
@@ -221,7 +237,7 @@ def write_plot(result, path: Path) -> None:
     writer.writeheader()
     for p in points:
         writer.writerow({k: "" if p[k] is None else _cell(p[k]) for k in fields})
-    write_text_atomic(path.with_name(f"{path.stem}_data.csv"), buffer.getvalue())
+    write_text_atomic(csv_beside(path), buffer.getvalue())
 
 
 COMMANDS = {"whatif": Command(add_arguments, run, description=__doc__)}

@@ -138,7 +138,7 @@ def test_profile_of_another_model_is_refused(work):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("change, message", [
-    ({"--out": "profile.json"}, "overwrite the input profile"),
+    ({"--out": "profile.json"}, "would overwrite the input"),
     ({"--group-sizes": "1,11"}, "group sizes must be in 1..10"),
     ({"--group-sizes": "1,x"}, "comma-separated integers"),
     ({"--profile": "missing.json"}, "missing.json"),

@@ -156,3 +156,44 @@ def test_augment_is_seeded_translation():
     # a translation moves pixels, never invents brighter ones or changes the background
     assert (one.amax(dim=(1, 2, 3)) <= images.amax(dim=(1, 2, 3)) + 1e-6).all()
     assert torch.equal(one.amin(dim=(1, 2, 3)), images.amin(dim=(1, 2, 3)))
+
+
+def test_a_folder_too_small_for_a_held_out_split_is_an_input_error(tmp_path):
+    _write_folder(tmp_path, ["cat", "dog"], per_class=1)
+    with pytest.raises(InputError, match="too few images"):
+        load_data(str(tmp_path), img_size=8)
+
+
+def test_a_val_folder_too_small_to_hold_out_a_test_half_is_an_input_error(tmp_path):
+    _write_folder(tmp_path / "train", ["cat", "dog"], per_class=3)
+    _write_folder(tmp_path / "val", ["cat", "dog"], per_class=1)
+    with pytest.raises(InputError, match="too few images for a held-out split") as info:
+        load_data(DataArgs(train=str(tmp_path / "train"), val=str(tmp_path / "val")), img_size=8)
+    assert "\n" not in str(info.value)
+
+
+def _grey_png(path, width: int, height: int) -> None:
+    """A PNG whose header declares width x height pixels; the rows compress to almost nothing."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    body = zlib.compress(b"\x00" * (width + 1) * 4)  # a few rows: the decoder never gets there
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body)
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("width,height", [(30_000, 30_000), (65_000, 65_000)])
+def test_decompression_bombs_are_refused_unread(tmp_path, width, height):
+    _write_folder(tmp_path, ["cat", "dog"])
+    bomb = tmp_path / "cat" / "bomb.png"
+    _grey_png(bomb, width, height)
+    with pytest.raises(InputError, match="bomb.png: .*decompression bomb"):
+        read_image(bomb)
+    splits = load_data(str(tmp_path), img_size=8)  # streamed: images are opened when loaded
+    with pytest.raises(InputError, match="bomb.png: .*decompression bomb"):
+        for part in (splits.train, splits.val, splits.test):
+            list(batches(part, batch_size=2))

@@ -33,7 +33,7 @@ FAST = MaterializeConfig(calibration_images=64,
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, trained_base_dir, digits):
-    plan = manual_plan(TINY, GROUPS, [0.5, 0.5, 0.75, 0.25], ["pi-a", "pi-b", "pi/c", "pi-a"])
+    plan = manual_plan(TINY, GROUPS, [0.5, 0.5, 0.75, 0.25], ["pi-a", "pi-b", "pi+c", "pi-a"])
     out = tmp_path_factory.mktemp("deploy") / "deploy"
     manifest = materialize(plan, load_base(str(trained_base_dir)), digits, out, FAST)
     return plan, manifest, out
@@ -59,8 +59,8 @@ def test_parameter_counts_are_exactly_the_plans(deployment):
     plan, manifest, out = deployment
     assert [e.params for e in manifest.submodels] == [sm.params for sm in plan.submodels]
     sizes = {sub.spec.device: sub.module.backbone_params()
-             for sub in (load_device_submodels(out, "pi-a") + [load_submodel(out, "pi/c")])}
-    assert sizes["pi/c"] == plan.submodels[2].params
+             for sub in (load_device_submodels(out, "pi-a") + [load_submodel(out, "pi+c")])}
+    assert sizes["pi+c"] == plan.submodels[2].params
 
 
 def test_deployment_reloads_strictly_and_matches_onnx(deployment, digits):
@@ -77,7 +77,7 @@ def test_deployment_reloads_strictly_and_matches_onnx(deployment, digits):
     assert sub.spec.onnx_max_abs_diff is not None and sub.spec.onnx_max_abs_diff < 1e-3
     fusion = load_fusion(out)
     assert fusion.spec.in_features == [s.spec.feature_dim for s in
-                                       sorted(on_a + [sub, load_submodel(out, "pi/c")],
+                                       sorted(on_a + [sub, load_submodel(out, "pi+c")],
                                               key=lambda s: s.index)]
     import onnxruntime as ort
 
@@ -146,7 +146,8 @@ def test_cli_bad_inputs_are_one_line_exit_2(tmp_path, capsys, trained_base_dir):
     code, _, err = _cli(capsys, "materialize", str(ok_plan), "--base", str(trained_base_dir), "--data",
                         str(tmp_path / "no-such-folder"), "--out", str(out))
     assert code == 2 and "--data" in err
-    eleven = manual_plan(TINY.model_copy(update={"num_classes": 11}), [[0], [1]], [0.5, 0.5])
+    eleven = manual_plan(TINY.model_copy(update={"num_classes": 11}),  # a valid plan, 11 classes
+                         [list(range(6)), list(range(6, 11))], [0.5, 0.5])
     (tmp_path / "eleven.json").write_text(eleven.model_dump_json())
     code, _, err = _cli(capsys, "materialize", str(tmp_path / "eleven.json"), "--base",
                         str(trained_base_dir), "--data", "digits", "--out", str(out))

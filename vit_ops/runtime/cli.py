@@ -21,8 +21,11 @@ import signal
 import sys
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
+from planner.validation import raise_validation_error
 from vit_ops.runtime import (Endpoint, RuntimeConfig, WorkerFailedError, run_node, run_node_http,
                              serve_local, serve_local_http)
 from vit_ops.runtime.deployment import open_deployment
@@ -112,19 +115,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> RuntimeConfig:
-    for flag, value in (("--images", args.images), ("--threads", args.threads),
-                        ("--batch-size", args.batch_size)):
-        if value < 1:
-            raise InputError("must be >= 1", field=flag, value=value)
-    if not args.timeout > 0:
-        raise InputError("must be > 0", field="--timeout", value=args.timeout)
-    if args.join_timeout is not None and not args.join_timeout > 0:
-        raise InputError("must be > 0", field="--join-timeout", value=args.join_timeout)
+    if args.images < 1:
+        raise InputError("must be >= 1", field="--images", value=args.images)
     order = [d.strip() for d in args.input_order.split(",")] if args.input_order else None
-    return RuntimeConfig(timeout_s=args.timeout, join_timeout_s=args.join_timeout,
-                         threads=args.threads, batch_size=args.batch_size,
-                         degraded=args.degraded, calibrate=args.calibrate,
-                         engine=args.engine, input_order=order, trace=args.trace)
+    try:
+        return RuntimeConfig(timeout_s=args.timeout, join_timeout_s=args.join_timeout,
+                             threads=args.threads, batch_size=args.batch_size,
+                             degraded=args.degraded, calibrate=args.calibrate,
+                             engine=args.engine, input_order=order, trace=args.trace)
+    except ValidationError as exc:
+        raise_validation_error(exc, "command line")
 
 
 def _source(args: argparse.Namespace):

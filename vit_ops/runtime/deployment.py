@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from planner.errors import InputError
-from planner.files import read_json
 from vit_ops import deploy
+from vit_ops.base_model import read_base_spec
 from vit_ops.runtime.source import FeatureSlot
 from vit_ops.runtime.transform import EvalTransform
 
@@ -39,18 +39,11 @@ class VitOpsDeployment:
     def __init__(self, deploy_dir: str | Path, data: str | None = None) -> None:
         self.deploy_dir = Path(deploy_dir)
         self.name = str(deploy_dir)
-        self.manifest = deploy.load_manifest(self.deploy_dir)
+        self.manifest = deploy.check_deployment(self.deploy_dir)
         self.data = data
-        fusion_spec = read_json(self.deploy_dir / self.manifest.fusion_dir / deploy.SPEC_FILE)
-        self.widths = [int(w) for w in fusion_spec.get("in_features", [])]
-        if len(self.widths) != len(self.manifest.submodels):
-            raise InputError(f"fusion head reads {len(self.widths)} feature slots, the manifest "
-                             f"lists {len(self.manifest.submodels)} sub-models",
-                             file=str(self.deploy_dir / self.manifest.fusion_dir / deploy.SPEC_FILE),
-                             field="in_features")
-        base_spec = read_json(deploy.part_path(self.deploy_dir, self.manifest.base_dir, "base_dir")
-                              / deploy.BASE_SPEC_FILE)
-        self.in_chans = int(base_spec.get("shape", {}).get("in_chans", 3))
+        self.widths = list(deploy.read_fusion_spec(self.deploy_dir, self.manifest).in_features)
+        self.in_chans = read_base_spec(
+            deploy.part_path(self.deploy_dir, self.manifest.base_dir, "base_dir")).shape.in_chans
 
     def slots(self) -> list[FeatureSlot]:
         entries = sorted(self.manifest.submodels, key=lambda e: e.index)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 
 from planner.errors import EdvitError
+from planner.limits import PositiveSeconds
 from planner.schema_base import StrictModel
 
 RESULT_SCHEMA_VERSION = 1
@@ -23,14 +24,17 @@ EXIT_DEVICE_FAILED = 4
 class RuntimeConfig(StrictModel):
     """How a run behaves; the same object is sent to every process of the fleet."""
 
-    timeout_s: float = Field(default=30.0, gt=0,
-                             description="max wait for each answer of a device")
-    join_timeout_s: float | None = Field(
-        default=None, gt=0, description="max wait for every device to load and join "
-                                        "(None: timeout_s)")
-    threads: int = Field(default=1, ge=1, description="torch intra-op threads of each worker")
-    aggregator_threads: int = Field(default=1, ge=1, description="threads of the fusion head")
-    batch_size: int = Field(default=1, ge=1, description="images per request (1 = latency mode)")
+    timeout_s: PositiveSeconds = Field(default=30.0,
+                                       description="max wait for each answer of a device")
+    join_timeout_s: PositiveSeconds | None = Field(
+        default=None, description="max wait for every device to load and join "
+                                  "(None: timeout_s)")
+    threads: int = Field(default=1, ge=1, le=4096,
+                         description="torch intra-op threads of each worker")
+    aggregator_threads: int = Field(default=1, ge=1, le=4096,
+                                    description="threads of the fusion head")
+    batch_size: int = Field(default=1, ge=1, le=2**16,
+                            description="images per request (1 = latency mode)")
     degraded: bool = Field(default=False,
                            description="keep fusing without a failed device (zeros in its slot)")
     calibrate: bool = Field(default=False,

@@ -1,0 +1,64 @@
+"""The `edvit` argument parser: usage errors in one line, and numbers that are numbers.
+
+argparse prints a usage block of 5-6 lines for a mistyped flag; every other edvit error is one
+line, so `EdvitArgumentParser.error` prints `edvit plan: error: <what> (see 'edvit plan --help')`
+and exits with 2. Subparsers inherit the class.
+
+Every `type=float` argument is finite (`nan`, `inf` and `1e999` are refused) and every `type=int`
+one is ASCII digits within 64 bits: the commands' own range checks then see real numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+from typing import NoReturn
+
+_INT = re.compile(r"[+-]?[0-9]{1,19}")
+INT_LIMIT = 2**63
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float in ASCII (`nan`, `inf`, `1e999` and other scripts' digits,
+    which Python's float() would take, are usage errors)."""
+    try:
+        if not text.isascii():
+            raise ValueError(text)
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def bounded_int(text: str) -> int:
+    """argparse type: an integer written in ASCII digits, |n| < 2**63."""
+    stripped = text.strip()
+    if not _INT.fullmatch(stripped) or abs(int(stripped)) >= INT_LIMIT:
+        raise argparse.ArgumentTypeError(f"not an integer within 64 bits: {text!r}")
+    return int(stripped)
+
+
+_TYPES = {float: finite_float, int: bounded_int}
+finite_float.__name__ = "number"
+bounded_int.__name__ = "integer"
+
+
+class EdvitArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line usage errors and checked numeric types."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for plain, checked in _TYPES.items():  # argument groups share this registry
+            self.register("type", plain, checked)
+
+    def add_argument(self, *args, **kwargs):
+        if kwargs.get("type") in _TYPES:
+            kwargs["type"] = _TYPES[kwargs["type"]]
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see '{self.prog} --help')\n")

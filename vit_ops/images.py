@@ -1,0 +1,52 @@
+"""Opening one image file of a data folder, bounded (uploads to the HTTP service go through
+`vit_ops.runtime.transform.decode_image`, which bounds them the same way).
+
+A file is refused (one InputError naming it) when it is not an image PIL can read, when it is
+larger than MAX_IMAGE_FILE_BYTES, or when its header declares more than MAX_IMAGE_PIXELS pixels:
+the size is read before anything is decoded, so a decompression bomb (a tiny PNG that inflates
+to gigabytes) costs nothing. PIL's own bomb check stays on as a second line.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from planner.errors import InputError
+
+MAX_IMAGE_PIXELS = 64 * 2**20        # 64 Mpx: 8k x 8k, far above any ViT input
+MAX_IMAGE_FILE_BYTES = 256 * 2**20
+
+
+@contextmanager
+def open_image(path: Path) -> Iterator:
+    """`path` as an open PIL image whose size has been checked (decoded lazily by the caller)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            raise InputError(f"image file is larger than {MAX_IMAGE_FILE_BYTES // 2**20} MiB",
+                             file=str(path))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise InputError(f"image is {width} x {height} pixels, more than "
+                                     f"{MAX_IMAGE_PIXELS // 2**20} Mpx (a decompression bomb?)",
+                                     file=str(path))
+                yield image
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError("image declares too many pixels (a decompression bomb?)",
+                         file=str(path)) from None
+    except UnidentifiedImageError:
+        raise InputError("not an image PIL can read (corrupt?)", file=str(path)) from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise InputError(f"cannot decode image ({_first_line(exc)})", file=str(path)) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else exc.__class__.__name__
