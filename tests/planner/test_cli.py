@@ -216,3 +216,14 @@ def test_a_mistyped_command_module_fails_loudly():
         load_command("plan", {"plan": CommandInfo("planner.cli.plan_cmdd", "typo")})
     with pytest.raises(ImportError, match="defines no command 'plans'"):
         load_command("plans", {"plans": CommandInfo("planner.cli.plan_cmd", "typo")})
+
+
+def test_a_reader_that_goes_away_is_not_an_internal_error():
+    """`edvit schema plan | head -1`: stdout closes before edvit writes; that is the reader's
+    choice, so no traceback and no 'internal error' line, and the shell's SIGPIPE status."""
+    process = subprocess.Popen([sys.executable, "-m", "planner.cli", "schema", "plan"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr
+    assert "internal error" not in stderr and "Traceback" not in stderr, stderr
