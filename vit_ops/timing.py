@@ -123,6 +123,12 @@ def timed_blocks(timer, repeats: int, min_block_s: float) -> list[float]:
     return [timer.timeit(number).median for _ in range(repeats)]
 
 
+def nearest_rank_percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile q (0..1) of an ascending, non-empty list: a value that occurred."""
+    index = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[index]
+
+
 def latency_stats(times: list[float], threads: int) -> LatencyStats:
     """Median and interquartile range of repeated timings (seconds)."""
     quartiles = statistics.quantiles(times, n=4, method="inclusive")

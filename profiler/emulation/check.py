@@ -29,6 +29,7 @@ from typing import Callable
 import yaml
 
 from profiler.emulation.fleet import NODE_IFNAME, EmulatedFleet, Node, NodeSpec
+from vit_ops.timing import nearest_rank_percentile
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ class Spread:
     @classmethod
     def of(cls, values: list[float]) -> "Spread":
         ordered = sorted(values)
-        rank = max(0, min(len(ordered) - 1, round(0.95 * len(ordered) + 0.5) - 1))
-        return cls(statistics.median(ordered), ordered[rank])
+        return cls(statistics.median(ordered), nearest_rank_percentile(ordered, 0.95))
 
 
 @dataclass

@@ -37,7 +37,7 @@ from vit_ops.runtime.results import (
 )
 from vit_ops.runtime.source import DeploymentSource, feature_width
 from vit_ops.runtime.transform import eval_transform
-from vit_ops.timing import measure_latency, pin_threads
+from vit_ops.timing import measure_latency, nearest_rank_percentile, pin_threads
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
         accuracy=sum(p == t for p, t in zip(predictions, label_list)) / len(predictions),
         degraded=degraded,
         latency_median_s=median_s,
-        latency_p95_s=_percentile(latency, 0.95),
+        latency_p95_s=nearest_rank_percentile(latency, 0.95),
         throughput_images_per_s=len(predictions) / wall_s,
         communication_share=outside / sum(timings.latency_s),
         compute_median_s=statistics.median(timings.compute_s),
@@ -182,9 +182,3 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
 def _engine_of(workers: list[WorkerInfo], default: str) -> str:
     engines = {w.engine for w in workers}
     return engines.pop() if len(engines) == 1 else ("mixed" if engines else default)
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    index = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[index]
