@@ -6,7 +6,6 @@ fleet that records what it was asked."""
 from __future__ import annotations
 
 import io
-import threading
 import time
 
 import pytest
@@ -15,11 +14,12 @@ import torch
 from planner.wire import WIRE_DTYPE, input_bytes
 from vit_ops.data import load_data
 from vit_ops.runtime import protocol
-from vit_ops.runtime.fleet import FleetAnswer
-from vit_ops.runtime.results import DeviceFailure, RuntimeConfig
+from vit_ops.runtime.results import RuntimeConfig
 from vit_ops.runtime.service import (DevicesUnavailableError, InferenceService, QueueFullError,
                                      ServiceConfig)
 from vit_ops.runtime.transform import EvalTransform, ImageDecodeError, decode_image
+
+from tests.runtime.fakes import RecordingFleet
 
 
 def test_the_wire_carries_a_quarter_of_float32():
@@ -90,33 +90,6 @@ def test_a_decompression_bomb_is_refused_before_decoding():
 
 
 # ------------------------------------------------------------------ the dispatcher
-
-class RecordingFleet:
-    """Stands in for `Fleet`: answers each batch with logits = its pixel means, after `delay_s`,
-    and records the batch sizes; `missing_devices` are reported missing."""
-
-    def __init__(self, delay_s: float = 0.0, missing_devices: list[str] = ()) -> None:
-        self.delay_s, self.batches = delay_s, []
-        self.devices = ["a", "b"]
-        self.missing_devices = list(missing_devices)
-        self.release = threading.Event()
-        self.release.set()
-
-    def missing(self):
-        return [DeviceFailure(device=d, rank=1, reason="gone") for d in self.missing_devices]
-
-    def infer(self, pixels: torch.Tensor, deadline: float) -> FleetAnswer:
-        self.release.wait()
-        time.sleep(self.delay_s)
-        self.batches.append(int(pixels.shape[0]))
-        means = pixels.float().mean(dim=(1, 2, 3))
-        logits = torch.stack([means, -means], dim=1)
-        return FleetAnswer(logits=logits, missing=self.missing(), device_s={"a": 0.001},
-                           fusion_s=0.0, elapsed_s=self.delay_s)
-
-    def ping(self, timeout_s: float) -> None:
-        pass
-
 
 def _pixels(value: int) -> torch.Tensor:
     return torch.full((1, 3, 4, 4), value, dtype=torch.uint8)

@@ -162,6 +162,7 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
         degraded=degraded,
         latency_median_s=median_s,
         latency_p95_s=nearest_rank_percentile(latency, 0.95),
+        latency_p99_s=nearest_rank_percentile(latency, 0.99),
         throughput_images_per_s=len(predictions) / wall_s,
         communication_share=outside / sum(timings.latency_s),
         compute_median_s=statistics.median(timings.compute_s),

@@ -248,7 +248,8 @@ def format_result(result) -> str:
         f"({result.status}): accuracy {result.accuracy:.4f}",
         f"  predictions: {shown}{more}",
         f"  latency per request ({result.batch_size} image{'s' if result.batch_size > 1 else ''}):"
-        f" median {result.latency_median_s * 1e3:.2f} ms, p95 {result.latency_p95_s * 1e3:.2f} ms;"
+        f" median {result.latency_median_s * 1e3:.2f} ms, p95 {result.latency_p95_s * 1e3:.2f} ms,"
+        f" p99 {result.latency_p99_s * 1e3:.2f} ms;"
         f" throughput {result.throughput_images_per_s:.1f} images/s",
         f"  communication share {result.communication_share:.2f} (slowest worker's compute "
         f"{result.compute_median_s * 1e3:.2f} ms, fusion {result.fusion_median_s * 1e3:.2f} ms)",

@@ -28,12 +28,16 @@ import asyncio
 import base64
 import binascii
 import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.routing import Route
 
 from vit_ops.runtime.classification import classify_probabilities
 from vit_ops.runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
@@ -81,6 +85,30 @@ class InferRequest(BaseModel):
     outputs: list[RequestedOutput] | None = None
 
 
+@dataclass(frozen=True)
+class _ImageReader:
+    """Untrusted image bytes or arrays -> uint8 (C, H, W) pixels at the model's size, with the
+    eval transform's resize and crop built once (building it costs more than decoding a small
+    image)."""
+
+    transform: EvalTransform
+    geometry: Callable
+    max_pixels: int
+
+    @classmethod
+    def of(cls, transform: EvalTransform, max_pixels: int) -> "_ImageReader":
+        return cls(transform, transform.geometry(), max_pixels)
+
+    def file(self, data: bytes, name: str = "image") -> torch.Tensor:
+        with decode_image(data, self.max_pixels, name) as image:
+            return self.transform.pixels(image, self.geometry)
+
+    def array(self, pixels: np.ndarray) -> torch.Tensor:
+        from PIL import Image
+
+        return self.transform.pixels(Image.fromarray(pixels, "RGB"), self.geometry)
+
+
 class ModelInfo(BaseModel):
     """What the app says about the model it serves."""
 
@@ -97,6 +125,7 @@ def create_app(service: InferenceService, model: ModelInfo,
     """The FastAPI app of one served deployment."""
     metrics = metrics or ServiceMetrics()
     limits = service.service
+    reader = _ImageReader.of(model.transform, limits.max_image_pixels)
     app = FastAPI(title=f"edvit: {model.name}", docs_url=None, redoc_url=None,
                   openapi_url=None)
 
@@ -158,9 +187,10 @@ def create_app(service: InferenceService, model: ModelInfo,
             return error(503, "not ready: " + "; ".join(missing))
         return {"name": model.name, "ready": True}
 
-    @app.post("/v2/models/{name}/infer")
-    async def infer(name: str, request: Request):
-        check_model(name)
+    # The two inference endpoints are plain Starlette routes answering JSONResponse: FastAPI's
+    # dependency solving and jsonable_encoder cost more per request than decoding a small image.
+    async def infer(request: Request) -> JSONResponse:
+        check_model(request.path_params["name"])
         body = await _read_body(request, limits.max_body_bytes)
         header_length = request.headers.get(BINARY_HEADER)
         json_part = body if header_length is None else body[:_header_length(header_length,
@@ -175,8 +205,8 @@ def create_app(service: InferenceService, model: ModelInfo,
         raw = None
         if header_length is not None:
             tensor, raw = _with_binary_data(tensor, body[len(json_part):])
-        pixels = await _maybe_offload(len(body), _tensor_pixels, tensor, model.transform,
-                                      limits.max_image_pixels, limits.max_request_images, raw)
+        pixels = await _maybe_offload(len(body), _tensor_pixels, tensor, reader,
+                                      limits.max_request_images, raw)
         answer = await _answer(pixels)
         probabilities = answer.probabilities
         labels = [model.class_names[i] for i in probabilities.argmax(dim=-1).tolist()]
@@ -199,18 +229,16 @@ def create_app(service: InferenceService, model: ModelInfo,
                                    "device_ms": answer.device_ms}}
         if parsed.id is not None:
             response["id"] = parsed.id
-        return response
+        return JSONResponse(response)
 
-    @app.post("/v2/models/{name}/classify")
-    async def classify(name: str, request: Request):
-        check_model(name)
+    async def classify(request: Request) -> JSONResponse:
+        check_model(request.path_params["name"])
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("image/"):
             raise HTTPError(415, f"Content-Type {content_type or '(none)'!r}: send the image "
                                  f"file's bytes as image/jpeg or image/png")
         body = await _read_body(request, limits.max_body_bytes)
-        pixels = await _maybe_offload(len(body), _image_pixels, body, model.transform,
-                                      limits.max_image_pixels)
+        pixels = await _maybe_offload(len(body), reader.file, body)
         top = request.query_params.get("top", str(limits.top_k))
         if not top.isdigit() or int(top) < 1:
             raise HTTPError(400, f"top={top!r}: must be a positive integer")
@@ -218,7 +246,10 @@ def create_app(service: InferenceService, model: ModelInfo,
         result = classify_probabilities(answer.probabilities, model.class_names, int(top),
                                         answer.degraded, answer.failed_devices,
                                         answer.device_ms)[0]
-        return result.model_dump()
+        return JSONResponse(result.model_dump())
+
+    app.router.routes += [_PlainRoute("/v2/models/{name}/infer", infer, methods=["POST"]),
+                          _PlainRoute("/v2/models/{name}/classify", classify, methods=["POST"])]
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -236,16 +267,26 @@ def create_app(service: InferenceService, model: ModelInfo,
         except ServiceClosedError as exc:
             raise HTTPError(503, str(exc)) from None
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), model.timeout_s)
+            async with asyncio.timeout(model.timeout_s):
+                return await _settled(future)
         except DevicesUnavailableError as exc:
             raise HTTPError(503, str(exc)) from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             future.cancel()
             missing = "; ".join(not_ready()) or "none known"
             raise HTTPError(503, f"no answer within {model.timeout_s:g} s (devices not "
                                  f"ready: {missing})") from None
 
     return app
+
+
+class _PlainRoute(Route):
+    """A Starlette route that names itself in the scope, as FastAPI's own routes do (its router
+    does not for these), so the metrics count it under its path."""
+
+    async def handle(self, scope, receive, send) -> None:
+        scope["route"] = self
+        await super().handle(scope, receive, send)
 
 
 class _CountRequests:
@@ -300,18 +341,30 @@ async def _maybe_offload(size: int, fn, *args):
         raise HTTPError(400, exc.one_line()) from None
 
 
-def _image_pixels(data: bytes, transform: EvalTransform, max_pixels: int,
-                  name: str = "image") -> torch.Tensor:
-    with decode_image(data, max_pixels, name) as image:
-        return transform.pixels(image)
+def _settled(future: Future) -> asyncio.Future:
+    """An asyncio future of this loop that the dispatcher's `future` settles: its result (or
+    error) crosses to the event loop with one `call_soon_threadsafe`, the only hop back."""
+    loop = asyncio.get_running_loop()
+    waiter = loop.create_future()
+
+    def settle(done: Future) -> None:
+        if waiter.done():
+            return
+        if done.cancelled():
+            waiter.cancel()
+        elif (exc := done.exception()) is not None:
+            waiter.set_exception(exc)
+        else:
+            waiter.set_result(done.result())
+
+    future.add_done_callback(lambda done: loop.call_soon_threadsafe(settle, done))
+    return waiter
 
 
-def _tensor_pixels(tensor: InferTensor, transform: EvalTransform, max_pixels: int,
-                   max_images: int, raw: bytes | None = None) -> torch.Tensor:
+def _tensor_pixels(tensor: InferTensor, reader: _ImageReader, max_images: int,
+                   raw: bytes | None = None) -> torch.Tensor:
     """An OIP input tensor (UINT8 elements in `raw` when they came as binary data) -> uint8
     (N, C, H, W) at the model's size."""
-    from PIL import Image
-
     shape, where = tensor.shape, f"input {tensor.name!r}"
     if tensor.datatype == "BYTES":
         if len(shape) != 1 or shape[0] != len(tensor.data):
@@ -326,7 +379,7 @@ def _tensor_pixels(tensor: InferTensor, transform: EvalTransform, max_pixels: in
                 data = base64.b64decode(element, validate=True)
             except binascii.Error:
                 raise HTTPError(400, f"{where}[{i}]: not valid base64") from None
-            images.append(_image_pixels(data, transform, max_pixels, f"{tensor.name}[{i}]"))
+            images.append(reader.file(data, f"{tensor.name}[{i}]"))
         return torch.stack(images)
     if tensor.datatype != "UINT8":
         raise HTTPError(400, f"{where}: datatype {tensor.datatype!r}; send UINT8 [N, H, W, 3] "
@@ -334,9 +387,9 @@ def _tensor_pixels(tensor: InferTensor, transform: EvalTransform, max_pixels: in
     if len(shape) != 4 or shape[3] != 3 or min(shape) < 1:
         raise HTTPError(400, f"{where}: UINT8 shape must be [N, H, W, 3], got {shape}")
     _check_count(shape[0], max_images, where)
-    if shape[1] * shape[2] > max_pixels:
+    if shape[1] * shape[2] > reader.max_pixels:
         raise HTTPError(400, f"{where}: {shape[1]}x{shape[2]} pixels exceed the limit of "
-                             f"{max_pixels}")
+                             f"{reader.max_pixels}")
     try:
         values = np.frombuffer(raw, dtype=np.uint8) if raw is not None else \
             np.asarray(tensor.data, dtype=np.int64).reshape(-1)
@@ -348,9 +401,9 @@ def _tensor_pixels(tensor: InferTensor, transform: EvalTransform, max_pixels: in
     if values.size and (values.min() < 0 or values.max() > 255):
         raise HTTPError(400, f"{where}: UINT8 values must be in 0..255")
     arrays = values.astype(np.uint8).reshape(shape)
-    if shape[1] == shape[2] == transform.img_size:
+    if shape[1] == shape[2] == reader.transform.img_size:
         return torch.from_numpy(arrays).permute(0, 3, 1, 2).contiguous()
-    return torch.stack([transform.pixels(Image.fromarray(a, "RGB")) for a in arrays])
+    return torch.stack([reader.array(a) for a in arrays])
 
 
 def _header_length(text: str, body_length: int) -> int:

@@ -3,7 +3,7 @@
 `RuntimeConfig` is what the aggregator and the workers agree on (timeout, threads, batch size,
 degraded mode). `ServeResult` is what a run returns: the predictions of the first N held-out images
 in order, which of them were made without some sub-model (degraded mode), per-request latency
-(median, p95; seconds), throughput (images per second), the share of the aggregator's time spent
+(median, p95, p99; seconds), throughput (images per second), the share of the aggregator's time spent
 outside compute, the thread settings each process actually ran with, and the devices that failed.
 """
 
@@ -139,6 +139,7 @@ class ServeResult(StrictModel):
     degraded: list[bool] = Field(description="per prediction: made without some sub-model")
     latency_median_s: float = Field(description="per request: send image -> fused logits")
     latency_p95_s: float
+    latency_p99_s: float = Field(description="per request, nearest rank")
     throughput_images_per_s: float
     communication_share: float = Field(
         description="share of request time outside compute: sending the input, waiting for and "
