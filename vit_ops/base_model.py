@@ -29,6 +29,7 @@ from planner.schema_base import StrictModel
 from planner.validation import validate_document
 from planner.vit_shape import ViTShape, full_counts
 from vit_ops.architecture import build_vit
+from vit_ops.augment import SCRATCH_AUGMENT
 from vit_ops.compute import CPU, Compute
 from vit_ops.data import SPLIT_FILE, DataArgs, DataSplits, SplitRecord
 from vit_ops.preprocess import Preprocess, scratch_preprocess, timm_preprocess
@@ -45,7 +46,8 @@ BASE_SCHEMA_VERSION = 1
 # ~140 k parameters; ~97 % test accuracy after 40 epochs (about a minute on 2 CPU cores).
 DIGITS_SHAPE = ViTShape(arch="edvit_digits_vit", img_size=16, patch_size=4, embed_dim=64, depth=4,
                         num_heads=4, head_dim=16, mlp_hidden=128, num_classes=10)
-DIGITS_FIT = FitConfig(epochs=40, batch_size=64, lr=3e-3, weight_decay=0.05, max_shift_px=1)
+DIGITS_FIT = FitConfig(epochs=40, batch_size=64, lr=3e-3, weight_decay=0.05,
+                       augment=SCRATCH_AUGMENT)
 LABEL_SMOOTHING = 0.1
 
 

@@ -47,10 +47,13 @@ from vit_ops.base_model import base_splits
 from vit_ops.data import DIGITS, DataArgs, load_data
 from vit_ops.deploy import deployment_splits
 from vit_ops.materialize import MaterializeConfig, materialize
+from vit_ops.augment import TrainAugment
 from vit_ops.options import (
+    add_augment_arguments,
     add_compute_arguments,
     add_data_arguments,
     add_preprocess_arguments,
+    augment_from,
     compute_from,
     data_args_from,
     devices_from,
@@ -81,6 +84,8 @@ def add_train_base_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--init", metavar="CKPT.safetensors",
                        help="start from these weights (fine-tune) instead of a random init")
     add_preprocess_arguments(train)
+    add_augment_arguments(train, "timm's own for --arch; edvit's small ViT: crops of 75-100 %, "
+                                 "no flip, no colour jitter")
     add_compute_arguments(train)
     train.add_argument("--out", default=DEFAULT_BASE_DIR, metavar="DIR",
                        help=f"output directory (default: {DEFAULT_BASE_DIR})")
@@ -96,6 +101,7 @@ def add_materialize_arguments(mat: argparse.ArgumentParser) -> None:
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
     add_data_arguments(mat)
     add_preprocess_arguments(mat)
+    add_augment_arguments(mat, "crops of 75-100 %, no flip, no colour jitter")
     add_compute_arguments(mat, parallel=True)
     mat.add_argument("--out", required=True, metavar="DEPLOY_DIR")
     mat.add_argument("--force", action="store_true", help="replace an existing DEPLOY_DIR")
@@ -211,7 +217,8 @@ def _base_shape(args: argparse.Namespace, data: DataArgs):
 
 
 def _base_fit(args: argparse.Namespace):
-    update = {"seed": args.seed, **fit_updates(args)}
+    default = TrainAugment() if args.arch else DIGITS_FIT.augment
+    update = {"seed": args.seed, "augment": augment_from(args, default), **fit_updates(args)}
     if args.init:  # fine-tuning: a gentler default
         update = {"lr": 5e-4, "epochs": 10, **update}
     if args.epochs:
@@ -361,7 +368,8 @@ def _load_base_for(source: str, plan):
 def _with_finetune_args(config, args: argparse.Namespace):
     """`config` (a MaterializeConfig) with the sub-models' fine-tuning seeded by `--seed` and
     lasting `--finetune-epochs` when given."""
-    update = {"seed": args.seed, **fit_updates(args)}
+    update = {"seed": args.seed, "augment": augment_from(args, config.finetune.augment),
+              **fit_updates(args)}
     if args.finetune_epochs:
         update["epochs"] = args.finetune_epochs
     return config.model_copy(update={"finetune": _fit_with(config.finetune, update,

@@ -9,7 +9,8 @@ model's `Preprocess`, so memory does not grow with the number of images.
 The split is a `SplitRecord` of file lists (`split.json`), written next to a base model and into a
 deployment: every command reads the same held-out images, whatever folder path the data has on
 this machine (`relocate`). Validation and test lists are class-interleaved (the first N images cover
-the classes). Subsets (`ImageSet.of_classes`, `first`) are index lists over the same files.
+the classes). Subsets (`ImageSet.of_classes`, `first`) are index lists over the same files;
+`ImageSet.augmented` is the same files through a training transform (`vit_ops.augment`).
 
 Every image is 8-bit pixels first (`Preprocess.pixels`), normalised by `Preprocess.normalize`: the
 runtime sends the same 8-bit pixels to its workers and normalises them there with the same
@@ -26,13 +27,13 @@ from typing import Iterator, Literal, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from planner.schema_base import FrozenModel, StrictModel
 from planner.errors import InputError
 from vit_ops.images import open_image
 from vit_ops.compute import CPU, Compute, default_workers
+from vit_ops.augment import TrainAugment
 from vit_ops.preprocess import Preprocess, scratch_preprocess
 
 log = logging.getLogger(__name__)
@@ -124,13 +125,15 @@ class ImageSet(torch.utils.data.Dataset):
     """
 
     def __init__(self, files: FileList, preprocess: Preprocess,
-                 index: np.ndarray | None = None) -> None:
+                 index: np.ndarray | None = None, augment: TrainAugment | None = None) -> None:
         self.files = files
         self.preprocess = preprocess
+        self.augment = augment
         self.index = np.arange(len(files.files)) if index is None else np.asarray(index)
         self._labels = torch.as_tensor(np.asarray(files.labels, dtype=np.int64)[self.index]
                                        if len(files.labels) else np.zeros(0, np.int64))
         self._geometry = None
+        self._train_transform = None
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -142,7 +145,7 @@ class ImageSet(torch.utils.data.Dataset):
 
     def __getstate__(self) -> dict:  # the transform is rebuilt in each worker
         state = dict(self.__dict__)
-        state["_geometry"] = None
+        state["_geometry"] = state["_train_transform"] = None
         return state
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, str]:
@@ -155,6 +158,10 @@ class ImageSet(torch.utils.data.Dataset):
         except InputError as exc:
             size = self.preprocess.img_size
             return torch.zeros(3, size, size), label, exc.one_line()
+        if self.augment is not None:
+            if self._train_transform is None:
+                self._train_transform = self.augment.transform(self.preprocess)
+            return self._train_transform(image), label, ""
         pixels = self.preprocess.pixels(image, self._geometry)
         return self.preprocess.normalize(pixels), label, ""
 
@@ -168,7 +175,13 @@ class ImageSet(torch.utils.data.Dataset):
 
     def subset(self, positions: Sequence[int] | np.ndarray) -> "ImageSet":
         """The images at `positions` of this set (an index list; nothing is decoded or copied)."""
-        return ImageSet(self.files, self.preprocess, self.index[np.asarray(positions, dtype=int)])
+        return ImageSet(self.files, self.preprocess, self.index[np.asarray(positions, dtype=int)],
+                        self.augment)
+
+    def augmented(self, augment: TrainAugment | None) -> "ImageSet":
+        """The same images decoded through the training transform of `augment` (timm's, random
+        per access; None: the eval transform)."""
+        return ImageSet(self.files, self.preprocess, self.index, augment)
 
     def of_classes(self, classes: Sequence[int]) -> "ImageSet":
         """The images whose label is one of `classes` (labels unchanged), in this set's order."""
@@ -209,8 +222,9 @@ class EpochShuffle(torch.utils.data.Sampler):
 
 def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, compute: Compute = CPU,
                 sampler: torch.utils.data.Sampler | None = None,
-                persistent: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader with the compute's workers and pinned memory (on CUDA)."""
+                persistent: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+    """A DataLoader with the compute's workers and pinned memory (on CUDA); its workers' `torch`
+    and `random` (the training transform's randomness) are seeded from `seed`."""
     workers = 0
     if isinstance(dataset, ImageSet):  # the built-in digits are in memory: no workers
         workers = compute.num_workers
@@ -219,7 +233,7 @@ def make_loader(dataset: torch.utils.data.Dataset, batch_size: int, compute: Com
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
         pin_memory=compute.pin_memory, persistent_workers=persistent and workers > 0,
-        generator=torch.Generator().manual_seed(0))
+        generator=torch.Generator().manual_seed(seed))
 
 
 def checked(loader: torch.utils.data.DataLoader, compute: Compute = CPU
@@ -517,19 +531,3 @@ def normalize_pixels(pixels: torch.Tensor, mean: float = NORM_MEAN,
                      std: float = NORM_STD) -> torch.Tensor:
     """uint8 images (N, C, H, W) -> float32 `(x / 255 - mean) / std` (one mean and std)."""
     return ((pixels.to(torch.float32) / 255.0 - mean) / std).contiguous()
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:
-    """Random translation by up to `max_shift` pixels per image (zero-padded in normalised space
-    with the background value), drawn from `generator` so training is reproducible."""
-    if max_shift <= 0:
-        return images
-    n, _, h, w = images.shape
-    background = images.amin(dim=(1, 2, 3), keepdim=True)
-    padded = F.pad(images - background, (max_shift,) * 4) + background
-    shifts = torch.randint(0, 2 * max_shift + 1, (n, 2), generator=generator).to(images.device)
-    rows = (torch.arange(h, device=images.device).unsqueeze(0) + shifts[:, :1])  # (n, h)
-    cols = (torch.arange(w, device=images.device).unsqueeze(0) + shifts[:, 1:])  # (n, w)
-    idx_n = torch.arange(n, device=images.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[idx_n, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()

@@ -71,6 +71,7 @@ from planner.schema_base import StrictModel
 from planner.validation import validate_document
 from planner.vit_shape import PruneCounts, ViTShape, full_counts
 from vit_ops.architecture import build_vit
+from vit_ops.augment import TrainAugment
 from vit_ops.base_model import (
     BASE_SPEC_FILE,
     LoadedBase,
@@ -170,6 +171,9 @@ class DeploymentManifest(StrictModel):
     data: str = Field(description="data source the deployment was fine-tuned on")
     img_size: ImageSize
     preprocess: Preprocess = Field(description="the eval transform of every part's input")
+    finetune_augment: TrainAugment | None = Field(
+        default=None, description="the timm training transform the sub-models were fine-tuned "
+        "with (None: the eval transform, or made before it was recorded)")
     split: RelativePath = Field(default="base/split.json",
                                 description="file lists of the data split")
     base_dir: RelativePath = "base"

@@ -4,7 +4,8 @@ Input: the sub-models' feature vectors concatenated in deployment order (widths 
 *slot* per sub-model) and, for a failure-aware head, a presence mask (B, slots) of 0/1 floats: 1
 where that sub-model answered. A device that failed leaves its slots zero and their mask bits 0.
 Output: logits over all C classes. It is trained with the sub-models frozen, on their features of
-the training images (computed once, so training takes seconds).
+the training images (computed once into a file, `vit_ops.feature_file`, so training takes seconds
+and memory does not grow with the images).
 
 `MaskedFusionHead` is trained with sub-model dropout (`SlotDropout`): random slots of a training
 example are zeroed and its mask says which, so the head learns what a missing sub-model means
@@ -14,6 +15,8 @@ input; a missing slot is only zero-filled).
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -25,7 +28,8 @@ from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from vit_ops.compute import CPU, Compute
 from vit_ops.data import ImageSet
-from vit_ops.training import FitConfig, fit, predict, predict_set
+from vit_ops.feature_file import write_features
+from vit_ops.training import FitConfig, fit, predict
 
 LABEL_SMOOTHING = 0.1
 
@@ -126,25 +130,29 @@ def concat_features(submodels: Sequence[nn.Module], images: torch.Tensor) -> tor
 
 def train_fusion(submodels: Sequence[nn.Module], train: ImageSet, num_classes: int, hidden: int,
                  config: FitConfig, progress: ProgressCallback | None = None,
-                 compute: Compute = CPU, dropout: SlotDropout | None = None) -> AnyFusionHead:
+                 compute: Compute = CPU, dropout: SlotDropout | None = None,
+                 scratch_dir: Path | None = None) -> AnyFusionHead:
     """A fusion head trained (cross-entropy) on the frozen sub-models' features of `train`: a
     `MaskedFusionHead` trained with `dropout`, or without it the plain `FusionHead`.
 
-    The images are streamed once through the sub-models; the features (N x sum of widths floats,
-    far smaller than the images) are kept for the head's epochs. With `config.max_steps`, only a
-    seeded sample of the images those steps can see is featurised. Returns the head on the CPU.
+    The images are streamed once through the sub-models into a features file in a temporary
+    directory under `scratch_dir` (default: the system's), which the head's epochs read back in
+    batches (`vit_ops.feature_file`): memory stays bounded however many images there are. With
+    `config.max_steps`, only a seeded sample of the images those steps can see is featurised.
+    Returns the head on the CPU.
     """
     if config.max_steps and config.max_steps * config.batch_size < len(train):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))
         train = train.subset(order[:config.max_steps * config.batch_size].sort().values.numpy())
     subs = [sub.eval().to(compute.device) for sub in submodels]
     widths = [int(s.feature_dim) for s in subs]
-    features, labels = predict_set(
-        lambda x: torch.cat([s(x)[1] for s in subs], dim=-1), train, compute)
-    for sub in subs:
-        sub.cpu()
-    return train_head_on_features(torch.utils.data.TensorDataset(features, labels), widths,
-                                  num_classes, hidden, config, progress, dropout, compute)
+    with tempfile.TemporaryDirectory(prefix="fusion-features-", dir=scratch_dir) as scratch:
+        features = write_features(lambda x: torch.cat([s(x)[1] for s in subs], dim=-1), train,
+                                  Path(scratch) / "features.f32", compute)
+        for sub in subs:
+            sub.cpu()
+        return train_head_on_features(features, widths, num_classes, hidden, config, progress,
+                                      dropout, compute)
 
 
 def train_head_on_features(features: torch.utils.data.Dataset, widths: Sequence[int],
@@ -166,7 +174,7 @@ def train_head_on_features(features: torch.utils.data.Dataset, widths: Sequence[
         return F.cross_entropy(logits, labels, label_smoothing=LABEL_SMOOTHING)
 
     fit(list(head.parameters()), [head], features, loss_fn,
-        config.model_copy(update={"max_shift_px": 0}), progress, "fusion", compute)
+        config, progress, "fusion", compute)
     return head.cpu().eval()
 
 

@@ -39,6 +39,7 @@ from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
 from planner.schema_base import StrictModel
 from planner.vit_shape import PruneCounts, check_same_shape, counts_for_ratio
+from vit_ops.augment import SCRATCH_AUGMENT
 from vit_ops.base_model import LoadedBase, load_base, save_base
 from vit_ops.compute import CPU, Compute
 from vit_ops.data import SPLIT_FILE, DataSplits, splits_from_record
@@ -79,7 +80,8 @@ class MaterializeConfig(StrictModel):
 
     importance: Method = "fisher"
     calibration_images: int = Field(default=256, gt=0, description="per sub-model, its classes only")
-    finetune: FitConfig = FitConfig(epochs=15, lr=1.5e-3, weight_decay=0.05, max_shift_px=1)
+    finetune: FitConfig = FitConfig(epochs=15, lr=1.5e-3, weight_decay=0.05,
+                                    augment=SCRATCH_AUGMENT)
     distill: DistillConfig = DistillConfig()
     fusion: FitConfig = FitConfig(epochs=60, batch_size=128, lr=3e-3, weight_decay=0.01)
     fusion_dropout: SlotDropout | None = Field(
@@ -259,7 +261,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
         phase(0, 1)
     # The head the plan's costs were computed for (check_plan made sure the plan says).
     fusion = train_fusion(submodels, splits.train, plan.num_classes, plan.fusion.hidden,
-                          config.fusion, phase, compute, config.fusion_dropout)
+                          config.fusion, phase, compute, config.fusion_dropout,
+                          scratch_dir=staging)
     fusion_spec = FusionSpec(device=plan.fusion.device, in_features=fusion.in_features,
                              hidden=plan.fusion.hidden,
                              num_classes=plan.num_classes,
@@ -273,6 +276,7 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
     manifest = DeploymentManifest(
         plan_name=plan.name, num_classes=plan.num_classes, class_names=base.spec.class_names,
         data=splits.source, img_size=splits.img_size, preprocess=splits.preprocess,
+        finetune_augment=config.finetune.augment,
         split=f"base/{SPLIT_FILE}", base_params=base_params, submodels=entries,
         fusion_device=fusion_spec.device)
     save_manifest(staging, manifest)

@@ -34,6 +34,21 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest"])
 
 
+def add_augment_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """Training augmentation (timm's training transform); `default` says what applies unset."""
+    group = parser.add_argument_group(f"training augmentation (timm's transform; default: "
+                                      f"{default})")
+    group.add_argument("--hflip", type=float, metavar="P",
+                       help="horizontal-flip probability (0 for digits, text, orientation)")
+    group.add_argument("--crop-scale", metavar="MIN,MAX",
+                       help="random resized crop: range of the crop's area fraction")
+    group.add_argument("--color-jitter", type=float, metavar="F", help="0: none")
+    group.add_argument("--auto-augment", metavar="POLICY",
+                       help="timm policy, e.g. rand-m9-mstd0.5 (default: off)")
+    group.add_argument("--no-augment", action="store_true",
+                       help="train on the eval transform's images")
+
+
 def add_compute_arguments(parser: argparse.ArgumentParser, training: bool = True,
                           parallel: bool = False) -> None:
     group = parser.add_argument_group("compute")
@@ -90,6 +105,48 @@ def fit_updates(args: argparse.Namespace) -> dict:
     return updates
 
 
+AUGMENT_FLAGS = {"hflip": "--hflip", "color_jitter": "--color-jitter",
+                 "auto_augment": "--auto-augment", "scale": "--crop-scale"}
+
+
+def augment_from(args: argparse.Namespace, default):
+    """`default` (a `TrainAugment` or None) with the augmentation flags set (None with
+    --no-augment); a bad value or an unknown auto-augment policy is one InputError naming its flag.
+    Commands without these flags get `default`."""
+    from pydantic import ValidationError
+
+    from planner.errors import InputError
+    from vit_ops.augment import TrainAugment
+    from vit_ops.preprocess import scratch_preprocess
+
+    if getattr(args, "no_augment", False):
+        return None
+    update = {key: getattr(args, key, None) for key in ("hflip", "color_jitter", "auto_augment")}
+    update["scale"] = _pair(getattr(args, "crop_scale", None), "--crop-scale")
+    update = {k: v for k, v in update.items() if v is not None}
+    if not update:
+        return default
+    try:
+        augment = TrainAugment.model_validate({**(default or TrainAugment()).model_dump(),
+                                               **update})
+    except ValidationError as exc:
+        loc = exc.errors()[0]["loc"]
+        key = str(loc[0]) if loc else "scale"
+        raise InputError(exc.errors()[0]["msg"], field=AUGMENT_FLAGS.get(key, "--crop-scale"),
+                         value=update.get(key)) from None
+    if augment.auto_augment:
+        try:  # timm parses the policy when the transform is built: fail here, not in a worker
+            augment.transform(scratch_preprocess(32))
+        except (AssertionError, KeyError, ValueError, IndexError) as exc:
+            raise InputError(f"not a timm auto-augment policy ({exc or type(exc).__name__})",
+                             field="--auto-augment", value=augment.auto_augment) from None
+    return augment
+
+
+def _pair(text: str | None, flag: str):
+    return _floats(text, flag, "MIN,MAX", counts=(2,))
+
+
 def preprocess_updates(args: argparse.Namespace) -> dict:
     """Preprocess fields set by --mean / --std / --crop-pct / --interpolation."""
     return {"mean": _triple(args.mean, "--mean"), "std": _triple(args.std, "--std"),
@@ -97,18 +154,23 @@ def preprocess_updates(args: argparse.Namespace) -> dict:
 
 
 def _triple(text: str | None, flag: str):
+    values = _floats(text, flag, "one or three comma-separated numbers", counts=(1, 3))
+    return values * 3 if values is not None and len(values) == 1 else values
+
+
+def _floats(text: str | None, flag: str, expected: str, counts: tuple[int, ...]):
+    """Comma-separated finite ASCII numbers, as many as one of `counts` (InputError otherwise)."""
     if text is None:
         return None
+    from planner.cli.parser import finite_float
     from planner.errors import InputError
 
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError("expected three comma-separated numbers", field=flag, value=text) from None
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise InputError("expected one or three comma-separated numbers", field=flag, value=text)
+        values = tuple(finite_float(v.strip()) for v in text.split(","))
+    except argparse.ArgumentTypeError:
+        raise InputError(f"expected {expected}", field=flag, value=text) from None
+    if len(values) not in counts:
+        raise InputError(f"expected {expected}", field=flag, value=text)
     return values
 
 

@@ -1,8 +1,9 @@
 """The one training loop edvit uses (base model, sub-model fine-tuning, fusion head), and inference.
 
 `fit` runs AdamW with a one-cycle learning-rate schedule over a `DataLoader` of the training set
-(shuffled per epoch from `(seed, epoch)`, augmentation drawn from one seeded `torch.Generator`), so
-the same inputs and seed give the same weights on the same host, thread count and worker count.
+(shuffled per epoch from `(seed, epoch)`; images through timm's training transform of
+`config.augment`, its randomness seeded from `seed`), so the same inputs and seed give the same
+weights on the same host, thread count and worker count.
 The loss is the caller's: `loss_fn(images, labels) -> scalar`. `max_steps` caps the optimiser steps
 (the schedule is fitted to the capped length), for quick trials.
 """
@@ -10,16 +11,18 @@ The loss is the caller's: `loss_fn(images, labels) -> scalar`. `max_steps` caps 
 from __future__ import annotations
 
 import logging
+import random
 from typing import Callable
 
 import torch
 import torch.nn as nn
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from vit_ops.compute import CPU, Compute
-from vit_ops.data import EpochShuffle, augment, batches, checked, make_loader
+from vit_ops.augment import TrainAugment
+from vit_ops.data import EpochShuffle, ImageSet, batches, checked, make_loader
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +38,21 @@ class FitConfig(StrictModel):
                       description="peak learning rate of the one-cycle schedule")
     weight_decay: float = Field(default=0.05, ge=0, le=10, allow_inf_nan=False)
     warmup_fraction: float = Field(default=0.15, ge=0, lt=1, allow_inf_nan=False)
-    max_shift_px: int = Field(default=1, ge=0, le=1024,
-                              description="random translation augmentation")
+    augment: TrainAugment | None = Field(
+        default=None, description="timm training transform of image data (None: the eval one)")
     seed: int = Field(default=0, ge=0, lt=2**63)
     max_steps: int | None = Field(default=None, gt=0, le=2**40,
                                   description="cap on optimiser steps")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded_before_timm_augment(cls, data):
+        """A record from before timm's augmentation: its `max_shift_px` (edvit's own random
+        shifts, gone) is dropped and no timm augmentation claimed."""
+        if isinstance(data, dict) and "max_shift_px" in data:
+            data = {k: v for k, v in data.items() if k != "max_shift_px"}
+            data.setdefault("augment", None)
+        return data
 
     def total_steps(self, num_examples: int) -> int:
         steps = self.epochs * -(-num_examples // self.batch_size)
@@ -52,14 +65,18 @@ def fit(parameters: list[nn.Parameter], modules: list[nn.Module],
         compute: Compute = CPU) -> float:
     """Minimise `loss_fn` over `data` for `config.epochs` (or `max_steps`); returns the last
     epoch's mean loss. `modules` are in train mode during the loop and in eval mode after it."""
-    generator = torch.Generator().manual_seed(config.seed)
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     total = config.total_steps(len(data))
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=max(total, 1), pct_start=config.warmup_fraction)
     sampler = EpochShuffle(len(data), config.seed)
+    if isinstance(data, ImageSet):
+        data = data.augmented(config.augment)
     loader = make_loader(data, config.batch_size, compute, sampler=sampler,
-                         persistent=config.epochs > 1)
+                         persistent=config.epochs > 1, seed=config.seed)
+    if loader.num_workers == 0 and config.augment is not None:
+        random.seed(config.seed)  # the transform draws from these when it runs here
+        torch.manual_seed(config.seed)
     for module in modules:
         module.train()
     step, epoch_loss = 0, float("nan")
@@ -68,7 +85,6 @@ def fit(parameters: list[nn.Parameter], modules: list[nn.Module],
             sampler.epoch = epoch
             running, seen = 0.0, 0
             for images, labels in checked(loader, compute):
-                images = augment(images, generator, config.max_shift_px)
                 with compute.autocast():
                     loss = loss_fn(images, labels)
                 optimizer.zero_grad(set_to_none=True)

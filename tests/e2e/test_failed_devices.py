@@ -33,7 +33,7 @@ def deployment(tmp_path_factory, trained_base_dir, digits):
     base = load_base(str(trained_base_dir))
     plan = manual_plan(base.spec.shape, GROUPS, [0.5, 0.75, 0.5, 0.25], DEVICES)
     fast = MaterializeConfig(calibration_images=32, finetune=FitConfig(epochs=1),
-                             fusion=FitConfig(epochs=15, batch_size=128, lr=3e-3, max_shift_px=0))
+                             fusion=FitConfig(epochs=15, batch_size=128, lr=3e-3))
     out = tmp_path_factory.mktemp("failed") / "deploy"
     materialize(plan, base, digits, out, fast)
     return out

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow  # trains and materialises a deployment
 
 GROUPS = [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 FAST = MaterializeConfig(calibration_images=32, finetune=FitConfig(epochs=1, lr=1e-3),
-                         fusion=FitConfig(epochs=2, batch_size=128, lr=3e-3, max_shift_px=0))
+                         fusion=FitConfig(epochs=2, batch_size=128, lr=3e-3))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def digits_deployment(tmp_path_factory, trained_base_dir, digits):
     plan = manual_plan(TINY_DIGITS, [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]], [0.5, 0.75, 0.5, 0.25],
                        ["pi-a", "pi-b", "pi-c", "pi-a"])
     fast = MaterializeConfig(calibration_images=16, finetune=FitConfig(epochs=1),
-                             fusion=FitConfig(epochs=1, max_shift_px=0), export_onnx=False)
+                             fusion=FitConfig(epochs=1), export_onnx=False)
     out = tmp_path_factory.mktemp("runtime") / "deploy"
     materialize(plan, load_base(str(trained_base_dir)), digits, out, fast)
     return out

@@ -10,7 +10,6 @@ from PIL import Image
 from planner.errors import InputError
 from vit_ops.data import (
     DataArgs,
-    augment,
     batches,
     interleave_classes,
     load_data,
@@ -145,17 +144,6 @@ def test_corrupt_truncated_and_oversized_images_name_the_file(tmp_path):
     with pytest.raises(InputError, match=r"/(cat|dog)/0\.png: "):  # raised from the loader
         for part in (splits.train, splits.val, splits.test):
             list(batches(part, batch_size=2))
-
-
-def test_augment_is_seeded_translation():
-    images, _ = load_data("digits", img_size=16).test.first(8)
-    one = augment(images, torch.Generator().manual_seed(1), 2)
-    two = augment(images, torch.Generator().manual_seed(1), 2)
-    assert torch.equal(one, two) and one.shape == images.shape
-    assert not torch.equal(one, images)
-    # a translation moves pixels, never invents brighter ones or changes the background
-    assert (one.amax(dim=(1, 2, 3)) <= images.amax(dim=(1, 2, 3)) + 1e-6).all()
-    assert torch.equal(one.amin(dim=(1, 2, 3)), images.amin(dim=(1, 2, 3)))
 
 
 def test_a_folder_too_small_for_a_held_out_split_is_an_input_error(tmp_path):

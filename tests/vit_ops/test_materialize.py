@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow  # trains a base and materialises it
 GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 FAST = MaterializeConfig(calibration_images=64,
                          finetune=FitConfig(epochs=1, lr=1e-3),
-                         fusion=FitConfig(epochs=10, batch_size=128, lr=3e-3, max_shift_px=0))
+                         fusion=FitConfig(epochs=10, batch_size=128, lr=3e-3))
 
 
 @pytest.fixture(scope="module")

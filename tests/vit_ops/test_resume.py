@@ -29,7 +29,7 @@ TINY = ViTShape(arch="tiny_digits", img_size=16, patch_size=4, embed_dim=32, dep
                 num_heads=4, head_dim=8, mlp_hidden=64, num_classes=10)
 GROUPS = [[0, 1, 2], [3, 4, 5], [6, 7], [8, 9]]
 CONFIG = MaterializeConfig(calibration_images=32, finetune=FitConfig(epochs=2, lr=1e-3),
-                           fusion=FitConfig(epochs=3, batch_size=128, max_shift_px=0),
+                           fusion=FitConfig(epochs=3, batch_size=128),
                            export_onnx=False)
 
 pytestmark = pytest.mark.slow  # trains a base and materialises it several times

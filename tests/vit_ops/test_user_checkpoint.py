@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from planner.cli import main as cli_main
 from planner.errors import InputError
+from vit_ops.augment import SCRATCH_AUGMENT, TrainAugment
 from vit_ops.base_model import load_base
 from vit_ops.data import load_data
 from vit_ops.deploy import deployment_splits, load_deployment_base, load_manifest
@@ -131,6 +132,7 @@ def test_timm_preprocessing_is_recorded_and_used(user_files, capsys, tmp_path):
                         str(deploy), "--max-steps", "1", "--no-onnx", "--num-workers", "0",
                         "--mean", "0.2,0.3,0.4", "--std", "0.25", "--crop-pct", "1")
     assert code == 0, err
+    assert load_manifest(deploy).finetune_augment == SCRATCH_AUGMENT  # materialize's default
     recorded = load_manifest(deploy).preprocess
     assert recorded.mean == (0.2, 0.3, 0.4) and recorded.std == (0.25,) * 3
     assert recorded.crop_pct == 1.0 and recorded.interpolation == "bicubic"  # timm's, kept
@@ -203,6 +205,7 @@ def test_train_base_fine_tunes_a_timm_arch_on_an_image_folder(user_files, capsys
     assert spec["class_names"] == CLASSES and spec["fit"]["max_steps"] == 2
     assert spec["preprocess"]["interpolation"] == "bicubic"  # timm's data config of the arch
     assert spec["checkpoint"] == str(checkpoint)
+    assert spec["fit"]["augment"] == TrainAugment().model_dump(mode="json")  # timm's defaults
     trained = load_base(str(out))
     assert trained.split is not None and trained.split.class_names == CLASSES
     changed = [k for k, v in trained.model.state_dict().items()
