@@ -28,6 +28,7 @@ from typing import Callable
 
 import yaml
 
+from planner.wire import input_bytes
 from profiler.emulation.fleet import NODE_IFNAME, EmulatedFleet, Node, NodeSpec
 from vit_ops.timing import nearest_rank_percentile
 
@@ -136,7 +137,10 @@ CALIBRATE_IDLE_S = 0.03  # > 2 CFS periods: each timed call starts on a refilled
 def calibrate_nodes(fleet: EmulatedFleet, out_dir: Path, rounds: int,
                     case: FleetCase) -> dict[str, Path]:
     """`edvit calibrate --link-to` inside every node, one node at a time, timing the case's model
-    as requests (single calls after an idle gap, as a worker runs them); node -> its kind YAML.
+    as requests (single calls after an idle gap, as a worker runs them; each call's CPU time
+    turned into the wall time the node's quota grants, `--clock quota`, so other jobs on the host
+    do not inflate the figures), and on the aggregator its cost per acknowledged input send
+    (`--input-bytes`); node -> its kind YAML.
 
     One at a time because the nodes share the host's cores: calibrated all at once (1.4 cores
     of quotas on a 2-core host with other jobs), a node measured 2-3x its latency in the run."""
@@ -149,7 +153,10 @@ def calibrate_nodes(fleet: EmulatedFleet, out_dir: Path, rounds: int,
         out = out_dir / f"{node.name}.yaml"
         argv = [*EDVIT, "calibrate", "--threads", "1", "--rounds", str(rounds), "--name",
                 node.name, "--link-to", endpoint, "--arch", case.arch, "--img-size",
-                str(case.img_size), "--idle", str(CALIBRATE_IDLE_S), "--out", str(out)]
+                str(case.img_size), "--idle", str(CALIBRATE_IDLE_S), "--clock", "quota",
+                "--out", str(out)]
+        if node is fleet.aggregator:  # what it pays per device it sends the input to
+            argv += ["--input-bytes", str(input_bytes(case.img_size))]
         result = fleet.run(node, argv, CALIBRATE_TIMEOUT_S)
         if result.returncode != 0:
             raise RuntimeError(f"calibrate on {node.name} failed: {result.stderr.strip()[-600:]}")
