@@ -411,15 +411,17 @@ class EmulatedFleet:
         return self.nodes[0]
 
     def popen(self, node: Node | str, argv: list[str], env: dict[str, str] | None = None,
-              netns: str | None = None, **kwargs) -> subprocess.Popen:
-        """Start `argv` in `node`'s namespace (or `netns`) and cgroup; stopped by close()."""
+              netns: str | None = None, limited: bool = True, **kwargs) -> subprocess.Popen:
+        """Start `argv` in `node`'s namespace (or `netns`) and cgroup (`limited` False: outside
+        every node's cgroup, e.g. a peer in the hub); stopped by close()."""
         node = self.node(node) if isinstance(node, str) else node
         environment = {**os.environ, "GLOO_SOCKET_IFNAME": NODE_IFNAME, "OMP_NUM_THREADS": "1",
                        **(env or {})}
         target = NETNS_DIR / (netns or node.netns)
 
         def enter() -> None:  # in the child, before exec
-            node.cgroup.join()
+            if limited:
+                node.cgroup.join()
             _enter_netns(target)
             if self.niceness:
                 os.setpriority(os.PRIO_PROCESS, 0, self.niceness)
