@@ -38,6 +38,9 @@ class DeviceKind(StrictModel):
         default=None, description="rate of reading weights (calibrated traffic model)")
     overhead_per_block_s: Seconds = Field(
         default=0.0, description="dispatch cost per transformer block (traffic model)")
+    send_overhead_s: Seconds | None = Field(
+        default=None, description="as an aggregator: fixed cost per input sent to a device "
+                                  "(`edvit calibrate --input-bytes`; absent: 0)")
     cost_usd: Price | None = None
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")

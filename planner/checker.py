@@ -103,12 +103,13 @@ def submodel_latency(row: ProfileRow, device: Device, on_aggregator: bool) -> Su
 
 
 def input_transfer_s(problem: Problem, device: Device) -> float:
-    """b_d = input_bytes / min(link of the aggregator, link of d); 0 on the aggregator or when the
-    problem sends no input."""
+    """b_d = input_bytes / min(link of the aggregator, link of d) + the aggregator's
+    send_overhead_s (absent: 0); 0 on the aggregator or when the problem sends no input."""
     aggregator = problem.device(problem.aggregator_name)
     if not problem.input_bytes_sent or device.name == aggregator.name:
         return 0.0
-    return problem.input_bytes_sent / min(aggregator.link_bytes_per_s, device.link_bytes_per_s)
+    return (problem.input_bytes_sent / min(aggregator.link_bytes_per_s, device.link_bytes_per_s)
+            + (aggregator.send_overhead_s or 0.0))
 
 
 def jackson_order(busy: Mapping[Key, float]) -> list[Key]:

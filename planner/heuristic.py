@@ -8,6 +8,8 @@ covers them is found by bisection (capacity only grows with T).
 
 from __future__ import annotations
 
+from bisect import bisect_right
+
 from planner.instance import Instance
 
 
@@ -49,28 +51,70 @@ def covering_plan(instance: Instance) -> dict[int, int] | None:
 def makespan_lower_bound(instance: Instance) -> int:
     """A proven lower bound on the makespan in time units, from a relaxation.
 
-    Within a busy time T a device serves at most the capacity of its best configuration finishing
-    within T, so no plan has a busiest device faster than the first T whose summed best capacities
-    reach C; and no plan has fewer sub-models than C / (largest capacity of one sub-model).
+    Every device finishing by F serves at most the capacity of its best configuration within F,
+    and a remote device, which starts only after its own input send b_d, of its best within
+    F - b_d; the sends go one after another, so the remote devices used have b summed <= F. The
+    smallest F at which the capacities reach C, the remote ones as a fractional knapsack under
+    that budget (b as weight), bounds the latest finish; and no plan has fewer sub-models than
+    C / (largest capacity of one sub-model), which bounds the fusion. Without the input
+    extension this is the first busy time whose summed best capacities reach C.
     """
     times = instance.busy_times
     if not times:
         return 0
+    best = _best_capacity_by_time(instance)
 
     def capacity_within(limit: int) -> bool:
-        best: dict[int, int] = {}
-        for c in instance.configs:
-            if c.time_units <= limit:
-                cap = c.capacity(instance.row_capacity)
-                best[c.type_index] = max(best.get(c.type_index, 0), cap)
-        total = sum(cap * len(instance.types[t].devices) for t, cap in best.items())
+        total, remote = 0.0, []
+        for t in instance.types:
+            if t.is_aggregator or not t.input_units:
+                total += best(t.index, limit) * len(t.devices)
+            elif (cap := best(t.index, limit - t.input_units)) > 0:
+                remote.append((cap, t.input_units, len(t.devices)))
+        budget = float(limit)
+        for cap, send, count in sorted(remote, key=lambda r: -r[0] / r[1]):
+            if total >= instance.num_classes or budget <= 0:
+                break
+            taken = min(count, budget / send)
+            total, budget = total + taken * cap, budget - taken * send
         return total >= instance.num_classes
 
-    index = _first_time_index(times, capacity_within)
-    busy = times[index] if index is not None else times[-1]
+    horizon = times[-1] + sum(t.input_units * len(t.devices) for t in instance.types
+                              if not t.is_aggregator)
+    finish = _first_integer(0, horizon, capacity_within)
+    finish = times[-1] if finish is None else finish
     largest = max(instance.row_capacity)
     min_submodels = -(-instance.num_classes // largest) if largest else 1
-    return busy + instance.fusion_fixed_units + instance.fusion_per_submodel_units * min_submodels
+    return finish + instance.fusion_fixed_units + instance.fusion_per_submodel_units * min_submodels
+
+
+def _best_capacity_by_time(instance: Instance):
+    """best(type, limit): the largest capacity of the type's configurations taking <= limit."""
+    by_type: dict[int, tuple[list[int], list[int]]] = {}
+    for c in sorted(instance.configs, key=lambda c: c.time_units):
+        times, caps = by_type.setdefault(c.type_index, ([], []))
+        times.append(c.time_units)
+        caps.append(max(caps[-1] if caps else 0, c.capacity(instance.row_capacity)))
+
+    def best(type_index: int, limit: int) -> int:
+        times, caps = by_type.get(type_index, ([], []))
+        k = bisect_right(times, limit)
+        return caps[k - 1] if k else 0
+
+    return best
+
+
+def _first_integer(lo: int, hi: int, feasible) -> int | None:
+    """Smallest integer in [lo, hi] satisfying a monotone predicate (bisection), or None."""
+    if not feasible(hi):
+        return None
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if feasible(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _first_time_index(times: list[int], feasible) -> int | None:

@@ -110,7 +110,8 @@ def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
 
     groups: dict[tuple, list[str]] = {}
     for d in problem.devices:
-        key = (d.name == aggregator, d.mem_bytes, d.flops_per_s, d.overhead_s, d.link_bytes_per_s)
+        key = (d.name == aggregator, d.mem_bytes, d.flops_per_s, d.overhead_s, d.link_bytes_per_s,
+               d.weight_bytes_per_s)
         if d.name == aggregator:
             key = key + (d.name,)
         groups.setdefault(key, []).append(d.name)

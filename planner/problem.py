@@ -62,6 +62,11 @@ class Device(StrictModel):
         default=None,
         description="extension: rate of reading weights; with a row's param_bytes adds "
                     "param_bytes / weight_bytes_per_s to compute time (absent: no such term)")
+    send_overhead_s: Seconds | None = Field(
+        default=None,
+        description="extension, read on the aggregator only: its fixed cost per input sent (the "
+                    "send, the device's receipt, the CPU it needs to be scheduled for both), so "
+                    "each remote send takes input_bytes / min(links) + send_overhead_s (absent: 0)")
 
 
 class ProfileRow(StrictModel):
@@ -205,14 +210,15 @@ class Problem(StrictModel):
         """Work and integers the solver sees stay bounded (see `planner.limits`): the
         configurations it would enumerate, and the longest makespan it could meet (the slowest
         sub-model on every slot, the fusion head for C sub-models, the input sent to everyone)."""
-        from planner.checker import fusion_latency, submodel_latency
+        from planner.checker import fusion_latency, input_transfer_s, submodel_latency
 
         slots = min(self.max_per_device, self.num_classes)
         aggregator = self.device(self.aggregator_name)
         types: dict[tuple, Device] = {}
         for d in self.devices:
             types.setdefault((d.name == aggregator.name, d.mem_bytes, d.flops_per_s,
-                              d.overhead_s, d.link_bytes_per_s, d.weight_bytes_per_s), d)
+                              d.overhead_s, d.link_bytes_per_s, d.weight_bytes_per_s,
+                              d.send_overhead_s), d)
         configurations = len(types) * (math.comb(len(self.profile) + slots, slots) - 1)
         if configurations > MAX_CONFIGURATIONS:
             raise ValueError(
@@ -225,9 +231,7 @@ class Problem(StrictModel):
         fusion_s = fusion_latency(self, self.num_classes)
         input_s = 0.0
         if self.sends_input:
-            input_s = sum(self.input_bytes_sent / min(aggregator.link_bytes_per_s,
-                                                      d.link_bytes_per_s)
-                          for d in self.devices if d.name != aggregator.name)
+            input_s = sum(input_transfer_s(self, d) for d in self.devices)
         if self.standby:  # after a failure a device also runs the standby copies it holds
             slots *= 2
         if slots * slowest + fusion_s + input_s > MAX_MAKESPAN_S:
@@ -318,7 +322,7 @@ def dump_problem(problem: Problem) -> str:
     if data["fusion"]["hidden"] is None:
         del data["fusion"]["hidden"]
     for device in data["devices"]:
-        for optional in ("weight_bytes_per_s", "link_bytes_per_s"):
+        for optional in ("weight_bytes_per_s", "link_bytes_per_s", "send_overhead_s"):
             if device[optional] is None:
                 del device[optional]
     if data["resilience"] is not None and data["resilience"]["failover_latency_s"] is None:

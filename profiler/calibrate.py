@@ -24,6 +24,8 @@ import math
 import os
 import platform
 import resource
+import statistics
+from typing import Literal
 
 import yaml
 from pydantic import Field
@@ -35,7 +37,7 @@ from planner.schema_base import StrictModel
 from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.cache import ProfileCache
 from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
-from profiler.link import LinkMeasurement, measure_link
+from profiler.link import LinkMeasurement, SendMeasurement, measure_link
 from profiler.model_profile import (
     example_input,
     host_description,
@@ -44,13 +46,15 @@ from profiler.model_profile import (
     tool_versions,
 )
 from vit_ops.shapes import shape_for_arch
+from profiler.quota import own_cpu_quota, quota_wall_s
 from vit_ops.timing import (
-    Clock,
+    calls_after_idle,
     default_threads,
     latency_stats,
-    measure_after_idle,
     measure_latency,
 )
+
+CalibrationClock = Literal["wall", "cpu", "quota"]
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
 # from on small devices; the 112 px one separates weight traffic from arithmetic.
@@ -85,6 +89,8 @@ class TimedVariant(StrictModel):
     flops: int
     weight_bytes: int = Field(description="fp32 parameter bytes, read once per inference")
     latency: LatencyStats
+    wall_median_s: float | None = Field(
+        default=None, description="median of the wall times measured beside (clock quota)")
 
     @property
     def latency_s(self) -> float:
@@ -112,6 +118,7 @@ class TrafficFigures(StrictModel):
 
 class CalibrationResult(StrictModel):
     device: DeviceKind
+    timed: list[TimedVariant] = Field(default_factory=list)
     traffic: TrafficFigures
     threads: int
     clock: str
@@ -129,36 +136,52 @@ def _variant_costs(shape: ViTShape, ratio: float) -> tuple[int, int]:
 
 
 def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None = None,
-                  rounds: int = 5, repeats_per_round: int = 3, clock: Clock = "wall",
+                  rounds: int = 5, repeats_per_round: int = 3, clock: CalibrationClock = "wall",
                   idle_s: float | None = None,
                   progress: ProgressCallback | None = None) -> list[TimedVariant]:
     """Latency of each (shape, ratio) on this machine, measured in interleaved rounds: in
-    back-to-back blocks, or (`idle_s`) as single calls each after `idle_s` idle, like requests."""
+    back-to-back blocks, or (`idle_s`) as single calls each after `idle_s` idle, like requests.
+
+    `clock="quota"` (one thread) times each call's CPU time and turns it into the wall time this
+    process's CPU quota grants (`profiler.quota`; without a quota: the CPU time, back to back:
+    CPU time / the quota's share of a core): the figure a device with that quota shows when no
+    other job shares its cores, however loaded the host is while it is measured."""
     threads = threads or default_threads()
+    quota = own_cpu_quota() if clock == "quota" else None
     built = []
     for shape, ratio in variants:
         model = runnable_backbone(shape, counts_for_ratio(shape, ratio), random_weights=True)
         built.append((shape, ratio, model, example_input(shape), _variant_costs(shape, ratio)))
     per_round: list[list[float]] = [[] for _ in built]
+    walls: list[list[float]] = [[] for _ in built]
     total = rounds * len(built)
     for r in range(rounds):
         for i, (shape, ratio, model, image, _) in enumerate(built):
+            warmup = 2 if r == 0 else 1
             if idle_s is None:
                 stats = measure_latency(model, image, threads=threads, repeats=repeats_per_round,
-                                        warmup=2 if r == 0 else 1, clock=clock)
+                                        warmup=warmup, clock="wall" if clock == "wall" else "cpu")
+                seconds = stats.median_s
+                if quota is not None:
+                    seconds /= min(1.0, quota.cores)
+                per_round[i].append(seconds)
             else:
-                stats = measure_after_idle(model, image, threads=threads,
-                                           calls=repeats_per_round, idle_s=idle_s,
-                                           warmup=2 if r == 0 else 1)
-            per_round[i].append(stats.median_s)
+                pairs = calls_after_idle(model, image, threads=threads, calls=repeats_per_round,
+                                         idle_s=idle_s, warmup=warmup)
+                walls[i].extend(wall for wall, _ in pairs)
+                per_round[i].append(statistics.median(
+                    wall if clock == "wall" else cpu if quota is None
+                    else quota_wall_s(cpu, quota.quota_s, quota.period_s)
+                    for wall, cpu in pairs))
             if progress is not None:
                 progress(r * len(built) + i + 1, total, f"{shape.arch} r={ratio:g}")
     timed = []
-    for (shape, ratio, _, _, (flops, weight_bytes)), times in zip(built, per_round):
+    for (shape, ratio, _, _, (flops, weight_bytes)), times, wall in zip(built, per_round, walls):
         timed.append(TimedVariant(
             label=_label(shape, ratio), arch=shape.arch, img_size=shape.img_size, ratio=ratio,
             depth=shape.depth, flops=flops, weight_bytes=weight_bytes,
-            latency=latency_stats(times, threads)))
+            latency=latency_stats(times, threads),
+            wall_median_s=statistics.median(wall) if wall and clock != "wall" else None))
     return timed
 
 
@@ -187,16 +210,21 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
                    link_bytes_per_s: float | None = None, link_peer=None,
                    link_timeout_s: float = 120.0,
                    variants: tuple[tuple[str, int, float], ...] = CALIBRATION_VARIANTS,
-                   rounds: int = 5, clock: Clock = "wall", idle_s: float | None = None,
+                   rounds: int = 5, clock: CalibrationClock = "wall",
+                   idle_s: float | None = None, input_bytes: int | None = None,
                    progress: ProgressCallback | None = None) -> CalibrationResult:
     """Time `variants` here, fit the latency models, describe this machine as a device kind.
 
     `clock="cpu"` (one thread only) times the thread's CPU time: use it on a busy machine.
     `link_peer` (a `vit_ops.runtime.Endpoint` running `serve_link_peer`) measures the link first;
-    otherwise `link_bytes_per_s` (default DEFAULT_LINK_BYTES_PER_S) is written as given.
+    otherwise `link_bytes_per_s` (default DEFAULT_LINK_BYTES_PER_S) is written as given. With a
+    peer and `input_bytes`, acknowledged sends of inputs of that size are timed too, as the
+    aggregator sends them, and their cost beyond bytes / bandwidth is written as
+    `send_overhead_s` (what this machine, as the aggregator, pays per device sent to).
     """
     runtime_bytes = resident_bytes()  # before any model exists: Python + torch + libraries
-    link = measure_link(link_peer, timeout_s=link_timeout_s) if link_peer is not None else None
+    link = (measure_link(link_peer, timeout_s=link_timeout_s, send_bytes=input_bytes)
+            if link_peer is not None else None)
     if link is not None:
         link_bytes_per_s = link.link_bytes_per_s
     elif link_bytes_per_s is None:
@@ -205,12 +233,14 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
     shapes = [(shape_for_arch(arch, 1000, img_size=img), ratio) for arch, img, ratio in variants]
     timed = time_variants(shapes, threads=threads, rounds=rounds, clock=clock, idle_s=idle_s,
                           progress=progress)
+    quota = own_cpu_quota()
+    quota_text = f", CPU quota {quota.cores:.2f} core" if quota is not None else ""
     fit = fit_two_term_model(timed)
     traffic = fit_traffic_model(timed)
     host = host_description(threads)
     entry = DeviceKind(
         name=name or platform.node() or "this-host",
-        description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock"
+        description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock{quota_text}"
                      f"{f', requests after {idle_s:g} s idle' if idle_s is not None else ''}, "
                      f"torch {host['torch']}"),
         mem_bytes=memory_limit_bytes(), runtime_overhead_bytes=runtime_bytes,
@@ -218,7 +248,8 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
         weight_bytes_per_s=(traffic.weight_bytes_per_s
                             if math.isfinite(traffic.weight_bytes_per_s) else None),
         overhead_per_block_s=traffic.overhead_per_block_s,
-        link_bytes_per_s=link_bytes_per_s)
+        link_bytes_per_s=link_bytes_per_s,
+        send_overhead_s=link.send.overhead_s if link is not None and link.send else None)
     samples = [CalibrationSample(
         label=t.label, img_size=t.img_size, flops=t.flops, weight_bytes=t.weight_bytes,
         latency_s=t.latency_s,
@@ -226,7 +257,8 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
         traffic_predicted_s=traffic.predict_s(t.flops, t.weight_bytes, t.depth))
         for t in timed]
     return CalibrationResult(
-        device=entry, threads=threads, clock=clock, rounds=rounds, samples=samples, host=host,
+        device=entry, timed=timed, threads=threads, clock=clock, rounds=rounds, samples=samples,
+        host=host,
         link=link,
         tool_versions=tool_versions(),
         traffic=TrafficFigures(flops_per_s=traffic.flops_per_s,
@@ -252,6 +284,17 @@ def device_entry_yaml(result: CalibrationResult) -> str:
     how = ("given, not measured" if link is None else
            f"measured to {link.peer} (download {link.download_bytes_per_s:.4g}, upload "
            f"{link.upload_bytes_per_s:.4g} B/s; the slower is written)")
+    if link is not None and link.send is not None:
+        send = link.send
+        lines.append(f"# send_overhead_s: {send.sends} acknowledged sends of {send.bytes:,} B in "
+                     f"bursts of {send.burst}: median {send.median_s * 1e3:.2f} ms, p90 "
+                     f"{send.p90_s * 1e3:.2f} ms, against {send.bytes_s * 1e3:.2f} ms for the "
+                     "bytes at the upload rate")
+    quota_note = [f"{s.label} wall {t.wall_median_s * 1e3:.2f} ms"
+                  for s, t in zip(result.samples, result.timed) if t.wall_median_s is not None]
+    if quota_note:
+        lines.append(f"# {result.clock} clock; the wall times measured beside: "
+                     + ", ".join(quota_note))
     lines.append(f"# threads {result.threads}, {result.clock} clock, rounds {result.rounds}, torch "
                  f"{result.tool_versions.get('torch')}; link_bytes_per_s {how}")
     lines.append("# " + SHARED_MEDIUM_NOTE.replace("; ", ";\n# "))

@@ -64,9 +64,15 @@ def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
                                 "CPU quota, where a short call runs at full speed)")
     calibrate.add_argument("--rounds", type=int, default=5, metavar="N",
                            help="interleaved timing rounds, >= 2 (default 5)")
-    calibrate.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+    calibrate.add_argument("--clock", choices=["wall", "cpu", "quota"], default="wall",
                            help="wall: elapsed time (default); cpu: the thread's CPU time, for a "
-                                "busy machine (needs --threads 1)")
+                                "busy machine (needs --threads 1); quota: the CPU time turned "
+                                "into the wall time this cgroup's CPU quota grants it, for a "
+                                "container or emulated device on a busy host (--threads 1)")
+    calibrate.add_argument("--input-bytes", type=int, metavar="B",
+                           help="with --link-to: also time acknowledged sends of B-byte inputs "
+                                "and write their cost beyond the bandwidth as send_overhead_s "
+                                "(calibrating the aggregator; B = the plan's input_bytes)")
     link = calibrate.add_mutually_exclusive_group()
     link.add_argument("--link-bytes-per-s", type=float, default=None,
                       help="bandwidth to the aggregator, taken as given (default 1.25e7 = "
@@ -94,7 +100,12 @@ def link_summary(result) -> str:
         measured = (f"measured to {link.peer}: download {link.download_bytes_per_s:.4g} B/s, "
                     f"upload {link.upload_bytes_per_s:.4g} B/s, round trip "
                     f"{link.round_trip_s * 1e3:.2f} ms; the slower direction is written")
-    return (f"link_bytes_per_s {result.device.link_bytes_per_s:.4g} ({measured})\n"
+    send = ""
+    if link is not None and link.send is not None:
+        send = (f"send_overhead_s {link.send.overhead_s:.4g} ({link.send.sends} acknowledged "
+                f"sends of {link.send.bytes:,} B: median {link.send.median_s * 1e3:.2f} ms "
+                f"against {link.send.bytes_s * 1e3:.2f} ms for the bytes)\n")
+    return (f"link_bytes_per_s {result.device.link_bytes_per_s:.4g} ({measured})\n{send}"
             f"note: {SHARED_MEDIUM_NOTE}")
 
 
@@ -148,8 +159,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise InputError("must be >= 1", field="--threads", value=args.threads)
     if args.link_bytes_per_s is not None and args.link_bytes_per_s <= 0:
         raise InputError("must be > 0", field="--link-bytes-per-s", value=args.link_bytes_per_s)
-    if args.clock == "cpu" and args.threads != 1:
-        raise InputError("--clock cpu needs --threads 1", field="--threads", value=args.threads)
+    if args.clock in ("cpu", "quota") and args.threads != 1:
+        raise InputError(f"--clock {args.clock} needs --threads 1", field="--threads",
+                         value=args.threads)
+    if args.input_bytes is not None and not (0 < args.input_bytes <= 2**30 and args.link_to):
+        raise InputError("needs --link-to and a size in 1..2^30", field="--input-bytes",
+                         value=args.input_bytes)
     if args.idle is not None and not 0 <= args.idle <= 10:
         raise InputError("must be in [0, 10] seconds", field="--idle", value=args.idle)
     if args.img_size is not None and args.arch is None:
@@ -177,7 +192,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
         result = calibrate_host(name=args.name, threads=args.threads, clock=args.clock,
                                 link_bytes_per_s=args.link_bytes_per_s, link_peer=peer,
                                 link_timeout_s=args.link_timeout, rounds=args.rounds,
-                                variants=variants, idle_s=args.idle, progress=progress)
+                                variants=variants, idle_s=args.idle,
+                                input_bytes=args.input_bytes, progress=progress)
     if out is not None:
         write_text_atomic(out, device_entry_yaml(result))
     if args.json:

@@ -36,6 +36,27 @@ MAX_LARGE_BYTES = 256 * 1024 * 1024
 DOWNLOAD, UPLOAD, END = 0, 1, 2
 
 
+SEND_BURST = 4  # inputs sent one after another per request, as to a fleet of four
+SEND_BURSTS = 6
+SEND_IDLE_S = 0.03  # between bursts: the devices computing, the aggregator waiting
+
+
+class SendMeasurement(StrictModel):
+    """Acknowledged sends of one input, timed the way the aggregator sends them (seconds)."""
+
+    bytes: int = Field(description="bytes of one input")
+    burst: int = Field(description="sends one after another per burst")
+    sends: int
+    median_s: float
+    p90_s: float
+    bytes_s: float = Field(description="bytes / the measured upload rate")
+
+    @property
+    def overhead_s(self) -> float:
+        """What one send costs beyond its bytes at the link's rate (>= 0)."""
+        return max(0.0, self.median_s - self.bytes_s)
+
+
 class LinkMeasurement(StrictModel):
     """What `measure_link` found (bytes of payload per second; seconds)."""
 
@@ -45,6 +66,8 @@ class LinkMeasurement(StrictModel):
     round_trip_s: float = Field(description="median time of a small request and its answer")
     large_bytes: int = Field(description="size of the large transfers timed")
     repeats: int
+    send: SendMeasurement | None = Field(
+        default=None, description="acknowledged sends of an input (with send_bytes)")
 
     @property
     def link_bytes_per_s(self) -> float:
@@ -116,8 +139,12 @@ class _Client:
 
 
 def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0.25,
-                 timeout_s: float = 120.0) -> LinkMeasurement:
-    """Bandwidth both ways and round trip to the peer at `endpoint` (see module docstring)."""
+                 timeout_s: float = 120.0, send_bytes: int | None = None) -> LinkMeasurement:
+    """Bandwidth both ways and round trip to the peer at `endpoint` (see module docstring);
+    with `send_bytes`, also `SEND_BURSTS` bursts of `SEND_BURST` acknowledged uploads of that
+    many bytes (request, payload, receipt: the runtime's acknowledged input send), each burst
+    after `SEND_IDLE_S` idle, so the per-send cost on this machine (its CPU quota included) is
+    measured rather than assumed."""
     store = _connect(endpoint, 1, timeout_s)
     client = _Client()
     try:
@@ -136,10 +163,23 @@ def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0
             rates[kind] = (large - SMALL_BYTES) / extra_s
             if kind == DOWNLOAD:
                 round_trip_s = statistics.median(small_s)
+        send = None
+        if send_bytes:
+            times = []
+            client.transfer_s(UPLOAD, send_bytes)  # warm the buffer
+            for _ in range(SEND_BURSTS):
+                time.sleep(SEND_IDLE_S)
+                times.extend(client.transfer_s(UPLOAD, send_bytes) for _ in range(SEND_BURST))
+            ordered = sorted(times)
+            send = SendMeasurement(bytes=send_bytes, burst=SEND_BURST, sends=len(times),
+                                   median_s=statistics.median(ordered),
+                                   p90_s=ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+                                   bytes_s=send_bytes / rates[UPLOAD])
         client.end()
     finally:
         dist.destroy_process_group()
         del store
     return LinkMeasurement(peer=f"{endpoint.host}:{endpoint.port}",
                            download_bytes_per_s=rates[DOWNLOAD], upload_bytes_per_s=rates[UPLOAD],
-                           round_trip_s=round_trip_s, large_bytes=large, repeats=repeats)
+                           round_trip_s=round_trip_s, large_bytes=large, repeats=repeats,
+                           send=send)

@@ -89,7 +89,7 @@ def measure_latency(fn: Callable[[torch.Tensor], Any], example: torch.Tensor, *,
 @torch.no_grad()
 def measure_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
                        threads: int | None = None, calls: int = 5, idle_s: float = 0.03,
-                       warmup: int = 2) -> LatencyStats:
+                       warmup: int = 2, clock: Clock = "wall") -> LatencyStats:
     """Median and IQR of single calls of `model(example)`, each after `idle_s` of sleep.
 
     This is the latency of one request to an otherwise idle device, the way a fleet's worker
@@ -97,22 +97,34 @@ def measure_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
     CPU quota: a call shorter than the quota left in the scheduler's period runs at full speed
     (in an emulated fleet at 40 % of a core, a 5 ms sub-model took 10 ms, not 12.5 ms).
     """
+    pairs = calls_after_idle(model, example, threads=threads, calls=calls, idle_s=idle_s,
+                             warmup=warmup)
+    times = [cpu if clock == "cpu" else wall for wall, cpu in pairs]
+    return latency_stats(times, threads or default_threads())
+
+
+def calls_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
+                     threads: int | None = None, calls: int = 5, idle_s: float = 0.03,
+                     warmup: int = 2) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of single calls of `model(example)`, each after `idle_s` of sleep.
+    The CPU time is the calling thread's, all of the call's with one thread."""
     threads = threads or default_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     model.eval()
     try:
-        for _ in range(warmup):
-            model(example)
-        times = []
-        for _ in range(calls):
-            time.sleep(idle_s)
-            start = time.perf_counter()
-            model(example)
-            times.append(time.perf_counter() - start)
+        with torch.no_grad():
+            for _ in range(warmup):
+                model(example)
+            pairs = []
+            for _ in range(calls):
+                time.sleep(idle_s)
+                start, cpu_start = time.perf_counter(), time.thread_time()
+                model(example)
+                pairs.append((time.perf_counter() - start, time.thread_time() - cpu_start))
     finally:
         torch.set_num_threads(previous)
-    return latency_stats(times, threads)
+    return pairs
 
 
 def timed_blocks(timer, repeats: int, min_block_s: float) -> list[float]:

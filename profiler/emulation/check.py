@@ -28,6 +28,7 @@ from typing import Callable
 
 import yaml
 
+from planner.wire import input_bytes
 from profiler.emulation.fleet import NODE_IFNAME, EmulatedFleet, Node, NodeSpec
 from vit_ops.timing import nearest_rank_percentile
 
@@ -131,29 +132,49 @@ def node_device(node: str) -> str:
 
 
 CALIBRATE_IDLE_S = 0.03  # > 2 CFS periods: each timed call starts on a refilled quota
+REQUEST_GAP_S = 0.05  # served requests likewise each meet an idle fleet, as the plan predicts
 
 
 def calibrate_nodes(fleet: EmulatedFleet, out_dir: Path, rounds: int,
                     case: FleetCase) -> dict[str, Path]:
-    """`edvit calibrate --link-to` inside every node, one node at a time, timing the case's model
-    as requests (single calls after an idle gap, as a worker runs them); node -> its kind YAML.
+    """`edvit calibrate --link-to` inside every node, all at once, timing the case's model as
+    requests (single calls after an idle gap, as a worker runs them), and on the aggregator its
+    cost per acknowledged input send (`--input-bytes`); node -> its kind YAML.
 
-    One at a time because the nodes share the host's cores: calibrated all at once (1.4 cores
-    of quotas on a 2-core host with other jobs), a node measured 2-3x its latency in the run."""
-    kinds = {}
+    Each call's CPU time is turned into the wall time the node's quota grants (`--clock
+    quota`): timed by the wall clock, nodes calibrated at once on a 2-core host with other jobs
+    measured 2-3x their latency in the run. Each node measures its link against a peer of its
+    own in the hub, outside every node's quota (the aggregator's sends are its own cost, not
+    the receiver's), so the nodes share neither a link nor a quota."""
+    started = []
     for node in fleet.nodes:
         endpoint = f"{node.hub_address}:{LINK_PORT_BASE + node.index}"
         peer = fleet.popen(node, [*EDVIT, "calibrate", "--link-serve", endpoint],
-                           netns=fleet.hub, env={"GLOO_SOCKET_IFNAME": f"edvit-n{node.index}"},
+                           netns=fleet.hub, limited=False,
+                           env={"GLOO_SOCKET_IFNAME": f"edvit-n{node.index}"},
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out = out_dir / f"{node.name}.yaml"
         argv = [*EDVIT, "calibrate", "--threads", "1", "--rounds", str(rounds), "--name",
                 node.name, "--link-to", endpoint, "--arch", case.arch, "--img-size",
-                str(case.img_size), "--idle", str(CALIBRATE_IDLE_S), "--out", str(out)]
-        result = fleet.run(node, argv, CALIBRATE_TIMEOUT_S)
-        if result.returncode != 0:
-            raise RuntimeError(f"calibrate on {node.name} failed: {result.stderr.strip()[-600:]}")
-        log.info("calibrated %s:\n%s", node.name, result.stdout)
+                str(case.img_size), "--idle", str(CALIBRATE_IDLE_S), "--clock", "quota",
+                "--out", str(out)]
+        if node is fleet.aggregator:  # what it pays per device it sends the input to
+            argv += ["--input-bytes", str(input_bytes(case.img_size))]
+        process = fleet.popen(node, argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+        started.append((node, out, process, peer))
+    kinds = {}
+    deadline = time.monotonic() + CALIBRATE_TIMEOUT_S
+    for node, out, process, peer in started:
+        try:
+            stdout, stderr = process.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise RuntimeError(f"calibrate on {node.name}: no result within "
+                               f"{CALIBRATE_TIMEOUT_S:g} s") from None
+        if process.returncode != 0:
+            raise RuntimeError(f"calibrate on {node.name} failed: {stderr.strip()[-600:]}")
+        log.info("calibrated %s:\n%s", node.name, stdout)
         kinds[node.name] = out
         peer.wait(timeout=30)
     return kinds
@@ -203,7 +224,7 @@ def serve_plan(fleet: EmulatedFleet, plan_path: Path, images: int,
     common = ["--synthetic", "--world-size", str(world), "--master", master, "--timeout",
               str(timeout_s), "--join-timeout", str(4 * timeout_s)]
     aggregator = [*EDVIT, "worker", str(plan_path), "--rank", "0", *common, "--images",
-                  str(images), "--json", "--trace"]
+                  str(images), "--json", "--trace", "--request-gap", str(REQUEST_GAP_S)]
     if input_order:
         aggregator += ["--input-order", ",".join(input_order)]
     main = fleet.popen(fleet.aggregator, aggregator, stdout=subprocess.PIPE,

@@ -147,10 +147,22 @@ def _own_cgroups() -> dict[str, str]:
     return paths
 
 
+def nice_weight(niceness: int) -> int:
+    """The scheduler's weight of a task at `niceness` (1024 at 0, x1.25 per step down).
+
+    A node's cgroup competes with the host's other tasks as one entity of its own weight: the
+    niceness of the processes inside it counts only among themselves. So the node's niceness is
+    given to its cgroup as its weight (cpu.shares / cpu.weight): at -10 a node gets the CPU its
+    quota grants on a host busy with other jobs at niceness 0 (at the default weight, one such
+    job halved it: a node at 60 % of a core ran at 33 % on a host at load 9)."""
+    return max(2, min(262_144, round(1024 * 1.25 ** -niceness)))
+
+
 class _Cgroup:
     """A CPU quota (10 ms period) and a memory limit for one node's processes."""
 
-    def __init__(self, layout: _CgroupLayout, name: str, spec: NodeSpec, undo: _Undo) -> None:
+    def __init__(self, layout: _CgroupLayout, name: str, spec: NodeSpec, undo: _Undo,
+                 niceness: int = 0) -> None:
         self.dirs = sorted({layout.cpu_parent / name, layout.memory_parent / name})
         for directory in self.dirs:
             if directory.exists():
@@ -163,6 +175,8 @@ class _Cgroup:
         quota_us = max(1000, round(spec.cpu_cores * CFS_PERIOD_US))
         if layout.version == 2:
             (layout.cpu_parent / name / "cpu.max").write_text(f"{quota_us} {CFS_PERIOD_US}")
+            (layout.cpu_parent / name / "cpu.weight").write_text(
+                str(min(10_000, max(1, round(nice_weight(niceness) * 100 / 1024)))))
             (layout.cpu_parent / name / "memory.max").write_text(str(spec.mem_bytes))
             (layout.cpu_parent / name / "memory.swap.max").write_text("0") \
                 if (layout.cpu_parent / name / "memory.swap.max").exists() else None
@@ -170,6 +184,7 @@ class _Cgroup:
             cpu = layout.cpu_parent / name
             (cpu / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
             (cpu / "cpu.cfs_quota_us").write_text(str(quota_us))
+            (cpu / "cpu.shares").write_text(str(nice_weight(niceness)))
             (layout.memory_parent / name / "memory.limit_in_bytes").write_text(str(spec.mem_bytes))
         self.quota_us = quota_us
 
@@ -380,7 +395,7 @@ class EmulatedFleet:
         for ns, dev in ((self.hub, hub_if), (netns, NODE_IFNAME)):
             _run(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
                   *tbf_arguments(spec.link_bits_per_s)])
-        cgroup = _Cgroup(self._layout, netns, spec, self._undo)
+        cgroup = _Cgroup(self._layout, netns, spec, self._undo, self.niceness)
         return Node(index=index, spec=spec, netns=netns, address=address,
                     hub_address=hub_address, cgroup=cgroup)
 
@@ -396,15 +411,17 @@ class EmulatedFleet:
         return self.nodes[0]
 
     def popen(self, node: Node | str, argv: list[str], env: dict[str, str] | None = None,
-              netns: str | None = None, **kwargs) -> subprocess.Popen:
-        """Start `argv` in `node`'s namespace (or `netns`) and cgroup; stopped by close()."""
+              netns: str | None = None, limited: bool = True, **kwargs) -> subprocess.Popen:
+        """Start `argv` in `node`'s namespace (or `netns`) and cgroup (`limited` False: outside
+        every node's cgroup, e.g. a peer in the hub); stopped by close()."""
         node = self.node(node) if isinstance(node, str) else node
         environment = {**os.environ, "GLOO_SOCKET_IFNAME": NODE_IFNAME, "OMP_NUM_THREADS": "1",
                        **(env or {})}
         target = NETNS_DIR / (netns or node.netns)
 
         def enter() -> None:  # in the child, before exec
-            node.cgroup.join()
+            if limited:
+                node.cgroup.join()
             _enter_netns(target)
             if self.niceness:
                 os.setpriority(os.PRIO_PROCESS, 0, self.niceness)

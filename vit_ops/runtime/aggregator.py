@@ -110,6 +110,8 @@ def _serve(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor,
     start_all = time.perf_counter()
     for start in range(0, total, config.batch_size):
         batch = pixels[start:start + config.batch_size].contiguous()
+        if config.request_gap_s:
+            time.sleep(config.request_gap_s)
         answer = fleet.infer(batch, time.monotonic() + config.timeout_s)
         known = {f.device for f in failures}
         failures += [f.model_copy(update={"at_image": start}) for f in fleet.failures

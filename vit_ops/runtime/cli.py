@@ -94,6 +94,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-order", metavar="DEV1,DEV2,...",
                         help="send each input to these devices one after another, in this "
                              "order, after the devices not named (default: to all at once)")
+    parser.add_argument("--request-gap", type=float, default=0.0, metavar="S",
+                        help="with --images: idle S seconds before each request, so each meets "
+                             "an idle fleet (default 0: back to back)")
     parser.add_argument("--trace", action="store_true",
                         help="record per request when each device got its input and answered "
                              "(in --json)")
@@ -122,7 +125,8 @@ def _config(args: argparse.Namespace) -> RuntimeConfig:
         return RuntimeConfig(timeout_s=args.timeout, join_timeout_s=args.join_timeout,
                              threads=args.threads, batch_size=args.batch_size,
                              degraded=args.degraded, calibrate=args.calibrate,
-                             engine=args.engine, input_order=order, trace=args.trace)
+                             engine=args.engine, input_order=order, trace=args.trace,
+                             request_gap_s=args.request_gap)
     except ValidationError as exc:
         raise_validation_error(exc, "command line")
 

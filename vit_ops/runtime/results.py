@@ -48,6 +48,12 @@ class RuntimeConfig(StrictModel):
         "acknowledged it, so the aggregator's link carries one transfer at a time; devices not "
         "listed (a worker on the aggregator's own host) get theirs first, at once. None: to "
         "every device at once (TCP shares the link)")
+    request_gap_s: float = Field(
+        default=0.0, ge=0.0, le=60.0, allow_inf_nan=False,
+        description="idle seconds before each request (--images runs): each request then meets "
+                    "an idle fleet, the latency a plan predicts, rather than the one before it "
+                    "(on a device under a CPU quota, back-to-back requests start on a spent "
+                    "quota); 0 = back to back")
     trace: bool = Field(default=False, description="record when each request's input reached "
                         "each device, and its features came back (ServeResult.trace)")
 
