@@ -1,16 +1,20 @@
 """Service benchmark: the HTTP service against the direct `serve_local` path, under 1, 4 and 16
-concurrent clients, on the digits deployment and on SyntheticDeployment splits of ViT-S and ViT-B.
+concurrent clients, on `edvit demo`'s 4-device digits deployment (and any --deploy one) and on
+SyntheticDeployment splits of ViT-S and ViT-B.
 
 For each deployment the service (`serve_local_http`, the same code as `edvit serve --local
 --http`) runs in a process of its own; the clients are threads of this process, each with its own
-keep-alive httpx connection, posting one encoded image per request to `/classify` (a PNG for
-digits, a JPEG of random pixels for the 224-pixel ViTs) and timing it from send to parsed JSON.
-The direct path is `serve_local` at batch 1 in benchmark mode (the aggregator's own time from
-sending the pixels to the fused logits, no HTTP, no decoding), run on the same deployment,
-alternating with the one-client HTTP run (`--repeats`, medians; the spread is the range of the HTTP
-p50s). Columns: p50 and p99 per request (ms; the direct path reports its median and p95),
-throughput (answers/s), and for one client what HTTP adds at p50 (ms and %; target: <= 1 ms or <=
-10 %). A last row per deployment serves 16 clients with micro-batching (16 images, 2 ms).
+keep-alive connection, posting one encoded image per request to `/classify` (a PNG for digits, a
+JPEG of random pixels for the 224-pixel ViTs) and timing it from send to parsed JSON. The load
+generator is the standard library's `http.client` (its own Python is the least CPU taken from
+the fleet's shared cores); one row per deployment repeats the one-client run with httpx, what
+`vit_ops.runtime.Client` uses, to show what a heavier client adds. The direct path is
+`serve_local` at batch 1 in benchmark mode (the aggregator's own time from sending the pixels to
+the fused logits: no HTTP, no decoding), on the same deployment, interleaved with the one-client
+HTTP runs (`--repeats` rounds of direct, http.client, httpx; medians, the spread is the range of
+the p50s). Columns: p50 and p99 per request (ms), throughput (answers/s), and for one client what
+HTTP adds at p50 (ms and %; target: <= 1 ms or <= 10 %) and at p99. A last row per deployment
+serves 16 clients with micro-batching (16 images, 2 ms).
 
 Then the input bytes each device receives per image, as the runtime sends them (tensor bytes of
 the pixels; plus a 16-byte control message per request), with the float32 wire of before and the
@@ -19,9 +23,9 @@ complete answer again with the launcher restarting it (median of `--kill-repeats
 
 Everything shares this host's cores (the clients, the aggregator, one process per device); on
 the 2-core CI host the numbers say what the service costs relative to the direct path, not what
-a fleet of devices would reach.
+a fleet of devices would reach. Run it at normal priority and note the load average it prints.
 
-    python benchmarks/serve_bench.py [--deploy DIR/deploy] [--skip-vit] [--kill-repeats 3]
+    python benchmarks/serve_bench.py [--deploy DIR/deploy] [--skip-demo] [--skip-vit]
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import http.client
+from urllib.parse import urlsplit
+
 import httpx
 import numpy as np
 
@@ -46,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_bench import demo_deployment  # noqa: E402  (the cached `edvit demo` deployment)
 
 from planner.wire import input_bytes  # noqa: E402
+from vit_ops.timing import nearest_rank_percentile  # noqa: E402
 
 CLIENTS = (1, 4, 16)
 TARGET_ADDED_MS, TARGET_ADDED_SHARE = 1.0, 0.10
@@ -116,8 +124,43 @@ def encoded_image(size: int, seed: int) -> tuple[bytes, str]:
     return buffer.getvalue(), "image/jpeg"
 
 
+class StdlibClient:
+    """One keep-alive connection with the standard library's `http.client`: the leanest real
+    client, so the client's own Python costs the fleet's shared cores little."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.path = parts.path
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
+
+    def post(self, body: bytes, headers: dict) -> tuple[int, dict]:
+        self.connection.request("POST", self.path, body=body, headers=headers)
+        response = self.connection.getresponse()
+        return response.status, json.loads(response.read())
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+class HttpxClient:
+    """The same over httpx (what `vit_ops.runtime.Client` uses)."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.http = url, httpx.Client(timeout=300)
+
+    def post(self, body: bytes, headers: dict) -> tuple[int, dict]:
+        response = self.http.post(self.url, content=body, headers=headers)
+        return response.status_code, response.json()
+
+    def close(self) -> None:
+        self.http.close()
+
+
+CLIENT_KINDS = {"http.client": StdlibClient, "httpx": HttpxClient}
+
+
 def load(service: Service, body: bytes, content_type: str, clients: int,
-         per_client: int) -> dict:
+         per_client: int, kind: str = "http.client") -> dict:
     """`clients` threads, `per_client` requests each: latencies (s) and throughput."""
     url = f"{service.url}/v2/models/{service.model}/classify"
     headers = {"Content-Type": content_type}
@@ -125,16 +168,18 @@ def load(service: Service, body: bytes, content_type: str, clients: int,
 
     def client() -> list[float]:
         times = []
-        with httpx.Client(timeout=300) as http:
-            http.post(url, content=body, headers=headers)  # warm the connection
+        connection = CLIENT_KINDS[kind](url)
+        try:
+            connection.post(body, headers)  # warm the connection
             barrier.wait()
             for _ in range(per_client):
                 start = time.perf_counter()
-                response = http.post(url, content=body, headers=headers)
-                response.json()
+                status, answer = connection.post(body, headers)
                 times.append(time.perf_counter() - start)
-                if response.status_code != 200:
-                    raise RuntimeError(f"HTTP {response.status_code}: {response.text}")
+                if status != 200:
+                    raise RuntimeError(f"HTTP {status}: {answer}")
+        finally:
+            connection.close()
         return times
 
     started = time.perf_counter()
@@ -142,16 +187,34 @@ def load(service: Service, body: bytes, content_type: str, clients: int,
         results = list(pool.map(lambda _: client(), range(clients)))
     wall = time.perf_counter() - started
     latencies = sorted(t for r in results for t in r)
-    return {"p50": _quantile(latencies, 0.5), "p99": _quantile(latencies, 0.99),
-            "throughput": len(latencies) / wall}
+    return {"p50": nearest_rank_percentile(latencies, 0.5),
+            "p99": nearest_rank_percentile(latencies, 0.99), "throughput": len(latencies) / wall}
 
 
 def direct(spec: dict, images: int) -> dict:
     from vit_ops.runtime import RuntimeConfig, serve_local
 
     result = serve_local(_source(spec), images, RuntimeConfig(timeout_s=120, join_timeout_s=300))
-    return {"p50": result.latency_median_s, "p95": result.latency_p95_s,
+    return {"p50": result.latency_median_s, "p99": result.latency_p99_s,
             "throughput": result.throughput_images_per_s}
+
+
+def interleaved(spec: dict, service: "Service", body: bytes, content_type: str, requests: int,
+                repeats: int) -> dict[str, dict]:
+    """The direct path and one HTTP client of each kind, one run of each in turn per repeat;
+    per path the medians over the repeats, and the range of its p50s ('spread')."""
+    runs: dict[str, list[dict]] = {"direct": [], **{kind: [] for kind in CLIENT_KINDS}}
+    for _ in range(repeats):
+        runs["direct"].append(direct(spec, requests))
+        for kind in CLIENT_KINDS:
+            runs[kind].append(load(service, body, content_type, 1, requests, kind))
+    summary = {}
+    for path, measured in runs.items():
+        summary[path] = {key: statistics.median(m[key] for m in measured)
+                         for key in ("p50", "p99", "throughput")}
+        p50s = [m["p50"] for m in measured]
+        summary[path]["spread"] = max(p50s) - min(p50s)
+    return summary
 
 
 def time_to_recover(service: Service, body: bytes, content_type: str, device: str) -> float:
@@ -172,36 +235,64 @@ def time_to_recover(service: Service, body: bytes, content_type: str, device: st
                 raise RuntimeError("no complete answer within 120 s of the kill")
 
 
-def _quantile(sorted_values: list[float], q: float) -> float:
-    index = min(len(sorted_values) - 1, max(0, int(round(q * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[index]
-
-
 # ------------------------------------------------------------------ main
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--deploy", help="digits deployment (default: edvit demo's, cached)")
-    parser.add_argument("--skip-vit", action="store_true")
-    parser.add_argument("--requests", type=int, default=200,
-                        help="requests per setting on digits (ViTs: a twentieth, at least 10)")
-    parser.add_argument("--repeats", type=int, default=3,
-                        help="alternating direct / HTTP runs at one client (medians)")
-    parser.add_argument("--kill-repeats", type=int, default=3)
-    parser.add_argument("--serve-child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.serve_child:
-        sys.exit(serve_child(json.loads(args.serve_child)))
+def _added(http: dict, reference: dict) -> str:
+    """What HTTP adds to the direct path: at p50 against the target, and at p99."""
+    added_ms = (http["p50"] - reference["p50"]) * 1e3
+    share = added_ms / (reference["p50"] * 1e3)
+    met = added_ms <= TARGET_ADDED_MS or share <= TARGET_ADDED_SHARE
+    return (f"{added_ms:+.2f} ms ({share:+.0%}) {'met' if met else 'missed'}; "
+            f"p99 {(http['p99'] - reference['p99']) * 1e3:+.2f} ms")
 
-    deploy = Path(args.deploy) if args.deploy else demo_deployment()
-    settings = [("digits", {"kind": "deploy", "path": str(deploy)}, args.requests)]
+
+def _row(name: str, path: str, clients: int, measured: dict, added: str = "") -> str:
+    spread = f" (spread {measured['spread'] * 1e3:.2f})" if "spread" in measured else ""
+    return (f"| {name} | {path} | {clients} | {measured['p50'] * 1e3:.2f}{spread} | "
+            f"{measured['p99'] * 1e3:.2f} | {measured['throughput']:.1f} | {added} |")
+
+
+def settings_of(args: argparse.Namespace) -> list[tuple[str, dict, int]]:
+    """(row name, what to serve, requests per setting): `edvit demo`'s deployment, the
+    --deploy ones, and (unless --skip-vit) the synthetic ViT splits."""
+    from vit_ops.runtime.source import devices_of
+
+    deploys = [("edvit demo", demo_deployment())] if not args.skip_demo else []
+    deploys += [(f"digits {Path(d).parent.name}/{Path(d).name}", Path(d)) for d in args.deploy]
+    settings = []
+    for name, path in deploys:
+        spec = {"kind": "deploy", "path": str(path)}
+        settings.append((f"{name} ({len(devices_of(_source(spec)))} devices)", spec,
+                         args.requests))
     if not args.skip_vit:
         vit_requests = max(10, args.requests // 20)
         settings += [(f"{name} r=0.25 x4", {"kind": "synthetic", "arch": arch,
                                             "keep_ratio": 0.25, "devices": 4}, vit_requests)
                      for name, arch in (("ViT-S/16", "vit_small_patch16_224"),
                                         ("ViT-B/16", "vit_base_patch16_224"))]
-    print(f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start\n")
+    return settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deploy", action="append", default=[],
+                        help="another digits deployment to measure (repeatable)")
+    parser.add_argument("--skip-demo", action="store_true",
+                        help="leave out edvit demo's deployment (built once into a cache)")
+    parser.add_argument("--skip-vit", action="store_true")
+    parser.add_argument("--requests", type=int, default=200,
+                        help="requests per setting on digits (ViTs: a twentieth, at least 10)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved direct / HTTP runs at one client (medians)")
+    parser.add_argument("--kill-repeats", type=int, default=3)
+    parser.add_argument("--serve-child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_child:
+        sys.exit(serve_child(json.loads(args.serve_child)))
+
+    settings = settings_of(args)
+    print(f"host: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start\n",
+          flush=True)
     latency_rows, bytes_rows, recover_rows = [], [], []
     for name, spec, requests in settings:
         source = _source(spec)
@@ -209,31 +300,16 @@ def main() -> None:
         body, content_type = encoded_image(size, seed=0)
         service = Service(spec)
         try:
-            # one client: the direct path and HTTP alternately, medians over the repeats
-            pairs = [(direct(spec, requests), load(service, body, content_type, 1, requests))
-                     for _ in range(args.repeats)]
-            reference = {key: statistics.median(d[key] for d, _ in pairs)
-                         for key in ("p50", "p95", "throughput")}
-            one = {key: statistics.median(h[key] for _, h in pairs)
-                   for key in ("p50", "p99", "throughput")}
-            added_ms = (one["p50"] - reference["p50"]) * 1e3
-            share = added_ms / (reference["p50"] * 1e3)
-            met = added_ms <= TARGET_ADDED_MS or share <= TARGET_ADDED_SHARE
-            added = f"{added_ms:+.2f} ms ({share:+.0%}){' met' if met else ' missed'}"
-            spread = max(h["p50"] for _, h in pairs) - min(h["p50"] for _, h in pairs)
-            latency_rows.append(
-                f"| {name} | direct serve_local | 1 | {reference['p50'] * 1e3:.2f} | "
-                f"({reference['p95'] * 1e3:.2f} p95) | {reference['throughput']:.1f} | |")
-            latency_rows.append(
-                f"| {name} | HTTP /classify | 1 | {one['p50'] * 1e3:.2f} "
-                f"(spread {spread * 1e3:.2f}) | {one['p99'] * 1e3:.2f} | "
-                f"{one['throughput']:.1f} | {added} |")
+            one = interleaved(spec, service, body, content_type, requests, args.repeats)
+            latency_rows.append(_row(name, "direct serve_local", 1, one["direct"]))
+            for kind in CLIENT_KINDS:
+                latency_rows.append(_row(name, f"HTTP /classify ({kind})", 1, one[kind],
+                                         _added(one[kind], one["direct"])))
             for clients in CLIENTS[1:]:
                 measured = load(service, body, content_type, clients,
                                 max(2, requests // clients))
-                latency_rows.append(
-                    f"| {name} | HTTP /classify | {clients} | {measured['p50'] * 1e3:.2f} | "
-                    f"{measured['p99'] * 1e3:.2f} | {measured['throughput']:.1f} | |")
+                latency_rows.append(_row(name, "HTTP /classify (http.client)", clients,
+                                         measured))
             if spec["kind"] == "deploy":
                 meta = httpx.get(f"{service.url}/v2/models/{service.model}").json()
                 device = meta["parameters"]["devices"][1]
@@ -247,19 +323,21 @@ def main() -> None:
         try:
             clients = CLIENTS[-1]
             measured = load(batching, body, content_type, clients, max(2, requests // clients))
-            latency_rows.append(
-                f"| {name} | HTTP, --max-batch {MICRO_BATCH['max_batch']} --max-wait-ms "
-                f"{MICRO_BATCH['max_wait_ms']:g} | {clients} | {measured['p50'] * 1e3:.2f} | "
-                f"{measured['p99'] * 1e3:.2f} | {measured['throughput']:.1f} | |")
+            latency_rows.append(_row(
+                name, f"HTTP, --max-batch {MICRO_BATCH['max_batch']} --max-wait-ms "
+                      f"{MICRO_BATCH['max_wait_ms']:g}", clients, measured))
         finally:
             batching.stop()
         before = input_bytes(size, channels, dtype="float32")
         after = input_bytes(size, channels)
         bytes_rows.append(f"| {name} | {channels}x{size}x{size} | {before} | {after} | "
                           f"{after / before:.2f} |")
+        print(f"{name}: done (load average {os.getloadavg()[0]:.2f})", file=sys.stderr,
+              flush=True)
 
-    print("latency per request (ms) and throughput, HTTP service vs the direct path")
-    print("| deployment | path | clients | p50 ms | p99 ms | answers/s | HTTP adds at p50 |")
+    print(f"latency per request (ms) and throughput, HTTP service vs the direct path "
+          f"(one client: {args.repeats} interleaved runs each, medians)")
+    print("| deployment | path | clients | p50 ms | p99 ms | answers/s | HTTP adds |")
     print("|---|---|---|---|---|---|---|")
     print("\n".join(latency_rows))
     print("\ninput bytes per image per device (the pixels sent; + 16 B control per request)")

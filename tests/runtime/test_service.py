@@ -26,7 +26,7 @@ from planner.cli import main as cli_main
 pytestmark = pytest.mark.slow  # starts services with fleets of worker processes
 
 REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 90.0  # a loaded 2-core host imports torch in each process
+START_TIMEOUT_S = 180.0  # a loaded 2-core host imports torch in each process
 SLACK_S = 2.5
 
 
@@ -84,8 +84,12 @@ class ServiceProcess:
 def serve_process(deploy: Path, *extra: str) -> ServiceProcess:
     service = ServiceProcess(["serve", str(deploy), "--local", "--http", "127.0.0.1:0",
                               "--join-timeout", "60", *extra])
-    service.wait_listening()
-    service.wait_ready()
+    try:
+        service.wait_listening()
+        service.wait_ready()
+    except BaseException:
+        service.stop()  # no service outlives a failed start
+        raise
     return service
 
 
@@ -482,3 +486,71 @@ def test_restarted_remote_worker_rejoins_the_running_service(digits_deployment, 
             if process.process.poll() is None:
                 process.process.kill()
                 process.process.wait()
+
+
+def _kill_and_wait_not_ready(url: str, device: str) -> int:
+    victim = worker_pid(url, device)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{url}/v2/health/ready").status_code == 200:
+        assert time.monotonic() < deadline, "the dead worker was not noticed"
+        time.sleep(0.05)
+    return victim
+
+
+def _wait_complete_answer(url: str, data: bytes, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while httpx.get(f"{url}/v2/health/ready").status_code != 200:
+        assert time.monotonic() < deadline, httpx.get(f"{url}/v2/health/ready").text
+        time.sleep(0.1)
+    response = httpx.post(f"{url}/v2/models/{_model(url)}/classify", content=data,
+                          headers={"Content-Type": "image/png"}, timeout=30)
+    assert response.status_code == 200 and response.json()["degraded"] is False
+
+
+def test_a_device_past_its_restarts_is_tried_again_after_the_window(digits_deployment,
+                                                                   digit_files):
+    service = serve_process(digits_deployment, "--timeout", "5", "--restarts", "1",
+                            "--restart-window", "20")
+    try:
+        url, data = service.url, digit_files[0].read_bytes()
+        first = _kill_and_wait_not_ready(url, "pi-b")
+        _wait_complete_answer(url, data, 15)  # restart 1 of 1, after 0.2 s, well within 20 s
+        second = _kill_and_wait_not_ready(url, "pi-b")
+        rested_from = time.monotonic()
+        _wait_complete_answer(url, data, 90)  # no restarts left: tried again after a rest
+        assert time.monotonic() - rested_from >= 4.0  # the rest (>= 5 s, the longest backoff)
+        assert worker_pid(url, "pi-b") not in (first, second)
+    finally:
+        assert service.stop() == 0
+    assert any("restarts within 20 s; trying again in" in line for line in service.err_lines)
+
+
+def test_a_worker_started_by_hand_takes_over_a_rank_past_its_restarts(digits_deployment,
+                                                                     digit_files):
+    service = serve_process(digits_deployment, "--timeout", "5", "--join-timeout", "60",
+                            "--restarts", "1", "--restart-window", "600")
+    hand = None
+    try:
+        url, data = service.url, digit_files[0].read_bytes()
+        joins = next(line for line in service.lines if line.startswith("fleet store on "))
+        master = joins.split()[3].rstrip(":")
+        assert "--world-size 4" in joins
+        _kill_and_wait_not_ready(url, "pi-b")
+        _wait_complete_answer(url, data, 60)
+        _kill_and_wait_not_ready(url, "pi-b")  # restarts used up: the next try is minutes away
+        assert "pi-b" in httpx.get(f"{url}/v2/health/ready").json()["error"]
+        hand = ServiceProcess(["worker", str(digits_deployment), "--rank", "2", "--world-size",
+                               "4", "--master", master, "--timeout", "5",
+                               "--join-timeout", "60"])
+        _wait_complete_answer(url, data, 60)
+        assert worker_pid(url, "pi-b") == hand.process.pid
+        time.sleep(1.0)  # the launcher leaves the rank to it
+        assert worker_pid(url, "pi-b") == hand.process.pid
+        assert service.stop() == 0
+        assert hand.process.wait(timeout=30) == 0  # told bye like the launcher's workers
+    finally:
+        service.stop()
+        if hand is not None and hand.process.poll() is None:
+            hand.process.kill()
+            hand.process.wait()

@@ -114,7 +114,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     http.add_argument("--max-body", type=int, default=8 * 2**20, metavar="BYTES",
                       help="largest request body (default 8 MiB)")
     http.add_argument("--restarts", type=int, default=5, metavar="N",
-                      help="--local: restarts of a dead worker within 5 minutes (default 5)")
+                      help="--local: restarts of a dead worker within --restart-window "
+                           "(default 5); past them it is tried again once the oldest left "
+                           "the window")
+    http.add_argument("--restart-window", type=float, default=300.0, metavar="S",
+                      help="--local: the window of --restarts, seconds (default 300)")
 
 
 def _config(args: argparse.Namespace) -> RuntimeConfig:
@@ -144,9 +148,13 @@ def _service_config(args: argparse.Namespace):
                                ("--max-wait-ms", args.max_wait_ms, 0)):
         if value < least:
             raise InputError(f"must be >= {least}", field=flag, value=value)
+    if not 0 < args.restart_window <= 86400:
+        raise InputError("must be > 0 and <= 86400 seconds", field="--restart-window",
+                         value=args.restart_window)
     return ServiceConfig(host=host, port=port, max_batch=args.max_batch,
                          max_wait_ms=args.max_wait_ms, queue_size=args.queue,
-                         max_body_bytes=args.max_body, max_restarts=args.restarts)
+                         max_body_bytes=args.max_body, max_restarts=args.restarts,
+                         restart_window_s=args.restart_window)
 
 
 def _http_address(text: str) -> tuple[str, int]:

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch.distributed as dist
+
 from planner.progress import ProgressCallback
 from vit_ops.runtime.aggregator import serve_aggregator
-from vit_ops.runtime.rendezvous import Endpoint, open_store
+from vit_ops.runtime.rendezvous import Endpoint, latest_generation, open_store
 from vit_ops.runtime.results import RuntimeConfig, ServeResult
 from vit_ops.runtime.source import DeploymentSource, devices_of
 from vit_ops.runtime.worker import check_fleet_size, serve_worker
@@ -86,10 +88,14 @@ def serve_local_http(source: DeploymentSource | str | Path, config: RuntimeConfi
     world_size = len(devices_of(source)) + 1
     store = open_store(Endpoint(LOOPBACK, 0), 0, world_size, config.timeout_s)
     endpoint = Endpoint(LOOPBACK, store.underlying_store.port)
-    policy = RestartPolicy(max_restarts=service.max_restarts)
-    with LocalFleet(source, world_size, endpoint, config, policy) as fleet:
+    policy = RestartPolicy(max_restarts=service.max_restarts, window_s=service.restart_window_s)
+    with LocalFleet(source, world_size, endpoint, config, policy, store) as fleet:
         fleet.supervise()
-        return run_service(source, store, config, service, fleet.exit_status, fleet.restart, stop)
+        joins = (f"fleet store on {LOOPBACK}:{endpoint.port}: a worker started by hand "
+                 f"(edvit worker DEPLOY_DIR --rank R --world-size {world_size} --master "
+                 f"{LOOPBACK}:{endpoint.port}) takes rank R's place")
+        return run_service(source, store, config, service, fleet.exit_status, fleet.restart, stop,
+                           joins)
 
 
 def run_node_http(source: DeploymentSource | str | Path, world_size: int, endpoint: Endpoint,
@@ -114,12 +120,25 @@ def resolve_source(source: DeploymentSource | str | Path) -> DeploymentSource:
 @dataclass(frozen=True)
 class RestartPolicy:
     """How a local fleet brings back a dead worker: at most `max_restarts` per device within
-    `window_s`, the k-th of them after `backoff_s * 2**k` seconds (at most `max_backoff_s`)."""
+    `window_s`, the k-th of them after `backoff_s * 2**k` seconds (at most `max_backoff_s`). A
+    device that used them all rests until the oldest leaves the window, then is tried again: a
+    device is never given up for good while the service runs."""
 
     max_restarts: int = 0  # 0: never (a benchmark run reports the failure instead)
     backoff_s: float = 0.2
     max_backoff_s: float = 5.0
     window_s: float = 300.0
+
+    def delay(self, history: list[float], now: float) -> tuple[float, list[float]] | None:
+        """Seconds until the next restart of a device that restarted at `history` (monotonic
+        instants), and the restarts still within the window; None: never restart."""
+        if not self.max_restarts:
+            return None
+        recent = [t for t in history if now - t < self.window_s]
+        if len(recent) < self.max_restarts:
+            return min(self.backoff_s * 2 ** len(recent), self.max_backoff_s), recent
+        freed = recent[len(recent) - self.max_restarts] + self.window_s  # the oldest counted
+        return max(freed - now, self.max_backoff_s), recent
 
 
 class LocalFleet:
@@ -127,7 +146,8 @@ class LocalFleet:
     the `RestartPolicy`, all gone on exit."""
 
     def __init__(self, source: DeploymentSource, world_size: int, endpoint: Endpoint,
-                 config: RuntimeConfig, policy: RestartPolicy = RestartPolicy()) -> None:
+                 config: RuntimeConfig, policy: RestartPolicy = RestartPolicy(),
+                 store: "dist.Store | None" = None) -> None:
         self.context = multiprocessing.get_context("forkserver")
         self.context.set_forkserver_preload(PRELOAD)
         self.args = (source, world_size, endpoint, config, logging.getLogger().level)
@@ -137,8 +157,11 @@ class LocalFleet:
         self.lock = threading.Lock()
         self._timers: list[threading.Timer] = []
         self._stopping = False
-        self._pending: set[int] = set()  # ranks with a restart scheduled
-        self._given_up: set[int] = set()  # ranks past the policy's restarts
+        self.store = store  # the fleet's: to see a worker started by hand take a rank over
+        self._pending: dict[int, int] = {}  # rank with a restart scheduled -> its generation then
+        self._started_at = {rank: 0 for rank in self.processes}  # generation before our worker
+        self._handed_over: set[int] = set()  # ranks a worker not started here took over
+        self._never: set[int] = set()  # ranks the policy does not restart
 
     def _new_process(self, rank: int):
         source, world_size, endpoint, config, level = self.args
@@ -159,7 +182,10 @@ class LocalFleet:
         self.stop(grace_s=EXIT_GRACE_S if exc_type is None else 0.0)
 
     def exit_status(self, rank: int) -> str | None:
-        """'exited with code N' / 'killed by SIGNAME' once worker `rank` has ended, else None."""
+        """'exited with code N' / 'killed by SIGNAME' once worker `rank` has ended, else None
+        (also while a worker started by hand has the rank: how ours ended says nothing of it)."""
+        if rank in self._handed_over:
+            return None
         process = self.processes[rank]
         if process.exitcode is None and not process.is_alive():
             process.join(0)
@@ -178,35 +204,47 @@ class LocalFleet:
     def _supervise(self) -> None:
         while not self._stopping:
             for rank in list(self.processes):
-                waiting = self._pending | self._given_up
-                if self.exit_status(rank) is not None and rank not in waiting:
-                    self.restart(rank)
+                left_alone = self._pending.keys() | self._handed_over | self._never
+                if rank not in left_alone and self.exit_status(rank) is not None:
+                    self._ended(rank)
             time.sleep(SUPERVISE_POLL_S)
+
+    def _ended(self, rank: int) -> None:
+        """Our worker for `rank` ended: restart it, unless a worker started by hand announced
+        itself after it (its own announcement is the one generation after `_started_at`)."""
+        if self._generation(rank) > self._started_at[rank] + 1:
+            with self.lock:
+                self._handed_over.add(rank)
+            log.warning("worker %d: a worker started by hand has the rank; not restarted", rank)
+            return
+        self.restart(rank)
 
     def restart(self, rank: int) -> bool:
         """Kill worker `rank` if it still runs (its link was dropped: it is hung or dead) and
-        start a new one after the policy's backoff; False when the policy allows no more."""
+        start a new one after the policy's delay (a long one once its restarts within the
+        window are used up); False when the policy never restarts."""
         with self.lock:
             now = time.monotonic()
-            recent = [t for t in self.restarts[rank] if now - t < self.policy.window_s]
             if rank in self._pending:
                 return True
-            if self._stopping or rank in self._given_up:
+            planned = None if self._stopping else self.policy.delay(self.restarts[rank], now)
+            if planned is None:
+                self._never.add(rank)
                 return False
-            if len(recent) >= self.policy.max_restarts:
-                self._given_up.add(rank)
-                if self.policy.max_restarts:
-                    log.error("worker %d: not restarted again (%d restarts within %g s)", rank,
-                              len(recent), self.policy.window_s)
-                return False
-            delay = min(self.policy.backoff_s * 2 ** len(recent), self.policy.max_backoff_s)
-            self.restarts[rank] = recent + [now]
-            self._pending.add(rank)
+            delay, recent = planned
+            self.restarts[rank] = recent + [now + delay]
+            self._handed_over.discard(rank)
+            self._pending[rank] = self._generation(rank)
             timer = threading.Timer(delay, self._replace, args=(rank,))
             timer.daemon = True
             self._timers.append(timer)
             timer.start()
-        log.warning("worker %d: restarting in %.2f s", rank, delay)
+        if len(recent) >= self.policy.max_restarts:
+            log.error("worker %d: %d restarts within %g s; trying again in %.0f s (a worker "
+                      "started by hand for rank %d joins at once)", rank, len(recent),
+                      self.policy.window_s, delay, rank)
+        else:
+            log.warning("worker %d: restarting in %.2f s", rank, delay)
         return True
 
     def _replace(self, rank: int) -> None:
@@ -217,10 +255,26 @@ class LocalFleet:
             if old.is_alive():
                 old.kill()
             old.join(REAP_TIMEOUT_S)
+            generation = self._generation(rank)
+            if generation > self._pending.pop(rank):
+                # a worker started by hand announced itself meanwhile: the rank is its own; if
+                # it is lost, the fleet's on_lost calls restart again
+                self._handed_over.add(rank)
+                log.warning("worker %d: a worker started by hand took the rank over", rank)
+                return
+            self._started_at[rank] = generation
             process = self._new_process(rank)
             process.start()
             self.processes[rank] = process
-            self._pending.discard(rank)
+
+    def _generation(self, rank: int) -> int:
+        """The newest generation announced for `rank` (0 without a store to ask)."""
+        if self.store is None:
+            return 0
+        try:
+            return latest_generation(self.store, rank)
+        except (RuntimeError, dist.DistError):  # the store is closing
+            return 0
 
     def stop(self, grace_s: float = 0.0) -> None:
         """Give workers `grace_s` to exit on their own (after a normal run), then kill and reap

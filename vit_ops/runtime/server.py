@@ -36,8 +36,9 @@ SHUTDOWN_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def run_service(source: DeploymentSource, store: dist.Store, config: RuntimeConfig,
                 service_config: ServiceConfig, exit_status: ExitStatus | None = None,
                 on_lost: Callable[[int], None] | None = None,
-                stop: threading.Event | None = None) -> int:
-    """Serve HTTP over the fleet until a shutdown signal (or `stop` is set); returns 0."""
+                stop: threading.Event | None = None, joins: str | None = None) -> int:
+    """Serve HTTP over the fleet until a shutdown signal (or `stop` is set); returns 0. `joins`
+    (how a worker started by hand joins) is printed after the `serving` line."""
     try:
         import uvicorn
 
@@ -64,7 +65,7 @@ def run_service(source: DeploymentSource, store: dist.Store, config: RuntimeConf
                 for sig in SHUTDOWN_SIGNALS} if _main_thread() else {}
     try:
         thread.start()
-        _announce(server, thread, model.name)
+        _announce(server, thread, model.name, joins)
         while not stop.wait(0.2):
             if not thread.is_alive():
                 break  # uvicorn ended on its own (it could not bind, say)
@@ -82,7 +83,7 @@ def run_service(source: DeploymentSource, store: dist.Store, config: RuntimeConf
     return 0
 
 
-def _announce(server, thread: threading.Thread, name: str) -> None:
+def _announce(server, thread: threading.Thread, name: str, joins: str | None) -> None:
     """Print where the service listens once uvicorn has bound its socket."""
     while not server.started and thread.is_alive():
         time.sleep(0.02)
@@ -91,6 +92,8 @@ def _announce(server, thread: threading.Thread, name: str) -> None:
     host, port = server.servers[0].sockets[0].getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"serving {name} on http://{shown}:{port}", flush=True)
+    if joins:
+        print(joins, flush=True)
 
 
 def _num_classes(fleet: Fleet) -> int:

@@ -49,7 +49,10 @@ class ServiceConfig(StrictModel):
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After of a full queue")
     top_k: int = Field(default=5, ge=1)
     max_restarts: int = Field(default=5, ge=0,
-                              description="--local: restarts of a dead worker per 5 minutes")
+                              description="--local: restarts of a dead worker per window")
+    restart_window_s: float = Field(default=300.0, gt=0, le=86400,
+                                    description="--local: the window of max_restarts; a worker "
+                                    "that used them is tried again once the oldest left it")
 
 
 class QueueFullError(Exception):
