@@ -134,8 +134,15 @@ class StdlibClient:
         self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=300)
 
     def post(self, body: bytes, headers: dict) -> tuple[int, dict]:
-        self.connection.request("POST", self.path, body=body, headers=headers)
-        response = self.connection.getresponse()
+        try:
+            self.connection.request("POST", self.path, body=body, headers=headers)
+            response = self.connection.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed an idle keep-alive connection (uvicorn after 5 s): reconnect, as
+            # httpx does on its own
+            self.connection.close()
+            self.connection.request("POST", self.path, body=body, headers=headers)
+            response = self.connection.getresponse()
         return response.status, json.loads(response.read())
 
     def close(self) -> None:

@@ -80,8 +80,9 @@ def run_node(source: DeploymentSource | str | Path, rank: int, world_size: int,
 def serve_local_http(source: DeploymentSource | str | Path, config: RuntimeConfig,
                      service: "ServiceConfig", stop=None) -> int:
     """The service (`vit_ops.runtime.server`) over a fleet on this machine whose dead or dropped
-    workers are restarted (`service.max_restarts` per device within the policy's window, with
-    backoff); returns the exit code after a graceful shutdown."""
+    workers are restarted (`service.max_restarts` per device within `restart_window_s`, with
+    backoff, then again after a rest), and whose ranks a worker started by hand may take over (it
+    prints the store's address for that); returns the exit code after a graceful shutdown."""
     from vit_ops.runtime.server import run_service
 
     source = resolve_source(source)
