@@ -159,8 +159,9 @@ class LocalFleet:
         self._timers: list[threading.Timer] = []
         self._stopping = False
         self.store = store  # the fleet's: to see a worker started by hand take a rank over
-        self._pending: dict[int, int] = {}  # rank with a restart scheduled -> its generation then
-        self._started_at = {rank: 0 for rank in self.processes}  # generation before our worker
+        self._pending: set[int] = set()  # ranks with a restart scheduled
+        # the rank's generation when our newest worker started: its announcement is the next one
+        self._started_at = {rank: 0 for rank in self.processes}
         self._handed_over: set[int] = set()  # ranks a worker not started here took over
         self._never: set[int] = set()  # ranks the policy does not restart
 
@@ -205,7 +206,7 @@ class LocalFleet:
     def _supervise(self) -> None:
         while not self._stopping:
             for rank in list(self.processes):
-                left_alone = self._pending.keys() | self._handed_over | self._never
+                left_alone = self._pending | self._handed_over | self._never
                 if rank not in left_alone and self.exit_status(rank) is not None:
                     self._ended(rank)
             time.sleep(SUPERVISE_POLL_S)
@@ -213,7 +214,7 @@ class LocalFleet:
     def _ended(self, rank: int) -> None:
         """Our worker for `rank` ended: restart it, unless a worker started by hand announced
         itself after it (its own announcement is the one generation after `_started_at`)."""
-        if self._generation(rank) > self._started_at[rank] + 1:
+        if self._taken_over(rank):
             with self.lock:
                 self._handed_over.add(rank)
             log.warning("worker %d: a worker started by hand has the rank; not restarted", rank)
@@ -235,7 +236,7 @@ class LocalFleet:
             delay, recent = planned
             self.restarts[rank] = recent + [now + delay]
             self._handed_over.discard(rank)
-            self._pending[rank] = self._generation(rank)
+            self._pending.add(rank)
             timer = threading.Timer(delay, self._replace, args=(rank,))
             timer.daemon = True
             self._timers.append(timer)
@@ -252,21 +253,25 @@ class LocalFleet:
         with self.lock:
             if self._stopping:
                 return
+            self._pending.discard(rank)
             old = self.processes[rank]
             if old.is_alive():
-                old.kill()
+                old.kill()  # dropped by the fleet (hung), or superseded by a worker started by hand
             old.join(REAP_TIMEOUT_S)
-            generation = self._generation(rank)
-            if generation > self._pending.pop(rank):
-                # a worker started by hand announced itself meanwhile: the rank is its own; if
-                # it is lost, the fleet's on_lost calls restart again
+            if self._taken_over(rank):
+                # the rank is that worker's own now; if it is lost, the fleet's on_lost calls
+                # restart again
                 self._handed_over.add(rank)
                 log.warning("worker %d: a worker started by hand took the rank over", rank)
                 return
-            self._started_at[rank] = generation
+            self._started_at[rank] = self._generation(rank)
             process = self._new_process(rank)
             process.start()
             self.processes[rank] = process
+
+    def _taken_over(self, rank: int) -> bool:
+        """Whether a worker not started here announced itself for `rank` after our newest."""
+        return self._generation(rank) > self._started_at[rank] + 1
 
     def _generation(self, rank: int) -> int:
         """The newest generation announced for `rank` (0 without a store to ask)."""
