@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import statistics
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -138,13 +141,27 @@ class _Client:
         dist.send(torch.tensor([END, 0], dtype=torch.int64), dst=0)
 
 
+@contextmanager
+def _busy_sibling():
+    """A process beside this one (same cgroup, so the same CPU quota) that computes all along,
+    as the aggregator's own worker does while the aggregator sends the other devices their
+    input: the sends then wait whenever it has spent the quota."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0.25,
                  timeout_s: float = 120.0, send_bytes: int | None = None) -> LinkMeasurement:
     """Bandwidth both ways and round trip to the peer at `endpoint` (see module docstring);
     with `send_bytes`, also `SEND_BURSTS` bursts of `SEND_BURST` acknowledged uploads of that
     many bytes (request, payload, receipt: the runtime's acknowledged input send), each burst
-    after `SEND_IDLE_S` idle, so the per-send cost on this machine (its CPU quota included) is
-    measured rather than assumed."""
+    after `SEND_IDLE_S` idle, while a sibling process computes (`_busy_sibling`: a sub-model on
+    the aggregator), so the per-send cost on this machine (its CPU quota included) is measured
+    rather than assumed."""
     store = _connect(endpoint, 1, timeout_s)
     client = _Client()
     try:
@@ -167,9 +184,11 @@ def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0
         if send_bytes:
             times = []
             client.transfer_s(UPLOAD, send_bytes)  # warm the buffer
-            for _ in range(SEND_BURSTS):
-                time.sleep(SEND_IDLE_S)
-                times.extend(client.transfer_s(UPLOAD, send_bytes) for _ in range(SEND_BURST))
+            with _busy_sibling():
+                for _ in range(SEND_BURSTS):
+                    time.sleep(SEND_IDLE_S)
+                    times.extend(client.transfer_s(UPLOAD, send_bytes)
+                                 for _ in range(SEND_BURST))
             ordered = sorted(times)
             send = SendMeasurement(bytes=send_bytes, burst=SEND_BURST, sends=len(times),
                                    median_s=statistics.median(ordered),
@@ -216,8 +235,6 @@ def measure_local_handoff(input_bytes: int, spin_cpu_s: float, spin_wall_s: floa
     under a quota the two processes share it: the worker's input and the features wait for the
     other process to be scheduled, which a sub-model timed alone never shows."""
     import socket
-    import subprocess
-    import sys
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
