@@ -37,7 +37,12 @@ from planner.schema_base import StrictModel
 from planner.vit_shape import ViTShape, counts_for_ratio
 from profiler.cache import ProfileCache
 from profiler.latency_model import LatencyFit, TrafficFit, fit_latency, fit_traffic
-from profiler.link import LinkMeasurement, SendMeasurement, measure_link
+from profiler.link import (
+    HandoffMeasurement,
+    LinkMeasurement,
+    measure_link,
+    measure_local_handoff,
+)
 from profiler.model_profile import (
     example_input,
     host_description,
@@ -55,6 +60,7 @@ from vit_ops.timing import (
 )
 
 CalibrationClock = Literal["wall", "cpu", "quota"]
+HANDOFF_SPIN_S = 0.02  # a sub-model's CPU in the hand-off measurement without a quota
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
 # from on small devices; the 112 px one separates weight traffic from arithmetic.
@@ -125,6 +131,9 @@ class CalibrationResult(StrictModel):
     rounds: int
     samples: list[CalibrationSample]
     link: LinkMeasurement | None = Field(default=None, description="when measured (--link-to)")
+    handoff: HandoffMeasurement | None = Field(
+        default=None, description="requests to a worker beside this one (with input_bytes): "
+                                  "its cost beyond compute is the kind's overhead_s")
     host: dict[str, str]
     tool_versions: dict[str, str]
 
@@ -235,6 +244,11 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
                           progress=progress)
     quota = own_cpu_quota()
     quota_text = f", CPU quota {quota.cores:.2f} core" if quota is not None else ""
+    handoff = None
+    if input_bytes:  # as the aggregator: what a request to its own worker costs beyond compute
+        spin = 3 * quota.quota_s if quota is not None else HANDOFF_SPIN_S
+        spin_wall = quota_wall_s(spin, quota.quota_s, quota.period_s) if quota else spin
+        handoff = measure_local_handoff(input_bytes, spin, spin_wall, timeout_s=link_timeout_s)
     fit = fit_two_term_model(timed)
     traffic = fit_traffic_model(timed)
     host = host_description(threads)
@@ -244,7 +258,8 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
                      f"{f', requests after {idle_s:g} s idle' if idle_s is not None else ''}, "
                      f"torch {host['torch']}"),
         mem_bytes=memory_limit_bytes(), runtime_overhead_bytes=runtime_bytes,
-        flops_per_s=traffic.flops_per_s, overhead_s=0.0,
+        flops_per_s=traffic.flops_per_s,
+        overhead_s=handoff.overhead_s if handoff is not None else 0.0,
         weight_bytes_per_s=(traffic.weight_bytes_per_s
                             if math.isfinite(traffic.weight_bytes_per_s) else None),
         overhead_per_block_s=traffic.overhead_per_block_s,
@@ -257,7 +272,7 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
         traffic_predicted_s=traffic.predict_s(t.flops, t.weight_bytes, t.depth))
         for t in timed]
     return CalibrationResult(
-        device=entry, timed=timed, threads=threads, clock=clock, rounds=rounds, samples=samples,
+        device=entry, timed=timed, handoff=handoff, threads=threads, clock=clock, rounds=rounds, samples=samples,
         host=host,
         link=link,
         tool_versions=tool_versions(),
@@ -290,6 +305,12 @@ def device_entry_yaml(result: CalibrationResult) -> str:
                      f"bursts of {send.burst}: median {send.median_s * 1e3:.2f} ms, p90 "
                      f"{send.p90_s * 1e3:.2f} ms, against {send.bytes_s * 1e3:.2f} ms for the "
                      "bytes at the upload rate")
+    if result.handoff is not None:
+        h = result.handoff
+        lines.append(f"# overhead_s: {h.requests} requests to a worker beside this one ({h.bytes:,} "
+                     f"B in, {h.spin_cpu_s * 1e3:.1f} ms of CPU spun, {h.spin_wall_s * 1e3:.1f} ms "
+                     f"by the quota): median {h.median_s * 1e3:.2f} ms; the rest is per sub-model "
+                     "here")
     quota_note = [f"{s.label} wall {t.wall_median_s * 1e3:.2f} ms"
                   for s, t in zip(result.samples, result.timed) if t.wall_median_s is not None]
     if quota_note:

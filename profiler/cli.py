@@ -70,9 +70,11 @@ def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
                                 "into the wall time this cgroup's CPU quota grants it, for a "
                                 "container or emulated device on a busy host (--threads 1)")
     calibrate.add_argument("--input-bytes", type=int, metavar="B",
-                           help="with --link-to: also time acknowledged sends of B-byte inputs "
-                                "and write their cost beyond the bandwidth as send_overhead_s "
-                                "(calibrating the aggregator; B = the plan's input_bytes)")
+                           help="calibrating the aggregator, with --link-to: also time "
+                                "acknowledged sends of B-byte inputs (their cost beyond the "
+                                "bandwidth is written as send_overhead_s) and requests to a worker "
+                                "beside this one (their cost beyond compute as overhead_s); B = "
+                                "the plan's input_bytes")
     link = calibrate.add_mutually_exclusive_group()
     link.add_argument("--link-bytes-per-s", type=float, default=None,
                       help="bandwidth to the aggregator, taken as given (default 1.25e7 = "

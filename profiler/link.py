@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import logging
 import statistics
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import torch
@@ -138,13 +141,27 @@ class _Client:
         dist.send(torch.tensor([END, 0], dtype=torch.int64), dst=0)
 
 
+@contextmanager
+def _busy_sibling():
+    """A process beside this one (same cgroup, so the same CPU quota) that computes all along,
+    as the aggregator's own worker does while the aggregator sends the other devices their
+    input: the sends then wait whenever it has spent the quota."""
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
 def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0.25,
                  timeout_s: float = 120.0, send_bytes: int | None = None) -> LinkMeasurement:
     """Bandwidth both ways and round trip to the peer at `endpoint` (see module docstring);
     with `send_bytes`, also `SEND_BURSTS` bursts of `SEND_BURST` acknowledged uploads of that
     many bytes (request, payload, receipt: the runtime's acknowledged input send), each burst
-    after `SEND_IDLE_S` idle, so the per-send cost on this machine (its CPU quota included) is
-    measured rather than assumed."""
+    after `SEND_IDLE_S` idle, while a sibling process computes (`_busy_sibling`: a sub-model on
+    the aggregator), so the per-send cost on this machine (its CPU quota included) is measured
+    rather than assumed."""
     store = _connect(endpoint, 1, timeout_s)
     client = _Client()
     try:
@@ -167,9 +184,11 @@ def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0
         if send_bytes:
             times = []
             client.transfer_s(UPLOAD, send_bytes)  # warm the buffer
-            for _ in range(SEND_BURSTS):
-                time.sleep(SEND_IDLE_S)
-                times.extend(client.transfer_s(UPLOAD, send_bytes) for _ in range(SEND_BURST))
+            with _busy_sibling():
+                for _ in range(SEND_BURSTS):
+                    time.sleep(SEND_IDLE_S)
+                    times.extend(client.transfer_s(UPLOAD, send_bytes)
+                                 for _ in range(SEND_BURST))
             ordered = sorted(times)
             send = SendMeasurement(bytes=send_bytes, burst=SEND_BURST, sends=len(times),
                                    median_s=statistics.median(ordered),
@@ -183,3 +202,85 @@ def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0
                            download_bytes_per_s=rates[DOWNLOAD], upload_bytes_per_s=rates[UPLOAD],
                            round_trip_s=round_trip_s, large_bytes=large, repeats=repeats,
                            send=send)
+
+
+# --- the aggregator's own worker ---------------------------------------------------------------
+
+HANDOFF_REPEATS = 12
+HANDOFF_IDLE_S = 0.05  # each request after an idle gap, as the fleet emulation serves them
+HANDOFF_FEATURE_FLOATS = 384
+
+
+class HandoffMeasurement(StrictModel):
+    """Requests to a worker process on this machine: input in, `spin_cpu_s` of CPU, features
+    back (seconds; the spin's expected wall under this machine's quota is subtracted)."""
+
+    bytes: int
+    spin_cpu_s: float
+    spin_wall_s: float = Field(description="the spin's wall time the quota grants (expected)")
+    requests: int
+    median_s: float = Field(description="median request, input sent to features received")
+
+    @property
+    def overhead_s(self) -> float:
+        """What a request to a sub-model on this machine costs beyond its compute (>= 0)."""
+        return max(0.0, self.median_s - self.spin_wall_s)
+
+
+def measure_local_handoff(input_bytes: int, spin_cpu_s: float, spin_wall_s: float,
+                          timeout_s: float = 120.0) -> HandoffMeasurement:
+    """Time requests to a worker process beside this one (it inherits this process's cgroup and
+    so its CPU quota), over gloo as the runtime's local worker is reached: the input sent, the
+    worker spinning `spin_cpu_s` of CPU (a sub-model's work), features sent back. On a device
+    under a quota the two processes share it: the worker's input and the features wait for the
+    other process to be scheduled, which a sub-model timed alone never shows."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    code = (f"from profiler.link import _handoff_worker; _handoff_worker({port}, {input_bytes}, "
+            f"{spin_cpu_s!r}, {timeout_s!r})")
+    child = subprocess.Popen([sys.executable, "-c", code])
+    store = _connect(Endpoint("127.0.0.1", port), 0, timeout_s)
+    try:
+        pixels = torch.zeros(input_bytes, dtype=torch.uint8)
+        features = torch.zeros(HANDOFF_FEATURE_FLOATS)
+        go = torch.ones(1, dtype=torch.int64)
+        times = []
+        for k in range(HANDOFF_REPEATS + 2):
+            time.sleep(HANDOFF_IDLE_S)
+            start = time.perf_counter()
+            dist.send(go, dst=1)
+            dist.send(pixels, dst=1)
+            dist.recv(features, src=1)
+            if k >= 2:  # two warm-up requests
+                times.append(time.perf_counter() - start)
+        dist.send(torch.zeros(1, dtype=torch.int64), dst=1)
+    finally:
+        dist.destroy_process_group()
+        del store
+        child.wait(timeout=30)
+    return HandoffMeasurement(bytes=input_bytes, spin_cpu_s=spin_cpu_s, spin_wall_s=spin_wall_s,
+                              requests=len(times), median_s=statistics.median(times))
+
+
+def _handoff_worker(port: int, input_bytes: int, spin_cpu_s: float, timeout_s: float) -> None:
+    """The worker side of `measure_local_handoff` (rank 1)."""
+    store = _connect(Endpoint("127.0.0.1", port), 1, timeout_s)
+    try:
+        command = torch.zeros(1, dtype=torch.int64)
+        pixels = torch.zeros(input_bytes, dtype=torch.uint8)
+        features = torch.zeros(HANDOFF_FEATURE_FLOATS)
+        while True:
+            dist.recv(command, src=0)
+            if not int(command):
+                return
+            dist.recv(pixels, src=0)
+            until = time.thread_time() + spin_cpu_s
+            while time.thread_time() < until:
+                pass
+            dist.send(features, dst=0)
+    finally:
+        dist.destroy_process_group()
+        del store

@@ -145,9 +145,20 @@ def calibrate_nodes(fleet: EmulatedFleet, out_dir: Path, rounds: int,
     quota`): timed by the wall clock, nodes calibrated at once on a 2-core host with other jobs
     measured 2-3x their latency in the run. Each node measures its link against a peer of its
     own in the hub, outside every node's quota (the aggregator's sends are its own cost, not
-    the receiver's), so the nodes share neither a link nor a quota."""
+    the receiver's), so the nodes share neither a link nor a quota. The aggregator calibrates
+    after the devices, alone."""
+    kinds = {}
+    # the devices at once, then the aggregator alone: its per-send and hand-off costs are
+    # wall-clock measurements the others' start-up would disturb
+    for nodes in (fleet.nodes[1:], fleet.nodes[:1]):
+        kinds |= _calibrate_at_once(fleet, nodes, out_dir, rounds, case)
+    return kinds
+
+
+def _calibrate_at_once(fleet: EmulatedFleet, nodes, out_dir: Path, rounds: int,
+                       case: FleetCase) -> dict[str, Path]:
     started = []
-    for node in fleet.nodes:
+    for node in nodes:
         endpoint = f"{node.hub_address}:{LINK_PORT_BASE + node.index}"
         peer = fleet.popen(node, [*EDVIT, "calibrate", "--link-serve", endpoint],
                            netns=fleet.hub, limited=False,

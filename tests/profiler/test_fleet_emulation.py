@@ -69,6 +69,15 @@ def test_calibrate_link_to_measures_a_peer_over_torch_distributed():
     assert peer.returncode == 0 and "answered 1 device" in peer_out
 
 
+def test_local_handoff_times_requests_to_a_worker_beside_this_process():
+    from profiler.link import HANDOFF_REPEATS, measure_local_handoff
+
+    handoff = measure_local_handoff(37632, spin_cpu_s=0.005, spin_wall_s=0.005, timeout_s=180)
+    assert handoff.requests == HANDOFF_REPEATS and handoff.bytes == 37632
+    assert handoff.median_s >= 0.005 and 0 <= handoff.overhead_s == pytest.approx(
+        max(0.0, handoff.median_s - 0.005))
+
+
 @pytest.mark.parametrize("args, field", [(["--link-to", "nohost"], "--link-to"),
                                          (["--link-serve", "h:0"], "--link-serve"),
                                          (["--rounds", "0"], "--rounds")])
@@ -111,6 +120,8 @@ def test_one_small_emulated_fleet_runs_and_its_links_are_shaped(tmp_path: Path):
     assert result.calibrated["d1"]["mem_bytes"] == 2 << 30  # the cgroup's limit, not the host's
     # measured on the aggregator only: what it pays per device it sends the input to
     assert result.calibrated["agg"]["send_overhead_s"] >= 0
+    assert result.calibrated["agg"]["overhead_s"] >= 0  # its own worker's hand-off
+    assert result.calibrated["d1"]["overhead_s"] == 0
     assert result.calibrated["d1"]["send_overhead_s"] is None
     assert "quota clock, CPU quota 0.30 core" in result.calibrated["d1"]["description"]
     (check,) = result.checks
