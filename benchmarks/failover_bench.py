@@ -202,20 +202,20 @@ def main() -> None:
     print(f"\nfailover of {victim} (its standby copies on "
           f"{sorted({s for d, s in standby.items() if d == victim})}); {args.repeats} repeats, "
           f"{args.requests} requests per latency run; host cores {os.cpu_count()}")
-    print(f"{'measure':<52} {'median':>8}   {'range':>7}")
-    print(f"{'death -> first complete answer, standby copies (s)':<52} "
+    print(f"{'measure':<58} {'median':>8}   {'range':>7}")
+    print(f"{'death -> first complete answer, standby copies (s)':<58} "
           f"{_median_range(rows['failover'])}")
-    print(f"{'death -> first complete answer, --local restart only (s)':<52} "
+    print(f"{'death -> first complete answer, --local restart only (s)':<58} "
           f"{_median_range(rows['restart'])}")
     if rows["primary_back"]:
-        print(f"{'death -> restarted primary answers again (s)':<52} "
+        print(f"{'death -> restarted primary answers again (s)':<58} "
               f"{_median_range(rows['primary_back'])}")
-    print(f"{'  restart only / standby copies':<52} "
+    print(f"{'  restart only / standby copies':<58} "
           f"{statistics.median(rows['restart']) / statistics.median(rows['failover']):8.1f}x")
     for name in ("normal_p50", "failover_p50", "normal_p99", "failover_p99"):
         label = f"{name.replace('_', ' answer latency ')} (ms)"
-        print(f"{label:<52} {_median_range(rows[name])}")
-    print(f"{'  failover / normal p50':<52} "
+        print(f"{label:<58} {_median_range(rows[name])}")
+    print(f"{'  failover / normal p50':<58} "
           f"{statistics.median(rows['failover_p50']) / statistics.median(rows['normal_p50']):8.2f}x")
     predicted = plan["resilience"]["failover_makespan_s"].get(victim)
     print(f"plan (Pi 4 predictions, not this host): makespan {1e3 * plan['makespan_s']:.2f} ms, "

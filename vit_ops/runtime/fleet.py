@@ -115,7 +115,7 @@ class FleetAnswer:
     slots were served (standby copies) or not."""
 
     logits: torch.Tensor  # (n, classes)
-    missing: list[DeviceFailure]  # devices not serving (now)
+    missing: list[DeviceFailure]  # devices that did not serve this request
     device_s: dict[str, float]  # device -> its compute seconds for this request
     fusion_s: float
     elapsed_s: float
@@ -273,6 +273,11 @@ class Fleet:
                     for d in self.devices if d.link is None
                     and any(self.slot_standby[s] not in live for s in d.slots)]
 
+    def starting(self) -> list[str]:
+        """Devices that have not joined yet since the fleet started."""
+        with self.lock:
+            return [d.name for d in self.devices if d.problem == NOT_JOINED]
+
     def coverage(self) -> dict[str, list[str]]:
         """failed device -> the live devices whose standby copies serve its slots now (devices
         not serving, with slots, each of which a live standby copy serves)."""
@@ -297,14 +302,15 @@ class Fleet:
         wire = protocol.to_wire(pixels)
         collected = _Collected(n, self.total_width, self.num_slots)
         live = self._live()
-        down = [s for s in range(self.num_slots)
-                if self.slot_device[s] not in {d.name for d, _ in live}]
+        absent = {d.name for d in self.devices} - {d.name for d, _ in live}
+        down = [s for s in range(self.num_slots) if self.slot_device[s] in absent]
         routes = self._routes(live, down)
         asks = [_Ask(d, link, True, tuple(routes.get(d.name, ())),
                      d.width + sum(self.slot_widths[s] for s in routes.get(d.name, ())))
                 for d, link in live if d.width or d.name in routes]
         replies, sent = self._exchange(asks, wire, n, deadline, self.config.input_order)
         self._collect(collected, replies, sent, started)
+        absent |= {a.device.name for a in asks} - {a.device.name for a, _, _ in replies}
         unserved = [s for s in range(self.num_slots) if s not in collected.served]
         routes = self._routes(self._live(), unserved) if unserved else {}
         if routes:  # devices failed during this request: their slots' standby copies, now
@@ -314,6 +320,7 @@ class Fleet:
             replies, sent = self._exchange(retry, wire, n, failover_deadline or deadline,
                                            self.config.input_order)
             self._collect(collected, replies, sent, started)
+            absent |= {a.device.name for a in retry} - {a.device.name for a, _, _ in replies}
         received = time.perf_counter()
         features, mask = collected.features, collected.mask
         logits = self.fusion(features, mask) if self.takes_mask else self.fusion(features)
@@ -322,7 +329,8 @@ class Fleet:
                              end_s=done - started)
         unserved = sorted(set(range(self.num_slots)) - collected.served)
         lacking = {self.slot_device[s] for s in unserved}
-        return FleetAnswer(logits=logits, missing=self.missing(), device_s=collected.device_s,
+        return FleetAnswer(logits=logits, missing=self._failures(absent),
+                           device_s=collected.device_s,
                            fusion_s=done - received, elapsed_s=done - started, trace=trace,
                            standby={d: sorted(b) for d, b in collected.standby.items()},
                            lacking=self._failures(lacking),

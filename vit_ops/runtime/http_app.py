@@ -2,8 +2,8 @@
 
 - `GET /v2/health/live`: 200 while the process serves HTTP.
 - `GET /v2/health/ready`: 200 while every device is joined and answering, or while the slots of
-  the devices that are not are all served by standby copies (failover: complete answers; the body
-  names the failed devices and their standby devices), else 503 naming the devices that are not
+  the devices that failed since they joined are all served by standby copies (failover: complete
+  answers; the body names the failed devices and their standby devices), else 503 naming the devices that are not
   serving, and why.
 - `GET /v2`: server metadata (OIP), with the one model's name under `models`.
 - `GET /v2/models/{name}`, `GET /v2/models/{name}/ready`: model metadata (inputs, outputs, class
@@ -141,10 +141,11 @@ def create_app(service: InferenceService, model: ModelInfo,
                 service.fleet.readiness().items() if problem is not None]
 
     def readiness(extra: dict) -> JSONResponse | dict:
-        """503 naming the devices not serving unless standby copies serve all their slots; 200
-        then, naming them and their standby devices."""
+        """503 naming the devices not serving unless standby copies serve all their slots (and
+        every device has joined once: a fleet still starting is not ready); 200 then, naming them
+        and their standby devices."""
         missing = not_ready()
-        if service.fleet.uncovered():
+        if service.fleet.uncovered() or service.fleet.starting():
             return error(503, "not ready: " + "; ".join(missing))
         if missing:
             return {**extra, "ready": True, "failover": True, "not_serving": missing,
