@@ -20,6 +20,7 @@ Loading API (one process per device loads only its own part):
 
     load_manifest(deploy_dir) -> DeploymentManifest
     load_device_submodels(deploy_dir, device) -> list[LoadedSubModel]   all sub-models of a device
+    load_standby_submodels(deploy_dir, device) -> list[LoadedSubModel]  the standby copies it holds
     load_submodel(deploy_dir, device) -> LoadedSubModel                 the device's only sub-model
     load_fusion(deploy_dir) -> LoadedFusion                             on the aggregator
     load_deployment_base(deploy_dir) -> LoadedBase
@@ -159,6 +160,9 @@ class SubModelEntry(StrictModel):
     planned_device_s: NonNegative | None = Field(
         default=None, description="the plan's predicted seconds of this sub-model on its device "
         "for one image (compute + per-call overhead, not sending its features)")
+    standby_device: Name | None = Field(
+        default=None, description="the device holding a standby copy of this sub-model (the same "
+        "weights, `dir`), which serves its slot while `device` has failed; None: no copy")
 
 
 class DeploymentManifest(StrictModel):
@@ -181,6 +185,9 @@ class DeploymentManifest(StrictModel):
     submodels: list[SubModelEntry] = Field(min_length=1)
     fusion_dir: RelativePath = "fusion"
     fusion_device: Name | None
+    failover_makespan_s: dict[str, NonNegative] = Field(
+        default_factory=dict, description="the plan's makespan with that one device failed, its "
+        "sub-models run by their standby copies (plans with `resilience.standby`)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DeploymentManifest":
@@ -194,6 +201,10 @@ class DeploymentManifest(StrictModel):
         violations = partition_violations(self.num_classes, [e.classes for e in self.submodels])
         if violations:
             raise ValueError(f"submodels: {violations[0]}")
+        for e in self.submodels:
+            if e.standby_device == e.device:
+                raise ValueError(f"submodels.{e.index}.standby_device: the standby copy must be "
+                                 f"on another device than {e.device!r}")
         if self.preprocess.img_size != self.img_size:
             raise ValueError(f"preprocess.img_size {self.preprocess.img_size} differs from "
                              f"img_size {self.img_size}")
@@ -372,6 +383,17 @@ def load_device_submodels(deploy_dir: str | Path, device: str) -> list[LoadedSub
     return [_load_entry(Path(deploy_dir), e, fusion) for e in entries]
 
 
+def load_standby_submodels(deploy_dir: str | Path, device: str) -> list[LoadedSubModel]:
+    """The standby copies `device` holds (`SubModelEntry.standby_device`), in fusion-input order;
+    each is its primary's own directory, loaded a second time. Empty when it holds none."""
+    manifest = load_manifest(deploy_dir)
+    entries = [e for e in manifest.submodels if e.standby_device == device]
+    if not entries:
+        return []
+    fusion = read_fusion_spec(deploy_dir, manifest)
+    return [_load_entry(Path(deploy_dir), e, fusion) for e in entries]
+
+
 def load_submodel(deploy_dir: str | Path, device: str) -> LoadedSubModel:
     """The one sub-model of `device` (use `load_device_submodels` when a device hosts several)."""
     loaded = load_device_submodels(deploy_dir, device)
@@ -463,7 +485,7 @@ def _read_spec(path: Path, cls: type[BaseModel]):
 
 __all__ = ["BASE_SPEC_FILE", "DeploymentManifest", "SubModelSpec", "FusionSpec", "SubModelEntry",
            "LoadedSubModel", "LoadedFusion", "load_manifest", "load_submodel",
-           "load_device_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
+           "load_device_submodels", "load_standby_submodels", "load_all_submodels", "load_fusion", "load_deployment_base",
            "check_deployment", "read_fusion_spec", "load_part_submodel", "load_split",
            "deployment_splits", "part_path", "save_part", "save_manifest", "write_onnx",
            "export_onnx", "open_session", "onnx_max_abs_diff", "submodel_dir_name"]

@@ -254,7 +254,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
     entries = [SubModelEntry(index=job.index, device=job.plan.device, classes=job.plan.classes,
                              dir=job.directory.relative_to(staging).as_posix(),
                              params=sub.backbone_params(), predicted_params=job.plan.params,
-                             planned_device_s=_planned_device_s(plan, job.plan))
+                             planned_device_s=_planned_device_s(plan, job.plan),
+                             standby_device=job.plan.standby_device)
                for job, sub in zip(jobs, submodels)]
     phase = phase_progress(progress, phases - 1, phases, "fusion head")
     if phase:
@@ -278,7 +279,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
         data=splits.source, img_size=splits.img_size, preprocess=splits.preprocess,
         finetune_augment=config.finetune.augment,
         split=f"base/{SPLIT_FILE}", base_params=base_params, submodels=entries,
-        fusion_device=fusion_spec.device)
+        fusion_device=fusion_spec.device,
+        failover_makespan_s=dict(plan.resilience.failover_makespan_s) if plan.resilience else {})
     save_manifest(staging, manifest)
     return manifest
 

@@ -18,6 +18,7 @@ class RecordingFleet:
     def __init__(self, delay_s: float = 0.0, missing_devices: list[str] = ()) -> None:
         self.delay_s, self.batches = delay_s, []
         self.devices = ["a", "b"]
+        self.num_slots = 2
         self.missing_devices = list(missing_devices)
         self.release = threading.Event()
         self.release.set()
@@ -25,14 +26,24 @@ class RecordingFleet:
     def missing(self):
         return [DeviceFailure(device=d, rank=1, reason="gone") for d in self.missing_devices]
 
-    def infer(self, pixels: torch.Tensor, deadline: float) -> FleetAnswer:
+    uncovered = missing  # no standby copies
+
+    def starting(self) -> list[str]:
+        return []
+
+    def coverage(self) -> dict[str, list[str]]:
+        return {}
+
+    def infer(self, pixels: torch.Tensor, deadline: float,
+              failover_deadline: float | None = None) -> FleetAnswer:
         self.release.wait()
         time.sleep(self.delay_s)
         self.batches.append(int(pixels.shape[0]))
         means = pixels.float().mean(dim=(1, 2, 3))
         logits = torch.stack([means, -means], dim=1)
         return FleetAnswer(logits=logits, missing=self.missing(), device_s={"a": 0.001},
-                           fusion_s=0.0, elapsed_s=self.delay_s)
+                           fusion_s=0.0, elapsed_s=self.delay_s, lacking=self.missing(),
+                           unserved_slots=list(range(len(self.missing_devices))))
 
     def ping(self, timeout_s: float) -> None:
         pass

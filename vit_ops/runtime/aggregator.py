@@ -3,8 +3,10 @@
 It joins the fleet (`vit_ops.runtime.fleet`), optionally calibrates, then sends the images as
 8-bit pixels, `batch_size` per request, to every live worker at once and fuses their features.
 A device whose link breaks (its process died) or that does not answer within `timeout_s` of the
-request's start (hung) is a `DeviceFailure`, named by device. Without `degraded` the run stops and
-`WorkerFailedError` is raised; with it, the failed device's slots of the fusion input stay zero
+request's start (hung) is a `DeviceFailure`, named by device. When standby copies of its
+sub-models are placed on live devices, they serve its slots from the request it failed in on
+(asked again within another `timeout_s`), and every prediction made so is marked `failover`.
+Otherwise, without `degraded` the run stops and `WorkerFailedError` is raised; with it, the failed device's slots of the fusion input stay zero
 from then on, their presence-mask bits 0 for a head that takes a mask, and every prediction made
 so is marked. (The long-running service,
 `vit_ops.runtime.service`, answers HTTP requests over the same fleet instead.)
@@ -43,6 +45,14 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class _Marks:
+    """Per prediction: made without some sub-model, or with standby copies."""
+
+    degraded: list[bool] = field(default_factory=list)
+    failover: list[bool] = field(default_factory=list)
+
+
+@dataclass
 class _Timings:
     latency_s: list[float] = field(default_factory=list)
     compute_s: list[float] = field(default_factory=list)
@@ -73,17 +83,18 @@ def serve_aggregator(source: DeploymentSource, store: dist.Store, config: Runtim
     fleet.start()
     try:
         never_joined = fleet.wait_joined(config.join_limit_s)
-        if len(never_joined) == len(fleet.devices) or (never_joined and not config.degraded):
+        if len(never_joined) == len(fleet.devices) or (fleet.uncovered() and
+                                                        not config.degraded):
             raise WorkerFailedError(never_joined)
         joined = {w.rank: w for w in fleet.workers()}
         setup_s = time.perf_counter() - setup_start
         calibration = _calibrate(fleet, config, pixels) if config.calibrate else None
-        predictions, degraded, failures, timings, wall_s = _serve(
+        predictions, marks, failures, timings, wall_s = _serve(
             fleet, config, pixels, never_joined, progress)
     finally:
         fleet.close()
         torch.set_num_threads(previous_threads)
-    return _result(source, config, images, labels, predictions, degraded, timings, wall_s,
+    return _result(source, config, images, labels, predictions, marks, timings, wall_s,
                    setup_s, joined, failures, calibration)
 
 
@@ -100,10 +111,10 @@ def _calibrate(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor) -> Cal
 
 def _serve(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor,
            never_joined: list[DeviceFailure], progress: ProgressCallback | None):
-    """Every request in order: predictions, degraded marks, failures (with the first image
-    served without each device), timings and the wall time."""
+    """Every request in order: predictions, degraded and failover marks, failures (with the
+    first image served without each device), timings and the wall time."""
     predictions: list[int] = []
-    degraded: list[bool] = []
+    marks = _Marks()
     failures = list(never_joined)
     timings = _Timings()
     total = int(pixels.shape[0])
@@ -112,33 +123,37 @@ def _serve(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor,
         batch = pixels[start:start + config.batch_size].contiguous()
         if config.request_gap_s:
             time.sleep(config.request_gap_s)
-        answer = fleet.infer(batch, time.monotonic() + config.timeout_s)
+        deadline = time.monotonic() + config.timeout_s
+        answer = fleet.infer(batch, deadline, deadline + config.timeout_s)
         known = {f.device for f in failures}
         failures += [f.model_copy(update={"at_image": start}) for f in fleet.failures
                      if f.device not in known]
         _check(fleet, config, failures, len(predictions))
         predictions.extend(int(p) for p in answer.logits.argmax(dim=-1))
-        degraded.extend([answer.degraded] * batch.shape[0])
+        marks.degraded.extend([answer.degraded] * batch.shape[0])
+        marks.failover.extend([answer.failover] * batch.shape[0])
         timings.latency_s.append(answer.elapsed_s)
         timings.compute_s.append(max(answer.device_s.values()))
         timings.fusion_s.append(answer.fusion_s)
         if config.trace and answer.trace is not None:
             timings.trace.append(answer.trace)
         if progress:
-            progress(len(predictions), total, "degraded" if answer.degraded else "")
-    return predictions, degraded, failures, timings, time.perf_counter() - start_all
+            progress(len(predictions), total, "degraded" if answer.degraded else
+                     "failover" if answer.failover else "")
+    return predictions, marks, failures, timings, time.perf_counter() - start_all
 
 
 def _check(fleet: Fleet, config: RuntimeConfig, failures: list[DeviceFailure],
            served: int) -> None:
-    """Stop the run on a failure unless degraded mode may go on (some device still answers)."""
-    missing = fleet.missing()
-    if missing and (not config.degraded or len(missing) == len(fleet.devices)):
-        raise WorkerFailedError(failures or missing, completed_images=served)
+    """Stop the run on a failure that standby copies do not cover, unless degraded mode may go
+    on (some device still answers)."""
+    uncovered = fleet.uncovered()
+    if uncovered and (not config.degraded or len(fleet.missing()) == len(fleet.devices)):
+        raise WorkerFailedError(failures or uncovered, completed_images=served)
 
 
 def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tensor,
-            labels: torch.Tensor, predictions: list[int], degraded: list[bool], timings: _Timings,
+            labels: torch.Tensor, predictions: list[int], marks: _Marks, timings: _Timings,
             wall_s: float, setup_s: float, joined: dict[int, WorkerInfo],
             failures: list[DeviceFailure], calibration: Calibration | None) -> ServeResult:
     latency = sorted(timings.latency_s)
@@ -153,7 +168,8 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
     label_list = [int(v) for v in labels]
     workers = [joined[rank] for rank in sorted(joined)]
     return ServeResult(
-        status="degraded" if failures else "ok",
+        status="ok" if not failures else "degraded" if any(marks.degraded) or not any(
+            marks.failover) else "failover",
         deployment=source.name,
         num_images=len(predictions),
         batch_size=config.batch_size,
@@ -161,7 +177,8 @@ def _result(source: DeploymentSource, config: RuntimeConfig, images: torch.Tenso
         predictions=predictions,
         labels=label_list,
         accuracy=sum(p == t for p, t in zip(predictions, label_list)) / len(predictions),
-        degraded=degraded,
+        degraded=marks.degraded,
+        failover=marks.failover,
         latency_median_s=median_s,
         latency_p95_s=nearest_rank_percentile(latency, 0.95),
         latency_p99_s=nearest_rank_percentile(latency, 0.99),

@@ -26,15 +26,23 @@ class Classification(StrictModel):
     top: list[TopClass] = Field(description="the most probable classes, most probable first")
     degraded: bool = Field(default=False, description="made without some device's features")
     failed_devices: list[str] = Field(default_factory=list,
-                                      description="devices whose features were missing")
+                                      description="devices not serving: their features are "
+                                      "missing, unless standby copies served them (failover)")
     device_ms: dict[str, float] = Field(default_factory=dict,
                                         description="device -> its compute time, milliseconds")
+    failover: bool = Field(default=False, description="some failed device's sub-models ran as "
+                           "standby copies on other devices: the answer is still complete")
+    standby_devices: dict[str, list[str]] = Field(
+        default_factory=dict, description="failed device -> the devices whose standby copies "
+        "served its sub-models in this answer")
 
 
 def classify_probabilities(probabilities: torch.Tensor, class_names: list[str],
                            top_k: int = DEFAULT_TOP_K, degraded: bool = False,
                            failed_devices: list[str] | None = None,
-                           device_ms: dict[str, float] | None = None) -> list[Classification]:
+                           device_ms: dict[str, float] | None = None,
+                           standby_devices: dict[str, list[str]] | None = None
+                           ) -> list[Classification]:
     """One `Classification` per row of probabilities (N, C)."""
     k = min(top_k, probabilities.shape[-1])
     values, indices = probabilities.topk(k, dim=-1)
@@ -43,7 +51,9 @@ def classify_probabilities(probabilities: torch.Tensor, class_names: list[str],
         top = [TopClass(label=class_names[i], prob=p) for p, i in zip(row_values, row_indices)]
         answers.append(Classification(label=top[0].label, class_id=row_indices[0], top=top,
                                       degraded=degraded, failed_devices=failed_devices or [],
-                                      device_ms=device_ms or {}))
+                                      device_ms=device_ms or {},
+                                      failover=bool(standby_devices),
+                                      standby_devices=standby_devices or {}))
     return answers
 
 

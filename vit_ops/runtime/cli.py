@@ -64,7 +64,8 @@ def add_classify_arguments(classify: argparse.ArgumentParser) -> None:
     classify.add_argument("--timeout", type=float, default=60.0, metavar="S",
                           help="seconds to wait for each answer of the service (default 60)")
     classify.add_argument("--json", action="store_true",
-                          help="print a JSON list: {file, label, class_id, top, degraded} each")
+                          help="print a JSON list: {file, label, class_id, top, degraded, failover, "
+                               "standby_devices} each")
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,8 +278,10 @@ def format_result(result) -> str:
                      + ", ".join(_alone_text(d, s, c.planned_device_s.get(d))
                                  for d, s in c.alone_latency_s.items()))
     for failure in result.failed_devices:
+        marked = "failover (standby copies served it)" if result.status == "failover" \
+            else "degraded"
         lines.append(f"  FAILED {failure.device} (rank {failure.rank}): {failure.reason}; "
-                     f"predictions from image {failure.at_image or 0} on are marked degraded")
+                     f"predictions from image {failure.at_image or 0} on are marked {marked}")
     return "\n".join(lines)
 
 
@@ -298,13 +301,14 @@ def run_classify(args: argparse.Namespace) -> int:
         classifier = ReferenceClassifier(args.deploy, top_k=args.top)
         answers = classifier.classify_files(files)
     rows = [{"file": str(path), "label": a.label, "class_id": a.class_id,
-             "top": [t.model_dump() for t in a.top], "degraded": a.degraded}
+             "top": [t.model_dump() for t in a.top], "degraded": a.degraded,
+             "failover": a.failover, "standby_devices": a.standby_devices}
             for path, a in zip(files, answers)]
     if args.json:
         print_json(rows)
         return 0
     for row in rows:
-        mark = "  (degraded)" if row["degraded"] else ""
+        mark = "  (degraded)" if row["degraded"] else "  (failover)" if row["failover"] else ""
         print(f"{row['file']}: {row['label']} ({row['top'][0]['prob']:.3f}){mark}")
     return 0
 

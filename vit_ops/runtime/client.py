@@ -57,7 +57,8 @@ class Client:
         return self._model
 
     def ready(self) -> bool:
-        """Whether every device is joined and answering now."""
+        """Whether the service gives complete answers now: every device joined and answering,
+        or standby copies serving the slots of those that are not."""
         try:
             return self.http.get("/v2/health/ready").status_code == 200
         except httpx.HTTPError:

@@ -1,7 +1,9 @@
 """The runtime's view of a deployment directory written by `edvit materialize` (`vit_ops.deploy`).
 
 A device's feature extractor is every sub-model the manifest places on it, in fusion-input order,
-returning their feature vectors concatenated; the fusion head and its input widths come from
+returning their feature vectors concatenated; the standby copies a device holds (the manifest's
+`standby_device`) load as one extractor each, run only while their primary's device is down; the
+fusion head and its input widths come from
 `fusion/model.json`; the held-out images are the recorded test split (`base/split.json`, the same
 files `edvit evaluate` uses, class-interleaved), decoded with the recorded transform; `data` says
 where the image folder is on this machine when it has moved.
@@ -47,12 +49,18 @@ class VitOpsDeployment:
 
     def slots(self) -> list[FeatureSlot]:
         entries = sorted(self.manifest.submodels, key=lambda e: e.index)
-        return [FeatureSlot(device=e.device, name=e.dir, width=self.widths[e.index])
+        return [FeatureSlot(device=e.device, name=e.dir, width=self.widths[e.index],
+                            standby=e.standby_device)
                 for e in entries]
 
     def load_worker(self, device: str) -> nn.Module:
         loaded = deploy.load_device_submodels(self.deploy_dir, device)
         return DeviceExtractor([s.module for s in sorted(loaded, key=lambda s: s.index)]).eval()
+
+    def load_standby(self, device: str) -> dict[int, nn.Module]:
+        """slot index -> the extractor of the standby copy `device` holds of that slot."""
+        return {s.index: DeviceExtractor([s.module]).eval()
+                for s in deploy.load_standby_submodels(self.deploy_dir, device)}
 
     def planned_device_s(self) -> dict[str, float]:
         """device -> the plan's predicted seconds per image there (sum over its sub-models); empty

@@ -6,10 +6,17 @@ device that is slow or dies while joining holds up nobody, and a restarted worke
 running fleet. `infer` sends one batch of 8-bit images to every live device at once (every receive
 posted before the first send), waits for each answer until the request's deadline, and fuses the
 features; a device whose link breaks (process died) or that misses the deadline (hung) is dropped
-at once, named as a `DeviceFailure`, and `on_lost(rank)` tells the launcher. Its slots of the
-fusion input stay zero while it is away, and their bits of the presence mask 0 for a head that
-takes one (`vit_ops.fusion.MaskedFusionHead`, what `edvit evaluate --without` feeds it); the answer lists every device it lacks, and the caller
-decides whether such an answer may be served (degraded mode) or not.
+at once, named as a `DeviceFailure`, and `on_lost(rank)` tells the launcher.
+
+Failover: a slot whose sub-model has a standby copy (`FeatureSlot.standby`) is asked of the device
+holding the copy while its own device is away, in the same request as that device's own work; a
+device that fails during a request has its slots asked of their standby devices once more, until
+the request's failover deadline. Such an answer is complete and says which devices served whose
+slots (`FleetAnswer.standby`). A slot nobody serves stays zero, its bit of the presence mask 0 for
+a head that takes one (`vit_ops.fusion.MaskedFusionHead`, what `edvit evaluate --without` feeds
+it); the answer lists every device it lacks, and the caller decides whether such an answer may be
+served (degraded mode) or not. When the device rejoins, its slots are its own again: routes are
+made per request from who is serving then.
 
 `infer`, `ping`, `calibrate` and `close` are called from one thread (the caller's); the watcher
 only adds links, under the lock.
@@ -69,20 +76,64 @@ class _Device:
         return len(self.columns)
 
 
+@dataclass(eq=False)
+class _Ask:
+    """What one device is asked in one exchange: its own sub-models (`primaries`) and the
+    standby copies of these slots; `width` is the features it answers per image."""
+
+    device: _Device
+    link: Link
+    primaries: bool
+    standby: tuple[int, ...]
+    width: int
+
+    def messages(self, op: int, pixels: torch.Tensor | None, n: int) -> list[torch.Tensor]:
+        return protocol.control(op, n, self.primaries, self.standby) + ([pixels] if n else [])
+
+
+class _Collected:
+    """One request's fusion input as the replies come in, and who served which slot."""
+
+    def __init__(self, n: int, total_width: int, num_slots: int) -> None:
+        self.n = n
+        self.features = torch.zeros(n, total_width)
+        self.mask = torch.zeros(n, num_slots)
+        self.served: set[int] = set()
+        self.standby: dict[str, set[str]] = {}  # failed device -> devices serving its slots
+        self.device_s: dict[str, float] = {}
+        self.traces: dict[str, DeviceTrace] = {}
+
+    def put(self, values: torch.Tensor, columns: torch.Tensor, slots: list[int]) -> None:
+        self.features[:, columns] = values
+        self.mask[:, slots] = 1.0
+        self.served.update(slots)
+
+
 @dataclass
 class FleetAnswer:
-    """One request's outcome: logits of every image and which devices it was made without."""
+    """One request's outcome: logits of every image, the devices not serving, and how their
+    slots were served (standby copies) or not."""
 
     logits: torch.Tensor  # (n, classes)
-    missing: list[DeviceFailure]  # devices whose features are zeros in this answer
+    missing: list[DeviceFailure]  # devices that did not serve this request
     device_s: dict[str, float]  # device -> its compute seconds for this request
     fusion_s: float
     elapsed_s: float
     trace: RequestTrace | None = None  # where the time went, per device
+    standby: dict[str, list[str]] = field(default_factory=dict)  # failed device -> the devices
+    # whose standby copies served its slots in this answer
+    lacking: list[DeviceFailure] = field(default_factory=list)  # devices whose slots are zeros
+    unserved_slots: list[int] = field(default_factory=list)
 
     @property
     def degraded(self) -> bool:
-        return bool(self.missing)
+        """Made without some sub-model's features."""
+        return bool(self.unserved_slots)
+
+    @property
+    def failover(self) -> bool:
+        """Some failed device's slots were served by their standby copies."""
+        return bool(self.standby)
 
 
 class Fleet:
@@ -95,8 +146,15 @@ class Fleet:
         self.exit_status, self.on_lost = exit_status, on_lost
         slots = source.slots()
         columns, slot_indices = device_columns(slots), device_slots(slots)
-        self.devices = [_Device(name=d, rank=r, columns=columns[d], slots=slot_indices[d])
+        none = torch.zeros(0, dtype=torch.int64)  # a device holding only standby copies
+        self.devices = [_Device(name=d, rank=r, columns=columns.get(d, none),
+                                slots=slot_indices.get(d, []))
                         for r, d in enumerate(devices_of(source), start=1)]
+        self.slot_device = [slot.device for slot in slots]
+        self.slot_standby = [slot.standby for slot in slots]
+        self.slot_widths = [slot.width for slot in slots]
+        self.slot_columns = list(torch.split(torch.arange(feature_width(slots)),
+                                             self.slot_widths))
         self.total_width = feature_width(slots)
         unknown = [d for d in config.input_order or [] if d not in devices_of(source)]
         if unknown:
@@ -200,44 +258,123 @@ class Fleet:
             return [DeviceFailure(device=d.name, rank=d.rank, reason=d.problem or "")
                     for d in self.devices if d.link is None]
 
+    def _failures(self, names: set[str]) -> list[DeviceFailure]:
+        with self.lock:
+            return [DeviceFailure(device=d.name, rank=d.rank,
+                                  reason=d.problem or "did not answer in time")
+                    for d in self.devices if d.name in names]
+
+    def uncovered(self) -> list[DeviceFailure]:
+        """A failure for each device not serving now whose slots are not all served by live
+        standby copies instead (answers made now would lack them)."""
+        with self.lock:
+            live = {d.name for d in self.devices if d.link is not None}
+            return [DeviceFailure(device=d.name, rank=d.rank, reason=d.problem or "")
+                    for d in self.devices if d.link is None
+                    and any(self.slot_standby[s] not in live for s in d.slots)]
+
+    def starting(self) -> list[str]:
+        """Devices that have not joined yet since the fleet started."""
+        with self.lock:
+            return [d.name for d in self.devices if d.problem == NOT_JOINED]
+
+    def coverage(self) -> dict[str, list[str]]:
+        """failed device -> the live devices whose standby copies serve its slots now (devices
+        not serving, with slots, each of which a live standby copy serves)."""
+        with self.lock:
+            live = {d.name for d in self.devices if d.link is not None}
+            return {d.name: sorted({self.slot_standby[s] for s in d.slots})
+                    for d in self.devices if d.link is None and d.slots
+                    and all(self.slot_standby[s] in live for s in d.slots)}
+
     # ------------------------------------------------------------------ requests
 
     @torch.no_grad()
-    def infer(self, pixels: torch.Tensor, deadline: float) -> FleetAnswer:
+    def infer(self, pixels: torch.Tensor, deadline: float,
+              failover_deadline: float | None = None) -> FleetAnswer:
         """Fused logits of uint8 images (n, C, H, W), every live device asked at once (or, with
-        `config.input_order`, one after another); `deadline` is a `time.monotonic()` instant."""
+        `config.input_order`, one after another), a failed device's slots asked of the devices
+        holding their standby copies; `deadline` is a `time.monotonic()` instant. Slots whose
+        device fails during the request are asked of their standby devices once more, until
+        `failover_deadline` (None: `deadline`)."""
         started = time.perf_counter()
         n = int(pixels.shape[0])
-        replies, sent = self._exchange(protocol.control(protocol.REQUEST, n),
-                                       protocol.to_wire(pixels), n, deadline,
-                                       self.config.input_order)
-        features = torch.zeros(n, self.total_width)
-        mask = torch.zeros(n, self.num_slots)
-        device_s, devices = {}, {}
-        for device, reply, received_at in replies:
-            values, times = protocol.unpack_features(reply, n, device.width)
-            features[:, device.columns] = values
-            mask[:, device.slots] = 1.0
-            device_s[device.name] = times.compute_s
+        wire = protocol.to_wire(pixels)
+        collected = _Collected(n, self.total_width, self.num_slots)
+        live = self._live()
+        absent = {d.name for d in self.devices} - {d.name for d, _ in live}
+        down = [s for s in range(self.num_slots) if self.slot_device[s] in absent]
+        routes = self._routes(live, down)
+        asks = [_Ask(d, link, True, tuple(routes.get(d.name, ())),
+                     d.width + sum(self.slot_widths[s] for s in routes.get(d.name, ())))
+                for d, link in live if d.width or d.name in routes]
+        replies, sent = self._exchange(asks, wire, n, deadline, self.config.input_order)
+        self._collect(collected, replies, sent, started)
+        absent |= {a.device.name for a in asks} - {a.device.name for a, _, _ in replies}
+        unserved = [s for s in range(self.num_slots) if s not in collected.served]
+        routes = self._routes(self._live(), unserved) if unserved else {}
+        if routes:  # devices failed during this request: their slots' standby copies, now
+            retry = [_Ask(d, link, False, tuple(routes[d.name]),
+                          sum(self.slot_widths[s] for s in routes[d.name]))
+                     for d, link in self._live() if d.name in routes]
+            replies, sent = self._exchange(retry, wire, n, failover_deadline or deadline,
+                                           self.config.input_order)
+            self._collect(collected, replies, sent, started)
+            absent |= {a.device.name for a in retry} - {a.device.name for a, _, _ in replies}
+        received = time.perf_counter()
+        features, mask = collected.features, collected.mask
+        logits = self.fusion(features, mask) if self.takes_mask else self.fusion(features)
+        done = time.perf_counter()
+        trace = RequestTrace(devices=collected.traces, fusion_start_s=received - started,
+                             end_s=done - started)
+        unserved = sorted(set(range(self.num_slots)) - collected.served)
+        lacking = {self.slot_device[s] for s in unserved}
+        return FleetAnswer(logits=logits, missing=self._failures(absent),
+                           device_s=collected.device_s,
+                           fusion_s=done - received, elapsed_s=done - started, trace=trace,
+                           standby={d: sorted(b) for d, b in collected.standby.items()},
+                           lacking=self._failures(lacking),
+                           unserved_slots=unserved)
+
+    def _routes(self, live: list[tuple[_Device, Link]], slots: list[int]) -> dict[str, list[int]]:
+        """standby device -> the slots of `slots` it is to serve (those whose copy is on a live
+        device)."""
+        names = {d.name for d, _ in live}
+        routes: dict[str, list[int]] = {}
+        for s in slots:
+            if self.slot_standby[s] in names:
+                routes.setdefault(self.slot_standby[s], []).append(s)
+        return routes
+
+    def _collect(self, into: "_Collected", replies: list[tuple["_Ask", torch.Tensor, float]],
+                 sent: dict[str, tuple[float, float | None]], started: float) -> None:
+        """Each reply's features into the fusion input: the device's own slots, then the standby
+        slots it was asked, in order."""
+        for ask, reply, received_at in replies:
+            device = ask.device
+            values, times = protocol.unpack_features(reply, into.n, ask.width)
+            offset = 0
+            if ask.primaries and device.width:
+                into.put(values[:, :device.width], device.columns, device.slots)
+                offset = device.width
+            for s in ask.standby:
+                width = self.slot_widths[s]
+                into.put(values[:, offset:offset + width], self.slot_columns[s], [s])
+                into.standby.setdefault(self.slot_device[s], set()).add(device.name)
+                offset += width
+            into.device_s[device.name] = into.device_s.get(device.name, 0.0) + times.compute_s
             send_start, send_end = sent[device.name]
-            devices[device.name] = DeviceTrace(
+            into.traces.setdefault(device.name, DeviceTrace(
                 input_send_start_s=send_start - started,
                 input_sent_s=(send_end or received_at) - started,
                 input_arrived_s=times.input_arrived_at - started,
                 features_ready_s=times.features_ready_at - started,
-                features_received_s=received_at - started)
-        received = time.perf_counter()
-        logits = self.fusion(features, mask) if self.takes_mask else self.fusion(features)
-        done = time.perf_counter()
-        trace = RequestTrace(devices=devices, fusion_start_s=received - started,
-                             end_s=done - started)
-        return FleetAnswer(logits=logits, missing=self.missing(), device_s=device_s,
-                           fusion_s=done - received, elapsed_s=done - started, trace=trace)
+                features_received_s=received_at - started))
 
     def ping(self, timeout_s: float) -> None:
         """A request of no images to every live device: finds a dead or hung one while idle."""
-        self._exchange(protocol.control(protocol.REQUEST, 0), None, 0,
-                       time.monotonic() + timeout_s)
+        asks = [_Ask(d, link, True, (), d.width) for d, link in self._live()]
+        self._exchange(asks, None, 0, time.monotonic() + timeout_s)
 
     def calibrate(self, batch: int) -> dict[str, float]:
         """Each device times its extractor alone on `batch` images (one device at a time)."""
@@ -245,10 +382,10 @@ class Fleet:
         for device, link in self._live():
             answer = torch.zeros(1, dtype=torch.float32)
             recv = self._post(device, link, link.irecv, answer)
-            send = self._post(device, link, link.isend,
-                              protocol.control(protocol.CALIBRATE, batch))
+            sends = [self._post(device, link, link.isend, t)
+                     for t in protocol.control(protocol.CALIBRATE, batch)]
             deadline = time.monotonic() + self.config.timeout_s
-            if self._wait(device, link, send, deadline) and \
+            if all(self._wait(device, link, w, deadline) for w in sends) and \
                     self._wait(device, link, recv, deadline):
                 alone[device.name] = float(answer)
         return alone
@@ -259,44 +396,46 @@ class Fleet:
         with self.lock:
             return [(d, d.link) for d in self.devices if d.link is not None]
 
-    def _exchange(self, message: torch.Tensor, pixels: torch.Tensor | None, n: int,
+    def _exchange(self, asks: list["_Ask"], pixels: torch.Tensor | None, n: int,
                   deadline: float, order: list[str] | None = None
-                  ) -> tuple[list[tuple[_Device, torch.Tensor, float]],
+                  ) -> tuple[list[tuple["_Ask", torch.Tensor, float]],
                              dict[str, tuple[float, float | None]]]:
-        """Send `message` (and the pixels) to every live device, collect each one's reply:
-        (device, reply, when it was in) and, per device, when sending started and (sent in
+        """Send each device what it is asked (and the pixels), collect each one's reply:
+        (ask, reply, when it was in) and, per device, when sending started and (sent in
         `order`, one after another) was acknowledged."""
-        live = self._live()
-        replies = [protocol.reply_buffer(n, d.width) for d, _ in live]
+        replies = [protocol.reply_buffer(n, a.width) for a in asks]
         # Every receive is posted before the first send: no reply waits for a buffer, and on a host
         # with fewer cores than processes the woken workers do not preempt the posting.
-        receives = [self._post(d, link, link.irecv, r) for (d, link), r in zip(live, replies)]
-        ordered = [dl for dl in live if n and order and dl[0].name in order]
-        at_once = [dl for dl in live if dl not in ordered]
+        receives = [self._post(a.device, a.link, a.link.irecv, r) for a, r in zip(asks, replies)]
+        ordered = [a for a in asks if n and order and a.device.name in order]
+        at_once = [a for a in asks if a not in ordered]
         start = time.perf_counter()
-        sent: dict[str, tuple[float, float | None]] = {d.name: (start, None) for d, _ in at_once}
-        sends = {d.name: [self._post(d, link, link.isend, t)
-                          for t in ([message, pixels] if n else [message])]
-                 for d, link in at_once}
-        for device, link in sorted(ordered, key=lambda dl: order.index(dl[0].name)):
-            sent[device.name] = self._send_acknowledged(device, link, pixels, n, deadline)
-            sends[device.name] = []
+        sent: dict[str, tuple[float, float | None]] = {a.device.name: (start, None)
+                                                       for a in at_once}
+        sends = {a.device.name: [self._post(a.device, a.link, a.link.isend, t)
+                                 for t in a.messages(protocol.REQUEST, pixels, n)]
+                 for a in at_once}
+        for ask in sorted(ordered, key=lambda a: order.index(a.device.name)):
+            sent[ask.device.name] = self._send_acknowledged(ask, pixels, n, deadline)
+            sends[ask.device.name] = []
         answered = []
-        for (device, link), recv, reply in zip(live, receives, replies):
+        for ask, recv, reply in zip(asks, receives, replies):
+            device, link = ask.device, ask.link
             if all(self._wait(device, link, w, deadline) for w in sends[device.name]) and \
                     self._wait(device, link, recv, deadline):
-                answered.append((device, reply, time.perf_counter()))
+                answered.append((ask, reply, time.perf_counter()))
         return answered, sent
 
-    def _send_acknowledged(self, device: _Device, link: Link, pixels: torch.Tensor, n: int,
+    def _send_acknowledged(self, ask: "_Ask", pixels: torch.Tensor, n: int,
                            deadline: float) -> tuple[float, float | None]:
         """Send one device its input and wait for its receipt: (started, acknowledged at)."""
+        device, link = ask.device, ask.link
         start = time.perf_counter()
         receipt = torch.zeros(1, dtype=torch.int64)
-        works = [self._post(device, link, link.isend,
-                            protocol.control(protocol.REQUEST_ACKNOWLEDGED, n)),
-                 self._post(device, link, link.isend, pixels),
-                 self._post(device, link, lambda t: link.irecv(t, protocol.RECEIPT_TAG), receipt)]
+        works = [self._post(device, link, link.isend, t)
+                 for t in ask.messages(protocol.REQUEST_ACKNOWLEDGED, pixels, n)]
+        works.append(self._post(device, link, lambda t: link.irecv(t, protocol.RECEIPT_TAG),
+                                receipt))
         if all(self._wait(device, link, w, deadline) for w in works):
             return start, time.perf_counter()
         return start, None
@@ -363,7 +502,7 @@ class Fleet:
         self._closed.set()
         close_fleet(self.store, reason)
         deadline = time.monotonic() + self.config.timeout_s
-        bye = protocol.control(protocol.BYE)
+        bye = protocol.control(protocol.BYE)[0]
         works = [(d, link, self._post(d, link, link.isend, bye)) for d, link in self._live()]
         for device, link, work in works:
             self._wait(device, link, work, deadline)

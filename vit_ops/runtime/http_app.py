@@ -1,8 +1,10 @@
 """The HTTP face of the service: the Open Inference Protocol v2 REST subset, on FastAPI.
 
 - `GET /v2/health/live`: 200 while the process serves HTTP.
-- `GET /v2/health/ready`: 200 only while every device is joined and answering, else 503 naming
-  the devices that are not, and why.
+- `GET /v2/health/ready`: 200 while every device is joined and answering, or while the slots of
+  the devices that failed since they joined are all served by standby copies (failover: complete
+  answers; the body names the failed devices and their standby devices), else 503 naming the devices that are not
+  serving, and why.
 - `GET /v2`: server metadata (OIP), with the one model's name under `models`.
 - `GET /v2/models/{name}`, `GET /v2/models/{name}/ready`: model metadata (inputs, outputs, class
   names in `parameters`) and readiness.
@@ -11,9 +13,11 @@
   input may also come as binary data after the JSON (Triton's binary tensor data extension, which
   tritonclient uses by default); outputs are always JSON. Outputs
   `probabilities` FP32 `[N, C]` and `label` BYTES `[N]`; `parameters` says whether the answer is
-  degraded, which devices it lacks and each device's compute milliseconds.
+  degraded, which devices failed, whether standby copies served them (`failover`,
+  `standby_devices`) and each device's compute milliseconds.
 - `POST /v2/models/{name}/classify`: the raw bytes of one JPEG or PNG (`Content-Type: image/*`);
-  JSON `{label, class_id, top: [{label, prob}], degraded, failed_devices, device_ms}`.
+  JSON `{label, class_id, top: [{label, prob}], degraded, failed_devices, device_ms, failover,
+  standby_devices}`.
 - `GET /metrics`: Prometheus text.
 
 Errors are OIP's `{"error": "..."}`: 400 for an undecodable image or a malformed tensor (naming
@@ -136,6 +140,18 @@ def create_app(service: InferenceService, model: ModelInfo,
         return [f"{device}: {problem}" for device, problem in
                 service.fleet.readiness().items() if problem is not None]
 
+    def readiness(extra: dict) -> JSONResponse | dict:
+        """503 naming the devices not serving unless standby copies serve all their slots (and
+        every device has joined once: a fleet still starting is not ready); 200 then, naming them
+        and their standby devices."""
+        missing = not_ready()
+        if service.fleet.uncovered() or service.fleet.starting():
+            return error(503, "not ready: " + "; ".join(missing))
+        if missing:
+            return {**extra, "ready": True, "failover": True, "not_serving": missing,
+                    "standby_devices": service.fleet.coverage()}
+        return {**extra, "ready": True}
+
     def check_model(name: str) -> None:
         if name != model.name:
             raise HTTPError(404, f"unknown model {name!r}; this server serves {model.name!r}")
@@ -152,10 +168,7 @@ def create_app(service: InferenceService, model: ModelInfo,
 
     @app.get("/v2/health/ready")
     async def ready():
-        missing = not_ready()
-        if missing:
-            return error(503, "not ready: " + "; ".join(missing))
-        return {"ready": True}
+        return readiness({})
 
     @app.get("/v2")
     async def server_metadata() -> dict:
@@ -182,10 +195,7 @@ def create_app(service: InferenceService, model: ModelInfo,
     @app.get("/v2/models/{name}/ready")
     async def model_ready(name: str):
         check_model(name)
-        missing = not_ready()
-        if missing:
-            return error(503, "not ready: " + "; ".join(missing))
-        return {"name": model.name, "ready": True}
+        return readiness({"name": model.name})
 
     # The two inference endpoints are plain Starlette routes answering JSONResponse: FastAPI's
     # dependency solving and jsonable_encoder cost more per request than decoding a small image.
@@ -226,7 +236,9 @@ def create_app(service: InferenceService, model: ModelInfo,
                     "outputs": [outputs[w] for w in wanted],
                     "parameters": {"degraded": answer.degraded,
                                    "failed_devices": answer.failed_devices,
-                                   "device_ms": answer.device_ms}}
+                                   "device_ms": answer.device_ms,
+                                   "failover": answer.failover,
+                                   "standby_devices": answer.standby_devices}}
         if parsed.id is not None:
             response["id"] = parsed.id
         return JSONResponse(response)
@@ -245,7 +257,7 @@ def create_app(service: InferenceService, model: ModelInfo,
         answer = await _answer(pixels.unsqueeze(0))
         result = classify_probabilities(answer.probabilities, model.class_names, int(top),
                                         answer.degraded, answer.failed_devices,
-                                        answer.device_ms)[0]
+                                        answer.device_ms, answer.standby_devices)[0]
         return JSONResponse(result.model_dump())
 
     app.router.routes += [_PlainRoute("/v2/models/{name}/infer", infer, methods=["POST"]),

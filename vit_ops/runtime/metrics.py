@@ -12,7 +12,8 @@ LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 
 
 
 class ServiceMetrics:
-    """Requests by endpoint and status, their latency, degraded answers, per-device compute."""
+    """Requests by endpoint and status, their latency, degraded and failover answers, per-device
+    compute."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -25,6 +26,9 @@ class ServiceMetrics:
         self.degraded = Counter("edvit_degraded_answers",
                                 "images answered without some device's features",
                                 registry=self.registry)
+        self.failover = Counter("edvit_failover_answers",
+                                "images answered complete with a failed device's sub-models run "
+                                "as standby copies on other devices", registry=self.registry)
         self.device_compute = Histogram("edvit_device_compute_seconds",
                                         "a device's compute time per fleet request", ["device"],
                                         buckets=LATENCY_BUCKETS_S, registry=self.registry)
@@ -38,6 +42,8 @@ class ServiceMetrics:
         self.images.inc(n)
         if answer.degraded:
             self.degraded.inc(n)
+        if answer.failover:
+            self.failover.inc(n)
         for device, seconds in answer.device_s.items():
             self.device_compute.labels(device=device).observe(seconds)
 

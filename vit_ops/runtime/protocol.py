@@ -1,11 +1,15 @@
 """The messages between the aggregator and one worker, point-to-point on the worker's own link
 (`vit_ops.runtime.link`).
 
-Every exchange starts with a control message (aggregator -> worker), int64[2] = (op, n):
+Every exchange starts with a control message (aggregator -> worker), int64[4] =
+(op, n, primaries, k):
 
-- REQUEST, n images: then the images (n, C, H, W) in the wire dtype (`planner.wire.WIRE_DTYPE`,
+- REQUEST, n images: when k > 0, then the k slot indices (int64[k]) of the standby copies the
+  worker is to run as well (a failed device's slots, `vit_ops.runtime.fleet`); then the images (n, C, H, W) in the wire dtype (`planner.wire.WIRE_DTYPE`,
   uint8, which the planner charges as the input transfer), normalised on the worker; the worker
-  answers features float32 (n * width + TRAILER), whose trailer holds `WorkerTimes` as float64
+  answers features float32 (n * width + TRAILER): its own sub-models' features (unless
+  primaries = 0: a request in flight whose failed device's slots alone are asked again), then
+  those of the standby copies in the order asked, whose trailer holds `WorkerTimes` as float64
   values bit-packed into float32 pairs: its compute seconds for the request (so the aggregator
   can split a request's time into compute and communication without another message) and the
   moments the images had arrived and the features were ready on its `time.perf_counter`
@@ -30,7 +34,7 @@ import torch
 from planner import wire
 
 REQUEST, CALIBRATE, BYE, REQUEST_ACKNOWLEDGED = 1, 2, 3, 4
-CONTROL_LEN = 2
+CONTROL_LEN = 4
 RECEIPT_TAG = 1  # receipts travel apart from features (tag 0): a posted feature receive never
 # matches one
 _TIMES = 3  # float64 values in a reply's trailer
@@ -38,17 +42,37 @@ TRAILER = 2 * _TIMES  # float32 slots they take
 WIRE_DTYPE = getattr(torch, wire.WIRE_DTYPE)  # the images' dtype on the wire
 
 
-def control(op: int, n: int = 0) -> torch.Tensor:
-    return torch.tensor([op, n], dtype=torch.int64)
+@dataclass(frozen=True)
+class Control:
+    """What one control message asks: `op` on `n` images, the worker's own sub-models
+    (`primaries`) and `standby` copies (their slot indices), whose list follows when not empty."""
+
+    op: int
+    n: int = 0
+    primaries: bool = True
+    standby: tuple[int, ...] = ()
+
+
+def control(op: int, n: int = 0, primaries: bool = True,
+            standby: tuple[int, ...] | list[int] = ()) -> list[torch.Tensor]:
+    """The messages that open an exchange: the control, and the standby slots when any."""
+    head = torch.tensor([op, n, int(primaries), len(standby)], dtype=torch.int64)
+    return [head, torch.tensor(list(standby), dtype=torch.int64)] if standby else [head]
 
 
 def empty_control() -> torch.Tensor:
     return torch.zeros(CONTROL_LEN, dtype=torch.int64)
 
 
-def read_control(message: torch.Tensor) -> tuple[int, int]:
-    op, n = (int(v) for v in message.tolist())
-    return op, n
+def read_control(message: torch.Tensor, receive_slots) -> Control:
+    """The control in `message`; `receive_slots(buffer)` fills the standby list that follows."""
+    op, n, primaries, k = (int(v) for v in message.tolist())
+    standby: tuple[int, ...] = ()
+    if k:
+        slots = torch.empty(k, dtype=torch.int64)
+        receive_slots(slots)
+        standby = tuple(int(v) for v in slots.tolist())
+    return Control(op=op, n=n, primaries=bool(primaries), standby=standby)
 
 
 def to_wire(pixels: torch.Tensor) -> torch.Tensor:

@@ -84,6 +84,8 @@ class WorkerInfo(StrictModel):
     interop_threads: int
     feature_dim: int
     engine: str = Field(default="torch", description="what runs its sub-model(s)")
+    standby_slots: list[int] = Field(default_factory=list,
+                                     description="slots whose standby copies it holds")
 
 
 class ThreadSettings(StrictModel):
@@ -133,7 +135,9 @@ class ServeResult(StrictModel):
     """The outcome of one distributed run."""
 
     schema_version: Literal[1] = RESULT_SCHEMA_VERSION
-    status: Literal["ok", "degraded"]
+    status: Literal["ok", "degraded", "failover"] = Field(
+        description="ok: every device served; failover: some failed, and standby copies served "
+        "their sub-models in every prediction since; degraded: some prediction lacks one")
     deployment: str
     num_images: int
     batch_size: int
@@ -143,6 +147,8 @@ class ServeResult(StrictModel):
     labels: list[int] = Field(description="true class of the same images")
     accuracy: float = Field(description="0..1 over the served images")
     degraded: list[bool] = Field(description="per prediction: made without some sub-model")
+    failover: list[bool] = Field(default_factory=list, description="per prediction: a failed "
+                                 "device's sub-models ran as standby copies on other devices")
     latency_median_s: float = Field(description="per request: send image -> fused logits")
     latency_p95_s: float
     latency_p99_s: float = Field(description="per request, nearest rank")

@@ -6,8 +6,10 @@ One dispatcher thread owns the fleet's links: it takes the oldest request, adds 
 waiting up to `max_batch` images (waiting at most `max_wait_ms` for more: micro-batching), sends
 them to every device as one request and hands each caller its rows. The fleet's deadline is the
 oldest request's arrival plus most of `timeout_s`, so every request is answered within the
-timeout even while a device hangs: a device that misses it is dropped, the answer lacks it, and
-without degraded mode the callers get `DevicesUnavailableError` naming it (503). While idle, the
+timeout even while a device hangs: a device that misses it is dropped, and its slots are asked of
+the devices holding their standby copies (until `FAILOVER_SHARE` of the timeout), so the answer is
+complete and marked `failover`; without copies the answer lacks it, and without degraded mode the
+callers get `DevicesUnavailableError` naming it (503). While idle, the
 dispatcher pings the devices, so readiness notices a dead or hung device without traffic.
 
 `stop()` drains: requests already queued are still answered, new ones are refused.
@@ -32,6 +34,7 @@ from vit_ops.runtime.results import DeviceFailure, RuntimeConfig
 log = logging.getLogger(__name__)
 
 DEADLINE_SHARE = 0.85  # of timeout_s for the devices; the rest is fusion, HTTP and scheduling
+FAILOVER_SHARE = 0.95  # of timeout_s: a failed device's slots asked again of their standby copies
 PING_INTERVAL_S = 0.5
 
 
@@ -80,6 +83,8 @@ class Answer:
     degraded: bool
     failed_devices: list[str]
     device_ms: dict[str, float]
+    failover: bool = False
+    standby_devices: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,17 +190,18 @@ class InferenceService:
         return jobs
 
     def _run(self, jobs: list[_Job]) -> None:
-        if not self.config.degraded and (missing := self.fleet.missing()):
+        if not self.config.degraded and (missing := self.fleet.uncovered()):
             self._fail(jobs, DevicesUnavailableError(missing))
             return
-        deadline = min(j.arrival for j in jobs) + DEADLINE_SHARE * self.config.timeout_s
+        arrival = min(j.arrival for j in jobs)
         pixels = jobs[0].pixels if len(jobs) == 1 else torch.cat([j.pixels for j in jobs])
-        answer = self.fleet.infer(pixels, deadline)
+        answer = self.fleet.infer(pixels, arrival + DEADLINE_SHARE * self.config.timeout_s,
+                                  arrival + FAILOVER_SHARE * self.config.timeout_s)
         if self.observe is not None:
             self.observe(answer)
-        if answer.missing and (not self.config.degraded or
-                               len(answer.missing) == len(self.fleet.devices)):
-            self._fail(jobs, DevicesUnavailableError(answer.missing))
+        if answer.degraded and (not self.config.degraded or
+                                len(answer.unserved_slots) == self.fleet.num_slots):
+            self._fail(jobs, DevicesUnavailableError(answer.lacking))
             return
         probabilities = torch.softmax(answer.logits, dim=-1)
         failed = [f.device for f in answer.missing]
@@ -205,7 +211,9 @@ class InferenceService:
             rows = probabilities[start:start + job.size]
             start += job.size
             job.future.set_result(Answer(probabilities=rows, degraded=answer.degraded,
-                                         failed_devices=failed, device_ms=device_ms))
+                                         failed_devices=failed, device_ms=device_ms,
+                                         failover=answer.failover,
+                                         standby_devices=answer.standby))
 
     @staticmethod
     def _fail(jobs: list[_Job], exc: Exception) -> None:

@@ -7,7 +7,9 @@ fusion head (`load_fusion()`: (B, sum of all widths) -> (B, num_classes) logits)
 shape (`image_shape()`: C, H, W) and hands out the first N held-out images with their labels
 (`eval_images(n)`: float32 (N, C, H, W), int64 (N,); an InputError when fewer exist). A source may
 also offer `planned_device_s()` (device -> the plan's predicted seconds per image), which a
-calibrated run reports beside the measured ones. Sources must be picklable: the local
+calibrated run reports beside the measured ones. A slot may name a `standby` device holding a copy
+of its sub-model; such a source offers `load_standby(device)` (slot index -> that copy's extractor,
+images -> its features) for the worker of that device. Sources must be picklable: the local
 launcher sends the source itself to every worker process, and each loads only its own device.
 
 `vit_ops.runtime.deployment.VitOpsDeployment` adapts a deployment directory written by
@@ -31,6 +33,8 @@ class FeatureSlot(FrozenModel):
     device: str
     name: str = Field(description="the sub-model, for messages")
     width: int = Field(gt=0, description="feature floats per image")
+    standby: str | None = Field(default=None, description="the device holding a standby copy "
+                                "of the sub-model, which serves the slot while `device` is down")
 
 
 @runtime_checkable
@@ -51,12 +55,23 @@ class DeploymentSource(Protocol):
 
 
 def devices_of(source: DeploymentSource) -> list[str]:
-    """Devices in rank order: worker rank r (1-based) serves the r-th device of the slots."""
+    """Devices in rank order: worker rank r (1-based) serves the r-th device of the slots, then
+    the devices that hold only standby copies (in slot order)."""
+    slots = source.slots()
     seen: list[str] = []
-    for slot in source.slots():
-        if slot.device not in seen:
-            seen.append(slot.device)
+    for device in [s.device for s in slots] + [s.standby for s in slots if s.standby]:
+        if device not in seen:
+            seen.append(device)
     return seen
+
+
+def standby_slots(slots: list[FeatureSlot]) -> dict[str, list[int]]:
+    """device -> the indices of the slots it holds standby copies of (devices holding any)."""
+    held: dict[str, list[int]] = {}
+    for i, slot in enumerate(slots):
+        if slot.standby is not None:
+            held.setdefault(slot.standby, []).append(i)
+    return held
 
 
 def device_columns(slots: list[FeatureSlot]) -> dict[str, torch.Tensor]:
