@@ -32,6 +32,7 @@ from vit_ops.feature_file import write_features
 from vit_ops.training import FitConfig, fit, predict
 
 LABEL_SMOOTHING = 0.1
+FEATURES_DIR_PREFIX = "fusion-features-"  # train_fusion's temporary directory
 
 
 class FusionHead(nn.Module):
@@ -146,7 +147,7 @@ def train_fusion(submodels: Sequence[nn.Module], train: ImageSet, num_classes: i
         train = train.subset(order[:config.max_steps * config.batch_size].sort().values.numpy())
     subs = [sub.eval().to(compute.device) for sub in submodels]
     widths = [int(s.feature_dim) for s in subs]
-    with tempfile.TemporaryDirectory(prefix="fusion-features-", dir=scratch_dir) as scratch:
+    with tempfile.TemporaryDirectory(prefix=FEATURES_DIR_PREFIX, dir=scratch_dir) as scratch:
         features = write_features(lambda x: torch.cat([s(x)[1] for s in subs], dim=-1), train,
                                   Path(scratch) / "features.f32", compute)
         for sub in subs:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -56,7 +57,13 @@ from vit_ops.deploy import (
     save_part,
     submodel_dir_name,
 )
-from vit_ops.fusion import SlotDropout, concat_features, onnx_check_mask, train_fusion
+from vit_ops.fusion import (
+    FEATURES_DIR_PREFIX,
+    SlotDropout,
+    concat_features,
+    onnx_check_mask,
+    train_fusion,
+)
 from vit_ops.importance import Method, load_importance, save_importance, score_importance
 from vit_ops.prune import apply_prune_spec
 from vit_ops.submodel import (
@@ -257,6 +264,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
                              planned_device_s=_planned_device_s(plan, job.plan),
                              standby_device=job.plan.standby_device)
                for job, sub in zip(jobs, submodels)]
+    for stale in staging.glob(FEATURES_DIR_PREFIX + "*"):  # a killed run's features file
+        shutil.rmtree(stale, ignore_errors=True)
     phase = phase_progress(progress, phases - 1, phases, "fusion head")
     if phase:
         phase(0, 1)

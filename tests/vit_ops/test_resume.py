@@ -99,6 +99,9 @@ def test_killed_after_the_first_submodel_resumes_to_the_same_deployment(setup):
     assert list(staging.glob("importance/*.safetensors"))  # scores checkpointed too
     assert not (root / "resumed").exists()  # the deployment appears only when complete
     kept = {p: p.stat().st_mtime_ns for p in staging.glob("submodels/*/model.safetensors")}
+    killed_in_fusion = staging / "fusion-features-killed"  # as if killed while the head trained
+    killed_in_fusion.mkdir()
+    (killed_in_fusion / "features.f32").write_bytes(bytes(64))
 
     materialize(plan, load_base(str(root / "base")), digits, root / "resumed", CONFIG,
                 resume=True)
@@ -107,6 +110,7 @@ def test_killed_after_the_first_submodel_resumes_to_the_same_deployment(setup):
         target = resumed / path.relative_to(staging)
         assert target.stat().st_mtime_ns == mtime
     assert not staging.exists() and not (resumed / "materialize-state.json").exists()
+    assert not list(resumed.glob("fusion-features-*"))  # no stale features in the deployment
     _assert_same_deployment(straight, resumed)
 
 
