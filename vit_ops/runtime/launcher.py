@@ -227,8 +227,8 @@ class LocalFleet:
         window are used up); False when the policy never restarts."""
         with self.lock:
             now = time.monotonic()
-            if rank in self._pending:
-                return True
+            if rank in self._pending or self._loading(rank):
+                return True  # loading: the lost link was an older worker's (it has none yet)
             planned = None if self._stopping else self.policy.delay(self.restarts[rank], now)
             if planned is None:
                 self._never.add(rank)
@@ -268,6 +268,11 @@ class LocalFleet:
             process = self._new_process(rank)
             process.start()
             self.processes[rank] = process
+
+    def _loading(self, rank: int) -> bool:
+        """Whether our newest worker for `rank` runs but has not announced itself yet."""
+        return (rank not in self._handed_over and self.processes[rank].is_alive()
+                and self._generation(rank) <= self._started_at[rank])
 
     def _taken_over(self, rank: int) -> bool:
         """Whether a worker not started here announced itself for `rank` after our newest."""
