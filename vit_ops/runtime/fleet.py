@@ -312,11 +312,12 @@ class Fleet:
         self._collect(collected, replies, sent, started)
         absent |= {a.device.name for a in asks} - {a.device.name for a, _, _ in replies}
         unserved = [s for s in range(self.num_slots) if s not in collected.served]
-        routes = self._routes(self._live(), unserved) if unserved else {}
+        live = self._live()
+        routes = self._routes(live, unserved) if unserved else {}
         if routes:  # devices failed during this request: their slots' standby copies, now
             retry = [_Ask(d, link, False, tuple(routes[d.name]),
                           sum(self.slot_widths[s] for s in routes[d.name]))
-                     for d, link in self._live() if d.name in routes]
+                     for d, link in live if d.name in routes]
             replies, sent = self._exchange(retry, wire, n, failover_deadline or deadline,
                                            self.config.input_order)
             self._collect(collected, replies, sent, started)
