@@ -119,13 +119,23 @@ def resumable_directory(target: str | Path, resume: bool) -> Iterator[tuple[Path
     target = Path(target)
     _refuse_inputs(target)
     _make_parent(target)
-    staging = target.with_name(f".{target.name}.partial")
+    staging = partial_dir(target)
+    if os.path.islink(staging) or (os.path.lexists(staging) and not staging.is_dir()):
+        raise InputError("is not the directory of an interrupted edvit run (a symbolic link, a "
+                         "file, a FIFO?); remove it or choose another output", file=str(staging))
+    _refuse_inputs(staging)  # cleared or moved into place: it may hold none of the inputs
     resumed = resume and staging.is_dir()
     if not resumed:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
     yield staging, resumed
     _replace_dir(staging, target)
+
+
+def partial_dir(target: str | Path) -> Path:
+    """Where `resumable_directory` builds `target`: `.NAME.partial` beside it."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.partial")
 
 
 # -- checks before writing ------------------------------------------------------------------------
@@ -196,6 +206,10 @@ def _refuse_inputs(path: Path, extra: set[Path] = frozenset(), field: str = "out
         if item == target or (target.is_dir() and target in item.parents) or _same_file(item, path):
             raise InputError(f"would overwrite the input {item}; write to another path",
                              field=field, value=str(path))
+        if item in target.parents and target.is_file() and item.is_dir():
+            # a file inside an input folder may be what the command reads from it (weights, images)
+            raise InputError(f"would replace a file inside the input folder {item}; write to "
+                             "another path", field=field, value=str(path))
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -106,7 +106,7 @@ def read_text(path: Path, limit: int | None = None) -> str:
     if len(data) > limit:
         raise InputError(f"file is larger than the limit of {_size(limit)} "
                          f"(set {MAX_INPUT_BYTES_ENV} to raise it)", file=source)
-    _note_read(path)
+    note_read(path)
     return decode_text(data, source)
 
 
@@ -135,10 +135,12 @@ def path_inside(root: str | Path, relative: str, *, source: str, field: str) -> 
     return base / relative
 
 
-def _note_read(path: Path) -> None:
+def note_read(path: str | Path) -> None:
+    """Remember `path` as an input of the running command (no output may replace it). Every
+    document this reader reads is noted; readers of other files (weights) call this too."""
     seen = files_read.get()
     if seen is not None:
-        seen.add(path.resolve())
+        seen.add(Path(path).resolve())
 
 
 # -- JSON -----------------------------------------------------------------------------------------

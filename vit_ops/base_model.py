@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from planner.errors import InputError
 from planner.files import check_output_dir, staged_directory, write_json_atomic
 from planner.limits import RelativePath
-from planner.reader import path_inside, read_json
+from planner.reader import note_read, path_inside, read_json
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
 from planner.validation import validate_document
@@ -170,6 +170,15 @@ def load_base(source: str, num_classes: int | None = None,
     return LoadedBase(model=model.eval(), spec=spec, source=source)
 
 
+def base_input_paths(source: str) -> list[str]:
+    """The paths `--base` reads, for the output checks: the directory, or the checkpoint of
+    `ARCH:CHECKPOINT.safetensors`."""
+    if Path(source).exists():
+        return [source]
+    _, sep, checkpoint = source.partition(":")
+    return [checkpoint] if sep and checkpoint else []
+
+
 def read_base_spec(path: Path) -> BaseModelSpec:
     """`model.json` of a base model directory, validated."""
     spec_path = path / BASE_SPEC_FILE
@@ -234,6 +243,7 @@ def load_weights(model: nn.Module, path: Path, shape: ViTShape | None = None) ->
     """
     if not path.is_file():
         raise InputError("checkpoint file not found", file=str(path))
+    note_read(path)  # an input: no output of the command may replace it
     if shape is not None:
         check_checkpoint_fits(path, shape)
     try:

@@ -43,7 +43,7 @@ from vit_ops.base_model import (
     save_base,
     train_base,
 )
-from vit_ops.base_model import base_splits
+from vit_ops.base_model import base_input_paths, base_splits
 from vit_ops.data import DIGITS, DataArgs, load_data
 from vit_ops.deploy import deployment_splits
 from vit_ops.materialize import MaterializeConfig, materialize
@@ -228,7 +228,7 @@ def _base_fit(args: argparse.Namespace):
 
 def run_materialize(args: argparse.Namespace) -> int:
     _positive(args.finetune_epochs, "--finetune-epochs")
-    check_output_dir_of(args, args.out)
+    check_output_dir_of(args, args.out, inputs=base_input_paths(args.base))
     plan = load_plan(args.plan)
     base = _load_base_for(args.base, plan)
     compute = compute_from(args)
@@ -275,7 +275,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 def run_similarity(args: argparse.Namespace) -> int:
     data = data_args_from(args)
-    out = check_output_path(args.out, inputs=[args.base, *_data_inputs(data)])
+    out = check_output_path(args.out, inputs=[*base_input_paths(args.base), *_data_inputs(data)])
     num_classes = None
     if ":" in args.base and data.given:  # a checkpoint: its head is as wide as the data's classes
         from vit_ops.data import make_split
@@ -304,7 +304,7 @@ def run_profile_accuracy(args: argparse.Namespace) -> int:
     _positive(args.groups_per_size, "--groups-per-size")
     if args.loss_cap_pp < 0:
         raise InputError("must be >= 0", field="--loss-cap-pp", value=args.loss_cap_pp)
-    out = check_output_path(args.out, inputs=[args.profile, args.base,
+    out = check_output_path(args.out, inputs=[args.profile, *base_input_paths(args.base),
                                               *_data_inputs(data_args_from(args))])
     sizes = None if args.group_sizes is None else _int_list(args.group_sizes, "--group-sizes")
     profile = load_profile(args.profile)

@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from planner.progress import ProgressCallback
+from planner.vit_shape import ViTShape
 
 log = logging.getLogger(__name__)
 
@@ -240,13 +241,27 @@ def save_importance(scores: UnitImportance, path) -> None:
                   metadata={"method": scores.method})
 
 
-def load_importance(path) -> UnitImportance:
-    from safetensors import safe_open
+def load_importance(path, shape: ViTShape) -> UnitImportance:
+    """Scores checkpointed by `save_importance` for a model of `shape`; a file that is not such a
+    checkpoint (corrupt, another model's, tampered) is one InputError naming it."""
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), framework="pt") as handle:
-        method = (handle.metadata() or {}).get("method", "fisher")
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    depth = sum(1 for k in tensors if k.startswith("heads."))
-    return UnitImportance(heads=[tensors[f"heads.{i}"] for i in range(depth)],
-                          mlp=[tensors[f"mlp.{i}"] for i in range(depth)],
+    from planner.errors import InputError
+
+    expected = {"embed": (shape.embed_dim,),
+                **{f"heads.{i}": (shape.num_heads,) for i in range(shape.depth)},
+                **{f"mlp.{i}": (shape.mlp_hidden,) for i in range(shape.depth)}}
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            method = (handle.metadata() or {}).get("method", "fisher")
+            shapes = {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}
+            if shapes != expected or method not in ("fisher", "kl"):
+                raise InputError("not the importance scores of this model (another run's, or "
+                                 "changed); run without --resume to start over", file=str(path))
+            tensors = {k: handle.get_tensor(k) for k in expected}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(f"not a readable importance checkpoint ({str(exc).splitlines()[0][:120]}"
+                         "); run without --resume to start over", file=str(path)) from None
+    return UnitImportance(heads=[tensors[f"heads.{i}"] for i in range(shape.depth)],
+                          mlp=[tensors[f"mlp.{i}"] for i in range(shape.depth)],
                           embed=tensors["embed"], method=method)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,7 +36,8 @@ from pydantic import Field
 from planner.checker import partition_violations
 from planner.errors import InputError
 from planner.files import check_output_dir, resumable_directory, write_json_atomic
-from planner.reader import read_json
+from planner.reader import path_inside, read_json
+from planner.validation import validate_document
 from planner.plan_schema import Plan, SubModelPlan
 from planner.progress import ProgressCallback, phase_progress
 from planner.schema_base import StrictModel
@@ -180,19 +182,26 @@ def _fingerprint(plan: Plan, base: LoadedBase, splits: DataSplits,
     return digest.hexdigest()
 
 
+class MaterializeState(StrictModel):
+    """`materialize-state.json` of a staging directory: what the run in it was made from."""
+
+    fingerprint: str = Field(description="`_fingerprint` of the run's inputs and settings")
+
+
 def _check_state(staging: Path, fingerprint: str, resumed: bool) -> None:
     state_path = staging / STATE_FILE
     if resumed:
-        if not state_path.is_file():
+        if not os.path.lexists(state_path):
             raise InputError("no resumable materialize run here (no state file); run without "
                              "--resume", file=str(staging))
-        if read_json(state_path).get("fingerprint") != fingerprint:
+        state = validate_document(MaterializeState, read_json(state_path), str(state_path))
+        if state.fingerprint != fingerprint:
             raise InputError("the interrupted run was made from other inputs (plan, base, data "
                              "or settings); run without --resume to start over",
                              file=str(state_path), field="--resume")
         log.info("resuming from %s", staging)
     else:
-        write_json_atomic(state_path, {"fingerprint": fingerprint})
+        write_json_atomic(state_path, MaterializeState(fingerprint=fingerprint).model_dump())
 
 
 def _planned_device_s(plan: Plan, sm: SubModelPlan) -> float | None:
@@ -224,17 +233,29 @@ class SubModelJob:
     directory: Path
     export_onnx: bool
 
-    @property
-    def done(self) -> bool:
-        return (self.directory / SPEC_FILE).is_file()  # the spec is written last
+    def finished(self, staging: Path) -> bool:
+        """Whether an earlier run in `staging` finished this sub-model (its spec is written last).
+        A finished one must be this job's: inside `staging`, for the plan's device, classes and
+        counts; anything else there (another plan's, changed by hand) is an InputError."""
+        spec_path = self.directory / SPEC_FILE
+        if not os.path.lexists(spec_path):
+            return False
+        relative = spec_path.relative_to(staging).as_posix()
+        path_inside(staging, relative, source=str(staging), field="submodels")
+        spec = validate_document(SubModelSpec, read_json(spec_path), str(spec_path))
+        if (spec.device, spec.classes, spec.counts) != (self.plan.device, self.plan.classes,
+                                                         self.counts):
+            raise InputError(f"the interrupted run's sub-model {self.index} is not the plan's "
+                             "(device, classes or counts differ); run without --resume to start "
+                             "over", file=str(spec_path))
+        return True
 
 
 def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneCounts],
            staging: Path, config: MaterializeConfig, progress: ProgressCallback | None,
            compute: Compute, devices: list[Compute] | None) -> DeploymentManifest:
     phases = len(plan.submodels) + 1
-    if not (staging / "base" / "model.json").is_file():
-        save_base(base, staging / "base", force=True)
+    save_base(base, staging / "base", force=True)  # always: a resumed run's copy may be stale
     base_params = _backbone_params(base.model)
     example, _ = splits.test.first(ONNX_CHECK_IMAGES)
     if config.export_onnx and not (staging / "base" / ONNX_FILE).is_file():
@@ -244,7 +265,7 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
     jobs = [SubModelJob(i, sm, cnt, staging / "submodels" / submodel_dir_name(i, sm.device),
                         config.export_onnx)
             for i, (sm, cnt) in enumerate(zip(plan.submodels, counts))]
-    todo = [job for job in jobs if not job.done]
+    todo = [job for job in jobs if not job.finished(staging)]
     if len(jobs) > len(todo):
         log.info("%d of %d sub-models already built", len(jobs) - len(todo), len(jobs))
     if devices and len(devices) > 1 and len(todo) > 1:
@@ -361,7 +382,7 @@ def build_one_submodel(base: LoadedBase, classes: list[int], counts: PruneCounts
     teacher = base.model if compute.device.type == "cpu" else \
         copy.deepcopy(base.model).to(compute.device)
     if importance_path is not None and importance_path.is_file():
-        importance = load_importance(importance_path)
+        importance = load_importance(importance_path, base.spec.shape)
     else:
         calibration, _ = mine.first(config.calibration_images, compute)
         importance = score_importance(teacher, compute.put(calibration), classes,

@@ -81,10 +81,11 @@ def csv_beside(png: Path) -> Path:
     return png.with_name(f"{png.stem}_data.csv")
 
 
-def check_output_dir_of(args, path: str | Path, field: str = "--out") -> Path:
+def check_output_dir_of(args, path: str | Path, field: str = "--out",
+                        inputs: Iterable = ()) -> Path:
     """Preflight of a command's output directory (replaced as a whole, `staged_directory`): not a
-    file, its parent writable, and holding none of the command's inputs."""
-    return check_output(path, field=field, inputs=_inputs_of(args, ()), directory=True)
+    file, its parent writable, and holding none of the command's inputs (`args`' and `inputs`)."""
+    return check_output(path, field=field, inputs=_inputs_of(args, inputs), directory=True)
 
 
 def _inputs_of(args, inputs: Iterable) -> list:

@@ -41,3 +41,55 @@ def test_outputs_get_ordinary_permissions(tmp_path):
         os.umask(old)
     assert _mode(tmp_path / "out") == 0o755
     assert _mode(tmp_path / "out" / "plan.json") == 0o644
+
+
+# -- outputs never replace inputs, also inside input folders and interrupted runs' directories --
+def test_an_existing_file_inside_an_input_folder_is_never_an_output(tmp_path):
+    from planner.errors import InputError
+    from planner.files import check_output
+
+    folder = tmp_path / "base"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(InputError, match="inside the input folder"):
+        check_output(folder / "model.safetensors", inputs=[folder])
+    check_output(folder / "new.yaml", inputs=[folder])  # a new file beside the inputs is fine
+
+
+def test_a_partial_directory_that_is_a_link_or_a_file_is_refused_untouched(tmp_path):
+    from planner.errors import InputError
+    from planner.files import partial_dir, resumable_directory
+
+    target = tmp_path / "deploy"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("mine")
+    partial_dir(target).symlink_to(foreign)
+    for resume in (False, True):
+        with pytest.raises(InputError, match="not the directory of an interrupted"):
+            with resumable_directory(target, resume):
+                pass
+    assert (foreign / "mine.txt").read_text() == "mine"
+    partial_dir(target).unlink()
+    partial_dir(target).write_text("a file of the user's")
+    with pytest.raises(InputError, match="not the directory of an interrupted"):
+        with resumable_directory(target, False):
+            pass
+    assert partial_dir(target).read_text() == "a file of the user's"
+
+
+def test_a_partial_directory_holding_an_input_is_refused(tmp_path):
+    from planner.errors import InputError
+    from planner.files import guarding_inputs, partial_dir, resumable_directory
+    from planner.reader import note_read
+
+    target = tmp_path / "deploy"
+    base = partial_dir(target) / "base"
+    base.mkdir(parents=True)
+    (base / "model.safetensors").write_bytes(b"weights")
+    with guarding_inputs():
+        note_read(base / "model.safetensors")
+        with pytest.raises(InputError, match="would overwrite the input"):
+            with resumable_directory(target, False):
+                pass
+    assert (base / "model.safetensors").read_bytes() == b"weights"

@@ -233,3 +233,20 @@ def test_similarity_command_writes_the_planners_matrix(tmp_path, capsys, trained
     assert document["val_images"] == len(load_base(str(trained_base_dir)).split.val.files)
     mistakes = round((1 - document["val_accuracy"]) * document["val_images"])
     assert (sum(map(sum, sim)) > 0) == (mistakes > 0)
+
+
+def test_similarity_never_writes_over_what_base_reads(tmp_path, capsys, trained_base_dir):
+    """`--out` inside the base directory or onto an ARCH:CHECKPOINT file is refused before any
+    work (it once replaced base/model.safetensors, and the user's checkpoint, with the matrix)."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(trained_base_dir, base)
+    checkpoint = tmp_path / "ck.safetensors"
+    shutil.copy(base / "model.safetensors", checkpoint)
+    before = {p: p.read_bytes() for p in [*base.iterdir(), checkpoint]}
+    for source, out in [(str(base), base / "model.safetensors"), (str(base), base / "split.json"),
+                        (f"vit_tiny_patch16_224:{checkpoint}", checkpoint)]:
+        code, _, err = _cli(capsys, "similarity", "--base", source, "--out", str(out))
+        assert code == 2 and "write to another path" in err and len(err.splitlines()) == 1
+    assert {p: p.read_bytes() for p in before} == before

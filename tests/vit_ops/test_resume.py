@@ -148,3 +148,65 @@ def test_cuda_materialize_and_evaluate(setup, tmp_path):
     on_cpu = evaluate_deployment(straight, digits, measure=False)
     assert on_gpu.base_accuracy == on_cpu.base_accuracy  # the same base, evaluated on the GPU
     assert abs(on_gpu.fused_accuracy - on_cpu.fused_accuracy) < 0.1  # trained in bfloat16
+
+
+def _partial_of(setup, tmp_path, done: int = 1) -> tuple[Path, Path]:
+    """The staging directory a run killed after `done` sub-models leaves (built from the
+    uninterrupted deployment: the same files, and the state file of the same inputs)."""
+    import shutil
+
+    from vit_ops.materialize import STATE_FILE, _fingerprint, named_by_data
+
+    root, plan, digits, straight = setup
+    out = tmp_path / "deploy"
+    staging = tmp_path / ".deploy.partial"
+    (staging / "submodels").mkdir(parents=True)
+    for sub in sorted((straight / "submodels").iterdir())[:done]:
+        shutil.copytree(sub, staging / "submodels" / sub.name)
+    base = named_by_data(load_base(str(root / "base")), digits)
+    from dataclasses import replace
+
+    base = replace(base, split=digits.record,
+                   spec=base.spec.model_copy(update={"preprocess": digits.preprocess}))
+    (staging / STATE_FILE).write_text(json.dumps({"fingerprint": _fingerprint(plan, base, digits,
+                                                                              CONFIG)}))
+    return out, staging
+
+
+def test_resume_of_a_rebuilt_partial_directory_gives_the_same_deployment(setup, tmp_path):
+    root, plan, digits, straight = setup
+    out, _ = _partial_of(setup, tmp_path)
+    materialize(plan, load_base(str(root / "base")), digits, out, CONFIG, resume=True)
+    _assert_same_deployment(straight, out)
+
+
+@pytest.mark.parametrize("tamper", ["state-list", "spec-classes", "spec-garbage", "importance",
+                                    "importance-shape", "subdir-link"])
+def test_resume_refuses_a_tampered_partial_directory(setup, tmp_path, tamper):
+    """Everything a resumed run takes from `.DEPLOY.partial` is checked: a state file that is not
+    a mapping was an AttributeError, a finished sub-model of other classes went into the
+    deployment, unreadable importance scores a safetensors traceback."""
+    import shutil
+
+    root, plan, digits, _ = setup
+    out, staging = _partial_of(setup, tmp_path)
+    sub = next((staging / "submodels").iterdir())
+    if tamper == "state-list":
+        (staging / "materialize-state.json").write_text("[1, 2]")
+    elif tamper == "spec-classes":
+        spec = json.loads((sub / "model.json").read_text())
+        spec["classes"] = GROUPS[1]
+        (sub / "model.json").write_text(json.dumps(spec))
+    elif tamper == "spec-garbage":
+        (sub / "model.json").write_bytes(b"\xff\xfe\x00")
+    elif tamper.startswith("importance"):
+        (staging / "importance").mkdir()
+        shutil.copy(sub / "model.safetensors", staging / "importance" / "1.safetensors")
+        if tamper == "importance":
+            (staging / "importance" / "1.safetensors").write_bytes(b"\x00" * 16)
+    else:
+        shutil.move(str(sub), str(tmp_path / "outside"))
+        sub.symlink_to(tmp_path / "outside")
+    with pytest.raises(InputError):
+        materialize(plan, load_base(str(root / "base")), digits, out, CONFIG, resume=True)
+    assert not out.exists()
