@@ -338,14 +338,15 @@ def make_split(args: DataArgs) -> SplitRecord:
 def scan_folder(root: Path, flag: str) -> tuple[list[str], list[str], np.ndarray]:
     """Class names (sorted sub-folders), image paths relative to `root` and labels, by torchvision's
     ImageFolder rules; an empty class folder is an InputError naming it."""
-    from torchvision.datasets.folder import find_classes, make_dataset
+    from torchvision.datasets.folder import find_classes
 
     try:
         names, class_to_idx = find_classes(str(root))
     except FileNotFoundError:
         raise InputError("image folder has no class sub-folders", field=flag,
                          value=str(root)) from None
-    samples = make_dataset(str(root), class_to_idx, extensions=IMAGE_SUFFIXES, allow_empty=True)
+    samples = [(path, class_to_idx[name]) for name in names
+               for path in _class_images(root / name)]
     counts = np.bincount([label for _, label in samples], minlength=len(names))
     empty = [names[i] for i in np.flatnonzero(counts == 0)]
     if empty:
@@ -353,6 +354,28 @@ def scan_folder(root: Path, flag: str) -> tuple[list[str], list[str], np.ndarray
                          file=str(root / empty[0]))
     files = [os.path.relpath(path, root) for path, _ in samples]
     return names, files, np.asarray([label for _, label in samples], dtype=np.int64)
+
+
+def _class_images(folder: Path) -> list[str]:
+    """The image files under one class folder in torchvision's `make_dataset` order (folders
+    sorted by path, files by name; symbolic links followed). A folder reached a second time
+    through a symbolic link is an InputError: a link loop would make the walk endless, and links
+    that fan out again and again exponential."""
+    seen: set[tuple[int, int]] = set()
+    found: list[tuple[str, list[str]]] = []
+    for dirpath, _, filenames in os.walk(folder, followlinks=True):
+        try:
+            info = os.stat(dirpath)
+        except OSError:
+            continue
+        key = (info.st_dev, info.st_ino)
+        if key in seen:
+            raise InputError("a symbolic link leads back to a folder already scanned (a link "
+                             "loop?); image folders must be trees", file=dirpath)
+        seen.add(key)
+        found.append((dirpath, filenames))
+    return [os.path.join(dirpath, name) for dirpath, filenames in sorted(found)
+            for name in sorted(filenames) if name.lower().endswith(IMAGE_SUFFIXES)]
 
 
 def _folder(path: str, flag: str) -> Path:

@@ -185,3 +185,34 @@ def test_decompression_bombs_are_refused_unread(tmp_path, width, height):
     with pytest.raises(InputError, match="bomb.png: .*decompression bomb"):
         for part in (splits.train, splits.val, splits.test):
             list(batches(part, batch_size=2))
+
+
+def test_folder_scan_is_torchvisions_order_and_follows_links(tmp_path):
+    from torchvision.datasets.folder import find_classes, make_dataset
+
+    from vit_ops.data import IMAGE_SUFFIXES, scan_folder
+
+    _write_folder(tmp_path / "imgs", ["b", "a"], per_class=3, size=8)
+    (tmp_path / "imgs" / "a" / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "a" / "sub" / "Z.PNG")
+    (tmp_path / "imgs" / "a" / "notes.txt").write_text("not an image")
+    _write_folder(tmp_path / "elsewhere", ["x"], per_class=2, size=8)
+    (tmp_path / "imgs" / "b" / "linked").symlink_to(tmp_path / "elsewhere" / "x")
+    root = tmp_path / "imgs"
+    names, files, labels = scan_folder(root, "--data")
+    expected = make_dataset(str(root), find_classes(str(root))[1], extensions=IMAGE_SUFFIXES)
+    assert names == ["a", "b"]
+    assert [str(root / f) for f in files] == [p for p, _ in expected]
+    assert labels.tolist() == [label for _, label in expected]
+
+
+@pytest.mark.parametrize("links", [["."], [".."], ["..", "../..", ".."]])
+def test_symbolic_link_loops_in_an_image_folder_are_refused_at_once(tmp_path, links):
+    """torchvision's walk follows links without end (each extra link to an ancestor doubles it)."""
+    from vit_ops.data import scan_folder
+
+    _write_folder(tmp_path / "imgs", ["a", "b"], per_class=2, size=8)
+    for i, target in enumerate(links):
+        (tmp_path / "imgs" / "a" / f"loop{i}").symlink_to(target)
+    with pytest.raises(InputError, match="link loop"):
+        scan_folder(tmp_path / "imgs", "--train")
