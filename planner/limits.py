@@ -57,6 +57,14 @@ MAX_TEXT = 512
 MAX_CONFIGURATIONS = 300_000
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
 
+def ascii_count(text: str, max_digits: int = 18) -> int | None:
+    """`text` as a non-negative integer when it is 1..`max_digits` ASCII digits, else None.
+    (`str.isdigit` also takes '³' and other scripts' digits, which `int` then refuses.)"""
+    if 0 < len(text) <= max_digits and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
 _max_devices: ContextVar[int] = ContextVar("edvit_max_devices", default=DEFAULT_MAX_DEVICES)
 
 

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
+from planner.limits import ascii_count
 from planner.validation import raise_validation_error
 from vit_ops.runtime import (Endpoint, RuntimeConfig, WorkerFailedError, run_node, run_node_http,
                              serve_local, serve_local_http)
@@ -144,29 +145,27 @@ def _source(args: argparse.Namespace):
 
 def _service_config(args: argparse.Namespace):
     host, port = _http_address(args.http)
-    for flag, value, least in (("--max-batch", args.max_batch, 1), ("--queue", args.queue, 1),
-                               ("--max-body", args.max_body, 1), ("--restarts", args.restarts, 0),
-                               ("--max-wait-ms", args.max_wait_ms, 0)):
-        if value < least:
-            raise InputError(f"must be >= {least}", field=flag, value=value)
-    if not 0 < args.restart_window <= 86400:
-        raise InputError("must be > 0 and <= 86400 seconds", field="--restart-window",
-                         value=args.restart_window)
-    return ServiceConfig(host=host, port=port, max_batch=args.max_batch,
-                         max_wait_ms=args.max_wait_ms, queue_size=args.queue,
-                         max_body_bytes=args.max_body, max_restarts=args.restarts,
-                         restart_window_s=args.restart_window)
+    flags = {"max_batch": ("--max-batch", args.max_batch), "queue_size": ("--queue", args.queue),
+             "max_wait_ms": ("--max-wait-ms", args.max_wait_ms),
+             "max_body_bytes": ("--max-body", args.max_body),
+             "max_restarts": ("--restarts", args.restarts),
+             "restart_window_s": ("--restart-window", args.restart_window)}
+    try:
+        return ServiceConfig(host=host, port=port, **{k: v for k, (_, v) in flags.items()})
+    except ValidationError as exc:  # the ranges are ServiceConfig's; name the flag
+        error = exc.errors()[0]
+        flag, value = flags.get(str(error["loc"][0]) if error["loc"] else "", ("--http", args.http))
+        raise InputError(error["msg"], field=flag, value=value) from None
 
 
 def _http_address(text: str) -> tuple[str, int]:
     """`PORT`, `HOST:PORT` or `[IPV6]:PORT` -> (host, port); the host defaults to loopback."""
-    if text.isdigit():
-        if int(text) > 65535:
+    port = ascii_count(text, 5)
+    if port is not None:
+        if port > 65535:
             raise InputError("port must be 0..65535", field="--http", value=text)
-        return "127.0.0.1", int(text)
-    if text.endswith(":0"):
-        return Endpoint.parse(text[:-2] + ":1", field="--http").host, 0
-    endpoint = Endpoint.parse(text, field="--http")
+        return "127.0.0.1", port
+    endpoint = Endpoint.parse(text, field="--http", any_port=True)
     return endpoint.host, endpoint.port
 
 
@@ -177,9 +176,10 @@ def _exit_on_sigterm() -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     config = _config(args)
+    service = _service_config(args) if args.http is not None else None
     source = _source(args)
-    if args.http:
-        return serve_local_http(source, config, _service_config(args))
+    if service is not None:
+        return serve_local_http(source, config, service)
     _exit_on_sigterm()
     try:
         with progress_bar("serve", enabled=not args.json) as progress:
@@ -197,12 +197,15 @@ def run_worker(args: argparse.Namespace) -> int:
     rank = _int_from(args.rank, "RANK", "--rank")
     world_size = _int_from(args.world_size, "WORLD_SIZE", "--world-size")
     endpoint = _endpoint(args.master)
-    source = _source(args)
-    if args.http:
+    service = None
+    if args.http is not None:
         if rank != 0:
             raise InputError("only the aggregator (rank 0) serves HTTP", field="--http",
                              value=args.http)
-        return run_node_http(source, world_size, endpoint, config, _service_config(args))
+        service = _service_config(args)
+    source = _source(args)
+    if service is not None:
+        return run_node_http(source, world_size, endpoint, config, service)
     _exit_on_sigterm()
     try:
         with progress_bar("serve", enabled=rank == 0 and not args.json) as progress:
@@ -291,8 +294,10 @@ def run_classify(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.images]
     for path in files:
         if not path.is_file():
-            raise InputError("image file not found", file=str(path))
-    if args.url:
+            raise InputError("a directory, not an image file" if path.is_dir() else
+                             "image file not found" if not path.exists() else
+                             "not a regular file (a FIFO or device?)", file=str(path))
+    if args.url is not None:
         from vit_ops.runtime.client import Client  # httpx: the `serve` extra, only for --url
 
         with Client(args.url, timeout_s=args.timeout, top_k=args.top) as client:

@@ -15,7 +15,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from planner.errors import EdvitError
+from planner.errors import EdvitError, InputError
+from planner.limits import MAX_SECONDS
+from vit_ops.images import MAX_IMAGE_FILE_BYTES
 from vit_ops.runtime.classification import DEFAULT_TOP_K, Classification
 
 EXIT_SERVICE_ERROR = 3
@@ -36,7 +38,10 @@ class Client:
 
     def __init__(self, url: str, model: str | None = None, timeout_s: float = 60.0,
                  top_k: int = DEFAULT_TOP_K) -> None:
-        self.url = url.rstrip("/")
+        self.url = service_url(url)
+        if not (isinstance(timeout_s, (int, float)) and 0 < timeout_s <= MAX_SECONDS):
+            raise InputError(f"must be > 0 and at most {MAX_SECONDS:g} s", field="--timeout",
+                             value=timeout_s)
         self.top_k = top_k
         self.http = httpx.Client(base_url=self.url, timeout=timeout_s)
         self._model = model
@@ -105,10 +110,32 @@ class Client:
         return response
 
 
+def service_url(url: str) -> str:
+    """`url` without a trailing slash, when it is http(s)://HOST[:PORT][/path]; anything else
+    (no scheme, another scheme, no host, a port out of range) is an InputError naming --url."""
+    try:
+        parsed = httpx.URL(url)
+        port = parsed.port  # parsed lazily: an invalid port raises here
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise InputError("not a URL; expected http://HOST:PORT", field="--url", value=url) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host or (port is not None
+                                                                     and not 0 < port < 65536):
+        raise InputError("expected http://HOST:PORT (a service started with --http)",
+                         field="--url", value=url)
+    return url.rstrip("/")
+
+
 def _encoded(image) -> bytes:
-    """The bytes to send: a file's own, or a lossless PNG of a PIL image or array."""
+    """The bytes to send: a file's own (at most MAX_IMAGE_FILE_BYTES, checked before reading),
+    or a lossless PNG of a PIL image or array."""
     if isinstance(image, (str, Path)):
-        return Path(image).read_bytes()
+        path = Path(image)
+        if not path.is_file():
+            raise InputError("not an image file", file=str(path))
+        if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+            raise InputError(f"image file is larger than {MAX_IMAGE_FILE_BYTES // 2**20} MiB",
+                             file=str(path))
+        return path.read_bytes()
     from PIL import Image
 
     if not isinstance(image, Image.Image):

@@ -43,6 +43,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.routing import Route
 
+from planner.limits import ascii_count
 from vit_ops.runtime.classification import classify_probabilities
 from vit_ops.runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from vit_ops.runtime.service import (DevicesUnavailableError, InferenceService, QueueFullError,
@@ -251,11 +252,12 @@ def create_app(service: InferenceService, model: ModelInfo,
                                  f"file's bytes as image/jpeg or image/png")
         body = await _read_body(request, limits.max_body_bytes)
         pixels = await _maybe_offload(len(body), reader.file, body)
-        top = request.query_params.get("top", str(limits.top_k))
-        if not top.isdigit() or int(top) < 1:
-            raise HTTPError(400, f"top={top!r}: must be a positive integer")
+        top_text = request.query_params.get("top", str(limits.top_k))
+        top = ascii_count(top_text)
+        if top is None or top < 1:
+            raise HTTPError(400, f"top={top_text[:40]!r}: must be a positive integer")
         answer = await _answer(pixels.unsqueeze(0))
-        result = classify_probabilities(answer.probabilities, model.class_names, int(top),
+        result = classify_probabilities(answer.probabilities, model.class_names, top,
                                         answer.degraded, answer.failed_devices,
                                         answer.device_ms, answer.standby_devices)[0]
         return JSONResponse(result.model_dump())
@@ -330,7 +332,7 @@ class _CountRequests:
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, refused (413) as soon as it exceeds `limit` bytes."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and (ascii_count(declared) or 0) > limit:
         raise HTTPError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -419,9 +421,10 @@ def _tensor_pixels(tensor: InferTensor, reader: _ImageReader, max_images: int,
 
 
 def _header_length(text: str, body_length: int) -> int:
-    if not text.isdigit() or int(text) > body_length:
-        raise HTTPError(400, f"{BINARY_HEADER}: {text!r} is not a length within the body")
-    return int(text)
+    length = ascii_count(text)
+    if length is None or length > body_length:
+        raise HTTPError(400, f"{BINARY_HEADER}: {text[:40]!r} is not a length within the body")
+    return length
 
 
 def _with_binary_data(tensor: InferTensor, data: bytes) -> tuple[InferTensor, bytes | None]:

@@ -23,6 +23,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from planner.errors import InputError
+from planner.limits import ascii_count
 from vit_ops.runtime.results import WorkerInfo
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,20 @@ class Endpoint:
     port: int
 
     @classmethod
-    def parse(cls, text: str, field: str = "--master") -> "Endpoint":
-        """`HOST:PORT` (IPv6 as `[ADDR]:PORT`)."""
-        host, sep, port = text.rpartition(":")
-        host = host.strip("[]")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    def parse(cls, text: str, field: str = "--master", any_port: bool = False) -> "Endpoint":
+        """`HOST:PORT` (IPv6 as `[ADDR]:PORT`), PORT 1..65535 in ASCII digits (0 too with
+        `any_port`: the system picks one)."""
+        host, sep, port_text = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise InputError("expected HOST:PORT (an IPv6 address as [ADDR]:PORT)", field=field,
+                             value=text)
+        port = ascii_count(port_text, 5)
+        bad_host = not host or any(c.isspace() or c in "[]/\\\x00" for c in host)
+        if not sep or bad_host or port is None or not (0 if any_port else 1) <= port <= 65535:
             raise InputError("expected HOST:PORT", field=field, value=text)
-        return cls(host, int(port))
+        return cls(host, port)
 
 
 def _under_torchrun() -> bool:

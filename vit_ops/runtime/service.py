@@ -43,17 +43,19 @@ class ServiceConfig(StrictModel):
 
     host: str = Field(default="127.0.0.1", description="bind address (loopback unless asked)")
     port: int = Field(default=8000, ge=0, lt=65536, description="0: any free port")
-    queue_size: int = Field(default=64, ge=1, description="requests waiting at most")
-    max_batch: int = Field(default=1, ge=1, description="images per fleet request")
-    max_wait_ms: float = Field(default=0.0, ge=0, description="wait for more images this long")
-    max_body_bytes: int = Field(default=8 * 2**20, gt=0, description="largest request body")
+    queue_size: int = Field(default=64, ge=1, le=100_000, description="requests waiting at most")
+    max_batch: int = Field(default=1, ge=1, le=4096, description="images per fleet request")
+    max_wait_ms: float = Field(default=0.0, ge=0, le=60_000, allow_inf_nan=False,
+                               description="wait for more images this long")
+    max_body_bytes: int = Field(default=8 * 2**20, gt=0, le=2**31,
+                                description="largest request body")
     max_image_pixels: int = Field(default=4096 * 4096, gt=0, description="decompression limit")
     max_request_images: int = Field(default=64, ge=1, description="images in one /infer")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After of a full queue")
     top_k: int = Field(default=5, ge=1)
-    max_restarts: int = Field(default=5, ge=0,
+    max_restarts: int = Field(default=5, ge=0, le=10_000,
                               description="--local: restarts of a dead worker per window")
-    restart_window_s: float = Field(default=300.0, gt=0, le=86400,
+    restart_window_s: float = Field(default=300.0, gt=0, le=86400, allow_inf_nan=False,
                                     description="--local: the window of max_restarts; a worker "
                                     "that used them is tried again once the oldest left it")
 
