@@ -215,6 +215,20 @@ def fit_traffic_model(timed: list[TimedVariant]) -> TrafficFit:
                       overhead_per_block_s=two_term.overhead_s / timed[0].depth)
 
 
+def _kind_name(name: str) -> str:
+    """The device kind's name, checked as `DeviceKind` will (a name, never a path)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from planner.errors import InputError
+    from planner.limits import Name
+
+    try:
+        return TypeAdapter(Name).validate_python(name)
+    except ValidationError:
+        raise InputError("a device kind name is 1-128 characters of A-Za-z0-9_.+- starting with "
+                         "a letter or digit", field="--name", value=name) from None
+
+
 def calibrate_host(name: str | None = None, *, threads: int | None = None,
                    link_bytes_per_s: float | None = None, link_peer=None,
                    link_timeout_s: float = 120.0,
@@ -231,6 +245,7 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
     aggregator sends them, and their cost beyond bytes / bandwidth is written as
     `send_overhead_s` (what this machine, as the aggregator, pays per device sent to).
     """
+    name = _kind_name(name if name is not None else platform.node() or "this-host")  # before timing
     runtime_bytes = resident_bytes()  # before any model exists: Python + torch + libraries
     link = (measure_link(link_peer, timeout_s=link_timeout_s, send_bytes=input_bytes)
             if link_peer is not None else None)
@@ -253,7 +268,7 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
     traffic = fit_traffic_model(timed)
     host = host_description(threads)
     entry = DeviceKind(
-        name=name or platform.node() or "this-host",
+        name=name,
         description=(f"calibrated: {host['cpu']}, {threads} thread(s), {clock} clock{quota_text}"
                      f"{f', requests after {idle_s:g} s idle' if idle_s is not None else ''}, "
                      f"torch {host['torch']}"),

@@ -171,8 +171,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise InputError("must be in [0, 10] seconds", field="--idle", value=args.idle)
     if args.img_size is not None and args.arch is None:
         raise InputError("needs --arch", field="--img-size", value=args.img_size)
-    if args.rounds < 2:
-        raise InputError("must be >= 2 (a spread needs two)", field="--rounds", value=args.rounds)
+    if not 2 <= args.rounds <= 1000:
+        raise InputError("must be in 2..1000 (a spread needs two)", field="--rounds",
+                         value=args.rounds)
     if args.link_sessions < 1:
         raise InputError("must be >= 1", field="--link-sessions", value=args.link_sessions)
     if not args.link_timeout > 0:
