@@ -9,6 +9,7 @@ to gigabytes) costs nothing. PIL's own bomb check stays on as a second line.
 
 from __future__ import annotations
 
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,10 @@ def open_image(path: Path) -> Iterator:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        if path.stat().st_size > MAX_IMAGE_FILE_BYTES:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # opening a FIFO would wait for a writer forever
+            raise InputError("not a regular file (a FIFO or device?)", file=str(path))
+        if info.st_size > MAX_IMAGE_FILE_BYTES:
             raise InputError(f"image file is larger than {MAX_IMAGE_FILE_BYTES // 2**20} MiB",
                              file=str(path))
         with warnings.catch_warnings():

@@ -216,3 +216,14 @@ def test_symbolic_link_loops_in_an_image_folder_are_refused_at_once(tmp_path, li
         (tmp_path / "imgs" / "a" / f"loop{i}").symlink_to(target)
     with pytest.raises(InputError, match="link loop"):
         scan_folder(tmp_path / "imgs", "--train")
+
+
+def test_an_image_that_is_a_fifo_or_device_is_refused_unopened(tmp_path):
+    """Opening a FIFO blocks until someone writes to it: the loader hung on one."""
+    import os
+
+    os.mkfifo(tmp_path / "f.png")
+    (tmp_path / "zero.png").symlink_to("/dev/zero")
+    for name in ("f.png", "zero.png"):
+        with pytest.raises(InputError, match="not a regular file"):
+            read_image(tmp_path / name)
