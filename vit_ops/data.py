@@ -491,8 +491,11 @@ def relocate(record: SplitRecord, args: DataArgs) -> SplitRecord:
     """`record` with its roots replaced by the folders of `args` (the same relative file lists):
     the recorded held-out images, wherever the data lives on this machine."""
     if not args.given or record.roots == {DIGITS}:
-        if args.data not in (None, DIGITS) and record.roots == {DIGITS}:
-            raise InputError("the model was made on 'digits'", field="--data", value=args.data)
+        if record.roots == {DIGITS}:  # --train/--val/--test would be ignored: say so
+            for flag, value in (("--data", args.data), ("--train", args.train),
+                                ("--val", args.val), ("--test", args.test)):
+                if value not in (None, DIGITS) or (flag != "--data" and value is not None):
+                    raise InputError("the model was made on 'digits'", field=flag, value=value)
         return record
     if args.data:
         if len(record.roots) != 1:

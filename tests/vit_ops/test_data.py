@@ -227,3 +227,13 @@ def test_an_image_that_is_a_fifo_or_device_is_refused_unopened(tmp_path):
     for name in ("f.png", "zero.png"):
         with pytest.raises(InputError, match="not a regular file"):
             read_image(tmp_path / name)
+
+
+def test_folders_given_for_a_split_recorded_on_digits_are_refused_not_ignored():
+    """`materialize --train DIR --val DIR` on a digits base silently used digits (exit 0, even
+    for a --val folder that does not exist)."""
+    record = make_split(DataArgs(data="digits"))
+    assert relocate(record, DataArgs(data="digits")) == record
+    for args in (DataArgs(train="tr", val="nope"), DataArgs(test="te"), DataArgs(data="imgs")):
+        with pytest.raises(InputError, match="made on 'digits'"):
+            relocate(record, args)
