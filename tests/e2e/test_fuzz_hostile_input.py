@@ -426,3 +426,127 @@ def test_weights_must_match_their_spec_before_a_fleet_starts(work, deployment):
     (folder / "submodels" / "1-dev1" / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(InputError, match="not a readable safetensors"):
         open_deployment(folder)
+
+
+# -- the scale work's inputs: similarity, materialize --resume, --train/--val layouts -------------
+@pytest.fixture(scope="module")
+def digits_base(work) -> Path:
+    """A random-init 10-class base for digits, with its recorded split (no training), and a plan
+    for it: what `similarity` and `materialize --resume` take."""
+    pytest.importorskip("torch")
+    from planner.vit_shape import PruneCounts, ViTShape
+    from vit_ops.architecture import build_vit
+    from vit_ops.base_model import BaseModelSpec, LoadedBase, save_base
+    from vit_ops.data import DataArgs, make_split
+    from vit_ops.manual_plan import manual_plan
+
+    shape = ViTShape(arch="fuzz_vit", img_size=16, patch_size=8, embed_dim=16, depth=1,
+                     num_heads=2, head_dim=8, mlp_hidden=32, num_classes=10)
+    full = PruneCounts(embed_dim=16, head_dim=8, heads=[2], mlp_hidden=[32])
+    base = LoadedBase(model=build_vit(shape, full, device="cpu").eval(),
+                      spec=BaseModelSpec(shape=shape, class_names=[str(c) for c in range(10)],
+                                         data="digits"),
+                      source="fuzz", split=make_split(DataArgs(data="digits")))
+    root = save_base(base, work / "digits-base" / "base", force=True)
+    plan = manual_plan(shape, [list(range(5)), list(range(5, 10))], [1.0, 0.5], ["d0", "d1"])
+    (root.parent / "plan.json").write_text(plan.model_dump_json())
+    return root
+
+
+@FUZZ
+@given(part=st.sampled_from(["model.json", "split.json"]), data=st.data())
+def test_similarity_of_mutated_base_directories(work, digits_base, part, data):
+    folder = _fresh(work, "similarity")
+    base = folder / "base"
+    shutil.copytree(digits_base, base)
+    doc = data.draw(mutations(json.loads((base / part).read_text())))
+    (base / part).write_text(json.dumps(doc))
+    out = data.draw(st.sampled_from([folder / "sim.yaml", base / "model.safetensors",
+                                     base / part, base, folder / "sim.yaml" / "x"]))
+    run_cli(["similarity", "--base", base, "--out", out, "--num-workers", "0"],
+            [base / "model.json", base / "split.json", base / "model.safetensors"])
+
+
+@FUZZ
+@given(state=st.one_of(mutations({"fingerprint": "0" * 64}),
+                       byte_mutations('{"fingerprint": "00"}')),
+       layout=st.sampled_from(["state", "no-state", "partial-file", "partial-link"]))
+def test_materialize_resume_of_hostile_partial_directories(work, digits_base, state, layout):
+    folder = _fresh(work, "resume")
+    partial = folder / ".deploy.partial"
+    if layout == "partial-file":
+        partial.write_text("a file of the user's")
+    elif layout == "partial-link":
+        (folder / "foreign").mkdir()
+        partial.symlink_to(folder / "foreign")
+    else:
+        partial.mkdir()
+        if layout == "state":
+            target = partial / "materialize-state.json"
+            target.write_bytes(state if isinstance(state, bytes) else json.dumps(state).encode())
+    plan = digits_base.parent / "plan.json"
+    code, _ = run_cli(["materialize", plan, "--base", digits_base, "--data", "digits",
+                       "--out", folder / "deploy", "--resume", "--no-onnx", "--max-steps", "1"],
+                      [plan, digits_base / "model.json", digits_base / "model.safetensors"])
+    assert code == 2 and not (folder / "deploy").exists()  # no state of these inputs: refused
+    if layout == "partial-file":
+        assert partial.read_text() == "a file of the user's"
+
+
+LAYOUT_PARTS = st.sampled_from(["image", "image", "image", "text", "empty-png", "loop-parent",
+                                "loop-self", "dangling", "subdir-image", "fifo"])
+
+
+@settings(FUZZ, max_examples=15)
+@given(classes=st.lists(st.lists(st.sampled_from(["a", "b", "c"]), min_size=0, max_size=3,
+                                 unique=True), min_size=2, max_size=3),
+       parts=st.lists(LAYOUT_PARTS, min_size=1, max_size=6), data=st.data())
+def test_train_val_test_layouts(work, classes, parts, data):
+    """`--train DIR --val DIR [--test DIR]` folders with differing, empty or missing classes,
+    files that are not images, symbolic link loops and FIFOs: a split or one InputError."""
+    import os
+
+    from PIL import Image
+
+    from vit_ops.data import DataArgs, make_split, splits_from_record
+    from vit_ops.preprocess import scratch_preprocess
+
+    folder = _fresh(work, "layouts")
+    roots = []
+    for k, names in enumerate(classes):
+        root = folder / f"split{k}"
+        root.mkdir()
+        roots.append(root)
+        for name in names:
+            (root / name).mkdir()
+            for i in range(3):
+                Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / name / f"{i}.png")
+    for j, part in enumerate(parts):  # j: every step's file has a name of its own
+        root = data.draw(st.sampled_from(roots))
+        names = sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink())
+        where = data.draw(st.sampled_from(names)) if names else root
+        if part == "text":
+            (where / f"x{j}.png").write_text("not an image")
+        elif part == "empty-png":
+            (where / f"e{j}.png").write_bytes(b"")
+        elif part == "loop-parent":
+            os.symlink("..", where / f"up{j}")
+        elif part == "loop-self":
+            os.symlink(".", where / f"me{j}")
+        elif part == "dangling":
+            os.symlink("nowhere.png", where / f"d{j}.png")
+        elif part == "subdir-image":
+            (where / f"deep{j}").mkdir()
+            Image.new("RGB", (8, 8)).save(where / f"deep{j}" / "z.png")
+        elif part == "fifo":
+            os.mkfifo(where / f"f{j}.png")
+    args = DataArgs(train=str(roots[0]), val=str(roots[1]),
+                    test=str(roots[2]) if len(roots) > 2 else None)
+    with _alarm():
+        try:
+            record = make_split(args)
+            splits = splits_from_record(record, scratch_preprocess(8))
+            for split in (splits.train, splits.val, splits.test):
+                split.first()
+        except InputError as exc:
+            assert "\n" not in exc.one_line()
