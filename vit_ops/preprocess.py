@@ -27,6 +27,7 @@ from planner.limits import Finite, ImageSize
 PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
+MIN_CROP_PCT = 0.25  # timm's models use 0.875..1; 1e-6 resized each image to 16 Mpx-wide first
 SCRATCH_MEAN = (0.5, 0.5, 0.5)
 SCRATCH_STD = (0.5, 0.5, 0.5)
 
@@ -36,9 +37,10 @@ class Preprocess(FrozenModel):
 
 
     img_size: ImageSize
-    crop_pct: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False,
+    crop_pct: float = Field(default=1.0, ge=MIN_CROP_PCT, le=1, allow_inf_nan=False,
                             description="resize the shorter side to img_size / crop_pct, then "
-                                        "centre-crop img_size")
+                                        "centre-crop img_size (at least 0.25: a smaller one "
+                                        "resizes every image to a giant first)")
     interpolation: Interpolation = "bilinear"
     mean: tuple[Finite, Finite, Finite] = SCRATCH_MEAN
     std: tuple[PositiveFinite, PositiveFinite, PositiveFinite] = SCRATCH_STD

@@ -237,3 +237,11 @@ def test_folders_given_for_a_split_recorded_on_digits_are_refused_not_ignored():
     for args in (DataArgs(train="tr", val="nope"), DataArgs(test="te"), DataArgs(data="imgs")):
         with pytest.raises(InputError, match="made on 'digits'"):
             relocate(record, args)
+
+
+@pytest.mark.parametrize("crop_pct", [1e-6, 1e-300, 0.2])
+def test_a_crop_pct_that_would_resize_to_a_giant_is_refused(crop_pct):
+    """--crop-pct 1e-6 resized every 8 px image to 32 million pixels a side before cropping."""
+    with pytest.raises(InputError, match="--crop-pct"):
+        scratch_preprocess(32).with_overrides(crop_pct=crop_pct)
+    assert scratch_preprocess(32).with_overrides(crop_pct=0.875).resize_size == 36
