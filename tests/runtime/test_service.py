@@ -167,9 +167,12 @@ def test_served_answers_equal_classify_deploy(service, digits_deployment, digit_
     assert cli_main(["classify", *files, "--deploy", str(digits_deployment), "--json"]) == 0
     local = json.loads(capsys.readouterr().out)
     assert [r["file"] for r in served] == files == [r["file"] for r in local]
-    assert set(served[0]) == {"file", "label", "class_id", "top", "degraded"}
+    # the row, and failover's marking of answers that standby copies served (none here)
+    assert set(served[0]) == set(local[0]) == {"file", "label", "class_id", "top", "degraded",
+                                               "failover", "standby_devices"}
     for s, r in zip(served, local):
-        assert (s["label"], s["class_id"], s["degraded"]) == (r["label"], r["class_id"], False)
+        assert (s["label"], s["class_id"], s["degraded"], s["failover"]) == \
+            (r["label"], r["class_id"], False, False)
         assert [t["label"] for t in s["top"]] == [t["label"] for t in r["top"]]
         assert [t["prob"] for t in s["top"]] == pytest.approx([t["prob"] for t in r["top"]],
                                                                abs=1e-5)
