@@ -143,6 +143,24 @@ def test_hand_computed_arrivals_and_finish():
     assert not score_plan(problem, plan, send_order=["d1"]).valid
 
 
+def solve_and_match_brute_force(problem: Problem):
+    """The solver's plan, checked against exhaustive enumeration of placements, group sizes and
+    send orders: infeasible exactly when nothing is, else optimal with the same makespan, bound
+    and memory among the ties. Returns the plan (None when infeasible)."""
+    scores = [s for s in (best_over_send_orders(problem, p) for p in all_plans(problem)) if s]
+    plan = solve(problem, SolverConfig(time_limit_s=20))
+    if not scores:
+        assert plan.status == "infeasible"
+        return None
+    best = min(s.makespan_s for s in scores)
+    assert plan.status == "optimal"
+    assert plan.makespan_s == pytest.approx(best, rel=1e-6)
+    assert plan.solver.bound_s == pytest.approx(best, rel=1e-6)
+    ties = [s for s in scores if s.makespan_s <= best * (1 + 1e-9)]
+    assert plan.solver.secondary_value == min(s.memory_sum_bytes for s in ties)
+    return plan
+
+
 def test_latest_finish_counts_ties_as_sent_last():
     # two devices of time 5 and transfer 1: the second of them arrives at 2 and ends at 7
     assert latest_finish(0, [(5, 1), (5, 1)]) == 7
@@ -156,18 +174,8 @@ def test_solver_matches_brute_force(seed, max_per_device):
     hosts = seed % 3 != 2
     problem = random_problem(seed, num_devices=3, num_classes=4, max_per_device=max_per_device,
                              aggregator_hosts_submodels=hosts)
-    scores = [s for s in (best_over_send_orders(problem, p) for p in all_plans(problem)) if s]
-    plan = solve(problem, SolverConfig(time_limit_s=20))
-    if not scores:
-        assert plan.status == "infeasible"
-        return
-    best = min(s.makespan_s for s in scores)
-    assert plan.status == "optimal"
-    assert plan.makespan_s == pytest.approx(best, rel=1e-6)
-    assert plan.solver.bound_s == pytest.approx(best, rel=1e-6)
-    ties = [s for s in scores if s.makespan_s <= best * (1 + 1e-9)]
-    assert plan.solver.secondary_value == min(s.memory_sum_bytes for s in ties)
-    if not hosts:
+    plan = solve_and_match_brute_force(problem)
+    if plan is not None and not hosts:
         assert problem.aggregator_name not in {sm.device for sm in plan.submodels}
 
 
