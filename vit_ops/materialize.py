@@ -60,6 +60,7 @@ from vit_ops.deploy import (
     submodel_dir_name,
 )
 from vit_ops.fusion import (
+    DEFAULT_FUSION_DROPOUT,
     FEATURES_DIR_PREFIX,
     SlotDropout,
     concat_features,
@@ -94,8 +95,9 @@ class MaterializeConfig(StrictModel):
     distill: DistillConfig = DistillConfig()
     fusion: FitConfig = FitConfig(epochs=60, batch_size=128, lr=3e-3, weight_decay=0.01)
     fusion_dropout: SlotDropout | None = Field(
-        default=SlotDropout(), description="sub-model dropout of the fusion head (a head with a "
-        "presence-mask input); None: the plain head, which only sees zeros for a failed device")
+        default=DEFAULT_FUSION_DROPOUT, description="sub-model dropout of the fusion head (a head "
+        "with a presence-mask input); None: the plain head, which only sees zeros for a failed "
+        "device")
     export_onnx: bool = True
 
 
@@ -293,7 +295,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
     # The head the plan's costs were computed for (check_plan made sure the plan says).
     fusion = train_fusion(submodels, splits.train, plan.num_classes, plan.fusion.hidden,
                           config.fusion, phase, compute, config.fusion_dropout,
-                          scratch_dir=staging)
+                          scratch_dir=staging, slot_devices=[job.plan.device for job in jobs],
+                          slot_classes=[job.plan.classes for job in jobs])
     fusion_spec = FusionSpec(device=plan.fusion.device, in_features=fusion.in_features,
                              hidden=plan.fusion.hidden,
                              num_classes=plan.num_classes,

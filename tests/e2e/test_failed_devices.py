@@ -13,6 +13,7 @@ from planner.cli import main as cli_main
 from profiler.evaluate import evaluate_deployment
 from vit_ops.deploy import SPEC_FILE, load_fusion, load_manifest
 from vit_ops.fusion import FusionHead, MaskedFusionHead
+from vit_ops.materialize import MaterializeConfig
 
 pytestmark = pytest.mark.slow  # trains a base, materialises it and starts a fleet
 
@@ -50,7 +51,7 @@ def test_the_deployed_head_takes_a_mask_and_its_onnx_graph_too(deployment):
 
     fusion = load_fusion(deployment)
     assert isinstance(fusion.module, MaskedFusionHead)
-    assert fusion.spec.presence_mask and fusion.spec.dropout is not None
+    assert fusion.spec.presence_mask and fusion.spec.dropout == MaterializeConfig().fusion_dropout
     assert fusion.spec.onnx_max_abs_diff < 1e-3  # checked with slots missing too
     graph = onnx.load(str(deployment / "fusion" / "model.onnx")).graph
     assert [i.name for i in graph.input] == ["input", "mask"]

@@ -7,9 +7,12 @@ import torch
 
 from vit_ops.deploy import FusionSpec, export_onnx
 from vit_ops.fusion import (
+    DEFAULT_FUSION_DROPOUT,
     FusionHead,
     MaskedFusionHead,
     SlotDropout,
+    class_slots,
+    dropout_loss,
     onnx_check_mask,
     presence_mask,
     zero_missing,
@@ -83,6 +86,59 @@ def test_dropout_masks_are_seeded_and_keep_a_slot():
     assert torch.equal(SlotDropout().sample(5, 1, torch.Generator()), torch.ones(5, 1))
 
 
+def test_device_dropout_drops_all_slots_of_a_device_and_at_most_max_missing():
+    """Slots 0 and 3 live on device a, slot 1 on b, slot 2 on c: a mask row either keeps both of
+    a's slots or neither, and drops at most `max_missing` devices."""
+    devices = ["a", "b", "a", "c"]
+    for most in (1, 2):
+        dropout = SlotDropout(per="device", max_missing=most, full_fleet_fraction=0.25)
+        mask = dropout.sample(4000, 4, torch.Generator().manual_seed(most), devices)
+        assert torch.equal(mask[:, 0], mask[:, 2])  # a's slots go together
+        lost = (1 - mask[:, 0]) + (1 - mask[:, 1]) + (1 - mask[:, 3])  # devices dropped
+        assert set(lost.tolist()) == set(range(most + 1))
+        assert 0.2 < float((lost == 0).float().mean()) < 0.3
+        lost_a = 1 - mask[:, 0]
+        assert 0.15 < float(lost_a[lost == 1].mean()) < 0.5  # any device can be the one
+    # per slot, the same devices split: a's two slots are dropped apart too
+    split = SlotDropout(max_missing=1).sample(4000, 4, torch.Generator().manual_seed(0), devices)
+    assert (split[:, 0] != split[:, 2]).any()
+    # a fleet of one device never loses it
+    alone = SlotDropout(per="device", max_missing=1).sample(10, 2, torch.Generator(), ["a", "a"])
+    assert torch.equal(alone, torch.ones(10, 2))
+    with pytest.raises(ValueError, match="3 slot devices for 4 slots"):
+        DEFAULT_FUSION_DROPOUT.sample(2, 4, torch.Generator(), devices[:3])
+
+
+def test_materialize_trains_with_device_dropout_by_default():
+    from vit_ops.materialize import MaterializeConfig
+
+    dropout = MaterializeConfig().fusion_dropout
+    assert dropout == DEFAULT_FUSION_DROPOUT
+    assert dropout.per == "device" and dropout.max_missing == 1 and dropout.lost_class_weight == 0
+
+
+def test_class_slots_maps_every_class_to_its_sub_model():
+    assert class_slots([[2, 0], [1], [3]], 4).tolist() == [0, 1, 0, 2]
+    with pytest.raises(ValueError, match=r"classes \[3\] have no sub-model"):
+        class_slots([[2, 0], [1]], 4)
+
+
+def test_the_loss_can_leave_out_examples_whose_sub_model_was_dropped():
+    logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2, 1])
+    mask = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])  # slot 1: class 2
+    slots = class_slots([[0, 1], [2]], 3)
+    every = dropout_loss(logits, labels, mask)
+    kept = dropout_loss(logits, labels, mask, slots, 0.0)  # row 3 lost class 1 with slot 0
+    assert torch.allclose(kept, dropout_loss(logits[:3], labels[:3], mask[:3]))
+    assert not torch.allclose(kept, every)
+    assert torch.allclose(dropout_loss(logits, labels, mask, slots, 1.0), every)
+    each = torch.nn.functional.cross_entropy(logits, labels, label_smoothing=0.1, reduction="none")
+    assert torch.allclose(dropout_loss(logits, labels, mask, slots, 0.5),
+                          (each[:3].sum() + 0.5 * each[3]) / 3.5)
+    assert dropout_loss(logits[3:], labels[3:], mask[3:], slots, 0.0) == 0  # nothing: no pull
+
+
 def test_masked_head_exports_to_onnx_with_the_mask_input(tmp_path):
     import onnx
 
@@ -100,3 +156,7 @@ def test_a_fusion_spec_of_an_older_deployment_means_the_plain_head():
            "hidden": 16, "num_classes": 10, "params": 1, "onnx_max_abs_diff": None}
     spec = FusionSpec.model_validate(old)
     assert spec.presence_mask is False and spec.dropout is None
+    # a masked head recorded before dropout had a unit: per slot, 1..K-1, every example in the loss
+    recorded = FusionSpec.model_validate({**old, "presence_mask": True, "dropout": {
+        "full_fleet_fraction": 0.5, "max_missing": None}})
+    assert recorded.dropout == SlotDropout(per="slot", max_missing=None, lost_class_weight=1.0)
