@@ -21,8 +21,8 @@ import torch.nn as nn
 from planner.cli import main as cli_main
 from tests.runtime.test_distributed import (FAULT_TIMEOUT_S, JOIN_TIMEOUT_S, SLACK_S, StandIn,
                                             _leftover_workers)
-from tests.runtime.test_service import (ServiceProcess, _client_loop, _model, digit_files,
-                                        serve_process, worker_pid)
+from tests.runtime.test_service import (ServiceProcess, _model, digit_files, serve_process,
+                                        worker_pid)
 from vit_ops import deploy
 from vit_ops.runtime import (FeatureSlot, RuntimeConfig, WorkerFailedError, predict_fused,
                              serve_local)
@@ -146,26 +146,11 @@ def _clients(url: str, model: str, files: list, stop: threading.Event, log: list
             i += 1
 
 
-def _joined_pid(url: str, device: str) -> int | None:
-    """The pid of `device`'s joined worker; None while none is joined."""
-    try:
-        return worker_pid(url, device)
-    except StopIteration:
-        return None
-
-
 def _same_answer(answer: dict, reference) -> bool:
     """The service's answer is the single-process full fleet's (labels and probabilities)."""
     return answer["label"] == reference.label and len(answer["top"]) == len(reference.top) and \
         all(t["label"] == r.label and abs(t["prob"] - r.prob) < 1e-5
             for t, r in zip(answer["top"], reference.top))
-
-
-def _failover_count(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("edvit_failover_answers_total "):
-            return float(line.split()[1])
-    raise AssertionError("no edvit_failover_answers_total in /metrics")
 
 
 def test_killed_primary_under_four_clients_standby_answers_then_primary_returns(
@@ -188,7 +173,7 @@ def test_killed_primary_under_four_clients_standby_answers_then_primary_returns(
                 while time.monotonic() - killed_at < 60:
                     readiness.append(httpx.get(f"{url}/v2/health/ready"))
                     saw_failover = saw_failover or bool(readiness[-1].json().get("failover"))
-                    if saw_failover and _joined_pid(url, victim_device) not in (None, victim):
+                    if saw_failover and worker_pid(url, victim_device) not in (None, victim):
                         break  # the launcher's new worker has rejoined
                     time.sleep(0.05)
                 rejoined_at = time.monotonic()

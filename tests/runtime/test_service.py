@@ -93,10 +93,11 @@ def serve_process(deploy: Path, *extra: str) -> ServiceProcess:
     return service
 
 
-def worker_pid(url: str, device: str) -> int:
+def worker_pid(url: str, device: str) -> int | None:
+    """The pid of the worker serving `device` now (None while none does)."""
     model = httpx.get(f"{url}/v2").json()["models"][0]
     workers = httpx.get(f"{url}/v2/models/{model}").json()["parameters"]["workers"]
-    return next(w["pid"] for w in workers if w["device"] == device)
+    return next((w["pid"] for w in workers if w["device"] == device), None)
 
 
 def descendants(pid: int) -> list[int]:
@@ -491,11 +492,16 @@ def test_restarted_remote_worker_rejoins_the_running_service(digits_deployment, 
                 process.process.wait()
 
 
-def _kill_and_wait_not_ready(url: str, device: str) -> int:
+def _kill_and_wait_noticed(url: str, device: str) -> int:
+    """SIGKILL `device`'s worker; return once the service has noticed: not ready, or already
+    served by a new worker (a `--local` restart through the forkserver can rejoin within 0.5 s,
+    before any idle ping found the old link broken, so readiness may never drop)."""
     victim = worker_pid(url, device)
+    assert victim is not None, f"no worker serves {device}"
     os.kill(victim, signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while httpx.get(f"{url}/v2/health/ready").status_code == 200:
+    while httpx.get(f"{url}/v2/health/ready").status_code == 200 and \
+            worker_pid(url, device) == victim:
         assert time.monotonic() < deadline, "the dead worker was not noticed"
         time.sleep(0.05)
     return victim
@@ -517,9 +523,9 @@ def test_a_device_past_its_restarts_is_tried_again_after_the_window(digits_deplo
                             "--restart-window", "20")
     try:
         url, data = service.url, digit_files[0].read_bytes()
-        first = _kill_and_wait_not_ready(url, "pi-b")
+        first = _kill_and_wait_noticed(url, "pi-b")
         _wait_complete_answer(url, data, 15)  # restart 1 of 1, after 0.2 s, well within 20 s
-        second = _kill_and_wait_not_ready(url, "pi-b")
+        second = _kill_and_wait_noticed(url, "pi-b")
         rested_from = time.monotonic()
         _wait_complete_answer(url, data, 90)  # no restarts left: tried again after a rest
         assert time.monotonic() - rested_from >= 4.0  # the rest (>= 5 s, the longest backoff)
@@ -539,9 +545,9 @@ def test_a_worker_started_by_hand_takes_over_a_rank_past_its_restarts(digits_dep
         joins = next(line for line in service.lines if line.startswith("fleet store on "))
         master = joins.split()[3].rstrip(":")
         assert "--world-size 4" in joins
-        _kill_and_wait_not_ready(url, "pi-b")
+        _kill_and_wait_noticed(url, "pi-b")
         _wait_complete_answer(url, data, 60)
-        _kill_and_wait_not_ready(url, "pi-b")  # restarts used up: the next try is minutes away
+        _kill_and_wait_noticed(url, "pi-b")  # restarts used up: the next try is minutes away
         assert "pi-b" in httpx.get(f"{url}/v2/health/ready").json()["error"]
         hand = ServiceProcess(["worker", str(digits_deployment), "--rank", "2", "--world-size",
                                "4", "--master", master, "--timeout", "5",
