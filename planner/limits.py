@@ -51,6 +51,7 @@ MAX_SCENARIOS = 10_000   # what-if scenarios of one sweep, even with --yes
 HARD_MAX_DEVICES = 1_000_000  # what --max-devices may allow
 MAX_SEED = 2**31 - 1
 MAX_WORKERS = 256
+MAX_LOADER_WORKERS = 64  # DataLoader worker processes (each one a process holding a dataset copy)
 MAX_TEXT = 512
 # configurations the planner enumerates (device types x multisets of ratios), before memory
 # filtering: ~300k take a few seconds; beyond that max_per_device or the ratios must shrink

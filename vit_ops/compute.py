@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from planner.errors import InputError
+from planner.limits import MAX_LOADER_WORKERS
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 
@@ -67,8 +68,9 @@ class Compute:
     def resolve(cls, device: str = "auto", num_workers: int | None = None, amp: bool = True,
                 eval_batch_size: int = 256) -> "Compute":
         dev = resolve_device(device)
-        if num_workers is not None and num_workers < 0:
-            raise InputError("must be >= 0", field="--num-workers", value=num_workers)
+        if num_workers is not None and not 0 <= num_workers <= MAX_LOADER_WORKERS:
+            raise InputError(f"must be 0..{MAX_LOADER_WORKERS} (loader worker processes)",
+                             field="--num-workers", value=num_workers)
         return cls(device=dev, num_workers=num_workers, amp=amp and dev.type == "cuda",
                    eval_batch_size=eval_batch_size)
 

@@ -245,3 +245,21 @@ def test_a_crop_pct_that_would_resize_to_a_giant_is_refused(crop_pct):
     with pytest.raises(InputError, match="--crop-pct"):
         scratch_preprocess(32).with_overrides(crop_pct=crop_pct)
     assert scratch_preprocess(32).with_overrides(crop_pct=0.875).resize_size == 36
+
+
+@pytest.mark.parametrize("workers", [-1, 100_000])
+def test_loader_worker_counts_outside_their_range_are_refused(workers):
+    from vit_ops.compute import Compute
+
+    with pytest.raises(InputError, match="--num-workers"):
+        Compute.resolve("cpu", num_workers=workers)
+    assert Compute.resolve("cpu", num_workers=64).num_workers == 64
+
+
+def test_num_workers_out_of_range_is_one_line_exit_2(tmp_path):
+    from tests.conftest import run_edvit
+
+    result = run_edvit("train-base", "--out", str(tmp_path / "b"), "--num-workers", "100000")
+    assert result.returncode == 2
+    assert "--num-workers" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "b").exists()
