@@ -29,7 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.distributed as dist
@@ -305,8 +305,7 @@ class Fleet:
         absent = {d.name for d in self.devices} - {d.name for d, _ in live}
         down = [s for s in range(self.num_slots) if self.slot_device[s] in absent]
         routes = self._routes(live, down)
-        asks = [_Ask(d, link, True, tuple(routes.get(d.name, ())),
-                     d.width + sum(self.slot_widths[s] for s in routes.get(d.name, ())))
+        asks = [self._ask(d, link, True, routes.get(d.name, ()))
                 for d, link in live if d.width or d.name in routes]
         replies, sent = self._exchange(asks, wire, n, deadline, self.config.input_order)
         self._collect(collected, replies, sent, started)
@@ -315,8 +314,7 @@ class Fleet:
         live = self._live()
         routes = self._routes(live, unserved) if unserved else {}
         if routes:  # devices failed during this request: their slots' standby copies, now
-            retry = [_Ask(d, link, False, tuple(routes[d.name]),
-                          sum(self.slot_widths[s] for s in routes[d.name]))
+            retry = [self._ask(d, link, False, routes[d.name])
                      for d, link in live if d.name in routes]
             replies, sent = self._exchange(retry, wire, n, failover_deadline or deadline,
                                            self.config.input_order)
@@ -336,6 +334,13 @@ class Fleet:
                            standby={d: sorted(b) for d, b in collected.standby.items()},
                            lacking=self._failures(lacking),
                            unserved_slots=unserved)
+
+    def _ask(self, device: _Device, link: Link, primaries: bool,
+             standby: Sequence[int]) -> "_Ask":
+        """What `device` is asked: its own sub-models (`primaries`) and the standby copies of
+        `standby`; the width it answers follows from them."""
+        width = (device.width if primaries else 0) + sum(self.slot_widths[s] for s in standby)
+        return _Ask(device, link, primaries, tuple(standby), width)
 
     def _routes(self, live: list[tuple[_Device, Link]], slots: list[int]) -> dict[str, list[int]]:
         """standby device -> the slots of `slots` it is to serve (those whose copy is on a live
@@ -374,7 +379,7 @@ class Fleet:
 
     def ping(self, timeout_s: float) -> None:
         """A request of no images to every live device: finds a dead or hung one while idle."""
-        asks = [_Ask(d, link, True, (), d.width) for d, link in self._live()]
+        asks = [self._ask(d, link, True, ()) for d, link in self._live()]
         self._exchange(asks, None, 0, time.monotonic() + timeout_s)
 
     def calibrate(self, batch: int) -> dict[str, float]:
