@@ -36,16 +36,21 @@ class CpuQuota:
 
     def throttled_s(self) -> float:
         """CPU time the quota has withheld from this cgroup so far (seconds, cpu.stat)."""
-        stat = self.directory / "cpu.stat"
-        try:
-            fields = dict(line.split() for line in stat.read_text().splitlines())
-        except (OSError, ValueError):
-            return 0.0
-        if "throttled_usec" in fields:
-            return int(fields["throttled_usec"]) / 1e6
-        if "throttled_time" in fields:
-            return int(fields["throttled_time"]) / 1e9
-        return 0.0
+        return cgroup_throttled_s(self.directory) or 0.0
+
+
+def cgroup_throttled_s(directory: Path) -> float | None:
+    """CPU time a quota has withheld from the cgroup `directory` so far (seconds), from its
+    cpu.stat: v2's throttled_usec or v1's throttled_time; None where it has neither."""
+    try:
+        fields = dict(line.split() for line in (directory / "cpu.stat").read_text().splitlines())
+    except (OSError, ValueError):
+        return None
+    if "throttled_usec" in fields:
+        return int(fields["throttled_usec"]) / 1e6
+    if "throttled_time" in fields:
+        return int(fields["throttled_time"]) / 1e9
+    return None
 
 
 def own_cpu_quota() -> CpuQuota | None:

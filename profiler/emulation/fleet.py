@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from profiler.quota import cgroup_throttled_s
+
 log = logging.getLogger(__name__)
 
 CFS_PERIOD_US = 10_000
@@ -206,13 +208,9 @@ class _Cgroup:
     def throttled_s(self) -> float:
         """CPU time the quota has withheld so far (seconds), from cpu.stat."""
         for directory in self.dirs:
-            stat = directory / "cpu.stat"
-            if stat.exists():
-                fields = dict(line.split() for line in stat.read_text().splitlines())
-                if "throttled_usec" in fields:
-                    return int(fields["throttled_usec"]) / 1e6
-                if "throttled_time" in fields:
-                    return int(fields["throttled_time"]) / 1e9
+            throttled = cgroup_throttled_s(directory)
+            if throttled is not None:
+                return throttled
         return 0.0
 
     def _remove(self, directory: Path) -> None:

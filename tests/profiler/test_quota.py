@@ -37,3 +37,16 @@ def test_the_quota_read_here_is_consistent():
     quota = own_cpu_quota()  # None on a host without one; a container may have one
     if quota is not None:
         assert 0 < quota.quota_s and 0 < quota.period_s and quota.throttled_s() >= 0
+
+
+def test_throttled_time_is_read_from_v2_and_v1_cpu_stat(tmp_path):
+    from profiler.quota import cgroup_throttled_s
+
+    v2, v1, bare = tmp_path / "v2", tmp_path / "v1", tmp_path / "bare"
+    for d in (v2, v1, bare):
+        d.mkdir()
+    (v2 / "cpu.stat").write_text("usage_usec 10\nthrottled_usec 2500000\n")
+    (v1 / "cpu.stat").write_text("nr_periods 4\nthrottled_time 1500000000\n")
+    (bare / "cpu.stat").write_text("usage_usec 10\n")
+    assert cgroup_throttled_s(v2) == 2.5 and cgroup_throttled_s(v1) == 1.5
+    assert cgroup_throttled_s(bare) is None and cgroup_throttled_s(tmp_path / "none") is None
