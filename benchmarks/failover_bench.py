@@ -41,8 +41,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import serve_bench  # noqa: E402  (the service process, the image, the quantile)
+import serve_bench  # noqa: E402  (the service process, the image)
 from runtime_bench import CACHE as DEMO_CACHE  # noqa: E402
+
+from vit_ops.timing import nearest_rank_percentile  # noqa: E402
 
 CACHE = Path(tempfile.gettempdir()) / "edvit-failover-bench"
 RECOVER_LIMIT_S = 120.0
@@ -194,8 +196,8 @@ def main() -> None:
         finally:
             service.stop()
         for name, values in (("normal", normal), ("failover", after)):
-            rows[f"{name}_p50"].append(1e3 * serve_bench._quantile(values, 0.5))
-            rows[f"{name}_p99"].append(1e3 * serve_bench._quantile(values, 0.99))
+            rows[f"{name}_p50"].append(1e3 * nearest_rank_percentile(sorted(values), 0.5))
+            rows[f"{name}_p99"].append(1e3 * nearest_rank_percentile(sorted(values), 0.99))
         print(f"repeat {repeat + 1}/{args.repeats}: failover {complete_s:.3f} s, restart only "
               f"{restart_s:.3f} s", flush=True)
     standby = {sm["device"]: sm["standby_device"] for sm in plan["submodels"]}
