@@ -55,6 +55,7 @@ def server():
     model = ModelInfo(name="m", class_names=["low", "high"], transform=EvalTransform(img_size=4),
                       devices=fleet.devices, degraded_mode=False, timeout_s=5)
     app = BodyCounter(create_app(service, model))
+    app.fleet = fleet
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
                                        lifespan="off"))
     thread = threading.Thread(target=uv.run, daemon=True)
@@ -153,3 +154,37 @@ def test_concurrent_requests_each_get_their_own_answer(server):
         probabilities = {o["name"]: o for o in answer["outputs"]}["probabilities"]["data"]
         expected = 1 / (1 + np.exp(-2.0 * value))  # softmax of (v, -v): p(low)
         assert probabilities[0] == pytest.approx(expected, abs=1e-6)
+
+
+def _stages(header: str) -> dict[str, float]:
+    """Server-Timing `name;dur=ms, ...` -> {name: ms}."""
+    stages = {}
+    for part in header.split(","):
+        name, _, duration = part.strip().partition(";dur=")
+        stages[name] = float(duration)
+    return stages
+
+
+def test_answers_say_where_the_aggregator_spent_the_time_in_server_timing(server):
+    """decode, queue and fleet (the fleet's own elapsed time, what benchmark mode reports as
+    latency) in milliseconds; together they fit inside what the client waited."""
+    url, app = server
+    app.fleet.delay_s = 0.05
+    try:
+        started = time.perf_counter()
+        response = httpx.post(f"{url}/v2/models/m/classify", content=_png(9),
+                              headers={"Content-Type": "image/png"}, timeout=30)
+        waited_ms = (time.perf_counter() - started) * 1e3
+        pixels = np.full((2, 4, 4, 3), 9, dtype=np.uint8)
+        infer = httpx.post(f"{url}/v2/models/m/infer", timeout=30, json={"inputs": [
+            {"name": "image", "datatype": "UINT8", "shape": [2, 4, 4, 3],
+             "data": pixels.reshape(-1).tolist()}]})
+    finally:
+        app.fleet.delay_s = 0.0
+    for answer in (response, infer):
+        assert answer.status_code == 200, answer.text
+        stages = _stages(answer.headers["server-timing"])
+        assert list(stages) == ["decode", "queue", "fleet"]
+        assert stages["fleet"] == 50.0  # the stand-in fleet's elapsed_s, to the microsecond
+        assert stages["decode"] >= 0 and stages["queue"] >= 0
+    assert sum(_stages(response.headers["server-timing"]).values()) <= waited_ms

@@ -20,6 +20,12 @@
   standby_devices}`.
 - `GET /metrics`: Prometheus text.
 
+Answers of /infer and /classify carry a `Server-Timing` header (W3C Server Timing: browsers' and
+proxies' tools read it) with the milliseconds of the request's stages on the aggregator:
+`decode` (image bytes to pixels), `queue` (waiting for the dispatcher) and `fleet` (sending the
+pixels to the fused logits, what `edvit serve --images` times as latency); the rest of what a
+client measures is HTTP itself.
+
 Errors are OIP's `{"error": "..."}`: 400 for an undecodable image or a malformed tensor (naming
 it), 404 for another model name, 413 for a body over the limit, 415 for a non-image body on
 /classify, 503 with Retry-After when the queue is full, and 503 naming the devices when an answer
@@ -216,8 +222,10 @@ def create_app(service: InferenceService, model: ModelInfo,
         raw = None
         if header_length is not None:
             tensor, raw = _with_binary_data(tensor, body[len(json_part):])
+        decoding = time.perf_counter()
         pixels = await _maybe_offload(len(body), _tensor_pixels, tensor, reader,
                                       limits.max_request_images, raw)
+        decode_s = time.perf_counter() - decoding
         answer = await _answer(pixels)
         probabilities = answer.probabilities
         labels = [model.class_names[i] for i in probabilities.argmax(dim=-1).tolist()]
@@ -242,7 +250,7 @@ def create_app(service: InferenceService, model: ModelInfo,
                                    "standby_devices": answer.standby_devices}}
         if parsed.id is not None:
             response["id"] = parsed.id
-        return JSONResponse(response)
+        return JSONResponse(response, headers=_server_timing(decode_s, answer))
 
     async def classify(request: Request) -> JSONResponse:
         check_model(request.path_params["name"])
@@ -251,7 +259,9 @@ def create_app(service: InferenceService, model: ModelInfo,
             raise HTTPError(415, f"Content-Type {content_type or '(none)'!r}: send the image "
                                  f"file's bytes as image/jpeg or image/png")
         body = await _read_body(request, limits.max_body_bytes)
+        decoding = time.perf_counter()
         pixels = await _maybe_offload(len(body), reader.file, body)
+        decode_s = time.perf_counter() - decoding
         top_text = request.query_params.get("top", str(limits.top_k))
         top = ascii_count(top_text)
         if top is None or top < 1:
@@ -260,7 +270,7 @@ def create_app(service: InferenceService, model: ModelInfo,
         result = classify_probabilities(answer.probabilities, model.class_names, top,
                                         answer.degraded, answer.failed_devices,
                                         answer.device_ms, answer.standby_devices)[0]
-        return JSONResponse(result.model_dump())
+        return JSONResponse(result.model_dump(), headers=_server_timing(decode_s, answer))
 
     app.router.routes += [_PlainRoute("/v2/models/{name}/infer", infer, methods=["POST"]),
                           _PlainRoute("/v2/models/{name}/classify", classify, methods=["POST"])]
@@ -353,6 +363,13 @@ async def _maybe_offload(size: int, fn, *args):
         return fn(*args)
     except ImageDecodeError as exc:
         raise HTTPError(400, exc.one_line()) from None
+
+
+def _server_timing(decode_s: float, answer) -> dict[str, str]:
+    """The `Server-Timing` header of an answer: its stages on the aggregator, in milliseconds."""
+    stages = {"decode": decode_s, "queue": answer.queue_s, "fleet": answer.fleet_s}
+    return {"Server-Timing": ", ".join(f"{name};dur={seconds * 1e3:.3f}"
+                                       for name, seconds in stages.items())}
 
 
 def _settled(future: Future) -> asyncio.Future:

@@ -87,6 +87,8 @@ class Answer:
     device_ms: dict[str, float]
     failover: bool = False
     standby_devices: dict[str, list[str]] = field(default_factory=dict)
+    queue_s: float = 0.0  # from `submit` to the fleet request that carried these images
+    fleet_s: float = 0.0  # the fleet's own time: sending the pixels to the fused logits
 
 
 @dataclass
@@ -197,6 +199,7 @@ class InferenceService:
             return
         arrival = min(j.arrival for j in jobs)
         pixels = jobs[0].pixels if len(jobs) == 1 else torch.cat([j.pixels for j in jobs])
+        asked = time.monotonic()
         answer = self.fleet.infer(pixels, arrival + DEADLINE_SHARE * self.config.timeout_s,
                                   arrival + FAILOVER_SHARE * self.config.timeout_s)
         if self.observe is not None:
@@ -215,7 +218,8 @@ class InferenceService:
             job.future.set_result(Answer(probabilities=rows, degraded=answer.degraded,
                                          failed_devices=failed, device_ms=device_ms,
                                          failover=answer.failover,
-                                         standby_devices=answer.standby))
+                                         standby_devices=answer.standby,
+                                         queue_s=asked - job.arrival, fleet_s=answer.elapsed_s))
 
     @staticmethod
     def _fail(jobs: list[_Job], exc: Exception) -> None:
