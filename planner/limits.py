@@ -34,7 +34,7 @@ from contextvars import ContextVar
 from pathlib import PurePosixPath
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 MAX_SECONDS = 1e6
 MAX_MAKESPAN_S = 1e5
@@ -95,35 +95,47 @@ def allow_devices(limit: int | None) -> Iterator[None]:
         _max_devices.reset(token)
 
 
-Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
-PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
-Rate = Annotated[float, Field(gt=0, le=MAX_RATE, allow_inf_nan=False)]
-Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES)]
-PositiveBytes = Annotated[int, Field(gt=0, le=MAX_BYTES)]
-Flops = Annotated[int, Field(ge=0, le=MAX_FLOPS)]
-PositiveFlops = Annotated[int, Field(gt=0, le=MAX_FLOPS)]
-LossPoints = Annotated[float, Field(ge=0, le=MAX_LOSS_PP, allow_inf_nan=False)]
-KeepRatio = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
-Finite = Annotated[float, Field(allow_inf_nan=False)]
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Price = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False)]
-ClassCount = Annotated[int, Field(gt=0, le=MAX_CLASSES)]
-ClassId = Annotated[int, Field(ge=0, lt=MAX_CLASSES)]
-GroupSize = Annotated[int, Field(ge=1, le=MAX_CLASSES)]
-DeviceCount = Annotated[int, Field(ge=0, description="capped in total by max_devices()")]
-PerDevice = Annotated[int, Field(gt=0, le=MAX_PER_DEVICE)]
-SimilarityValue = Annotated[int, Field(ge=-MAX_SIMILARITY, le=MAX_SIMILARITY)]
-Seed = Annotated[int, Field(ge=-MAX_SEED - 1, le=MAX_SEED, description="a 32-bit integer")]
-Workers = Annotated[int, Field(ge=1, le=MAX_WORKERS)]
-TimeLimit = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+def _not_a_bool(value):
+    """YAML's `true` is not 1: pydantic's lax mode would read a boolean as a number."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+    return value
+
+
+NOT_BOOL = BeforeValidator(_not_a_bool)  # in every numeric type below, after its Field (so
+# that pydantic's own finite and range messages still come first)
+
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False), NOT_BOOL]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False), NOT_BOOL]
+Rate = Annotated[float, Field(gt=0, le=MAX_RATE, allow_inf_nan=False), NOT_BOOL]
+Bytes = Annotated[int, Field(ge=0, le=MAX_BYTES), NOT_BOOL]
+PositiveBytes = Annotated[int, Field(gt=0, le=MAX_BYTES), NOT_BOOL]
+Flops = Annotated[int, Field(ge=0, le=MAX_FLOPS), NOT_BOOL]
+PositiveFlops = Annotated[int, Field(gt=0, le=MAX_FLOPS), NOT_BOOL]
+LossPoints = Annotated[float, Field(ge=0, le=MAX_LOSS_PP, allow_inf_nan=False), NOT_BOOL]
+KeepRatio = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False), NOT_BOOL]
+Finite = Annotated[float, Field(allow_inf_nan=False), NOT_BOOL]
+NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False), NOT_BOOL]
+Price = Annotated[float, Field(ge=0, le=1e12, allow_inf_nan=False), NOT_BOOL]
+ClassCount = Annotated[int, Field(gt=0, le=MAX_CLASSES), NOT_BOOL]
+ClassId = Annotated[int, Field(ge=0, lt=MAX_CLASSES), NOT_BOOL]
+GroupSize = Annotated[int, Field(ge=1, le=MAX_CLASSES), NOT_BOOL]
+DeviceCount = Annotated[int, Field(ge=0, description="capped in total by max_devices()"),
+                        NOT_BOOL]
+PerDevice = Annotated[int, Field(gt=0, le=MAX_PER_DEVICE), NOT_BOOL]
+SimilarityValue = Annotated[int, Field(ge=-MAX_SIMILARITY, le=MAX_SIMILARITY), NOT_BOOL]
+Seed = Annotated[int, Field(ge=-MAX_SEED - 1, le=MAX_SEED, description="a 32-bit integer"),
+                 NOT_BOOL]
+Workers = Annotated[int, Field(ge=1, le=MAX_WORKERS), NOT_BOOL]
+TimeLimit = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False), NOT_BOOL]
 Name = Annotated[str, Field(pattern=NAME_PATTERN,
                             description="a name, never a path: 1-128 of A-Za-z0-9_.+-")]
 Text = Annotated[str, Field(max_length=MAX_TEXT)]
 # model dimensions (ViT shapes and prune counts)
-Dimension = Annotated[int, Field(gt=0, le=2**20)]
-Depth = Annotated[int, Field(gt=0, le=1024)]
-ImageSize = Annotated[int, Field(gt=0, le=2**16)]
-PositiveCount = Annotated[int, Field(gt=0, le=2**62)]
+Dimension = Annotated[int, Field(gt=0, le=2**20), NOT_BOOL]
+Depth = Annotated[int, Field(gt=0, le=1024), NOT_BOOL]
+ImageSize = Annotated[int, Field(gt=0, le=2**16), NOT_BOOL]
+PositiveCount = Annotated[int, Field(gt=0, le=2**62), NOT_BOOL]
 
 
 def _relative_inside(path: str) -> str:

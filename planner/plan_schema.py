@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from planner.checker import partition_violations
 from planner.limits import (
     MAX_CLASSES,
+    NOT_BOOL,
     Bytes,
     ClassCount,
     ClassId,
@@ -144,7 +145,7 @@ class GreedyBaseline(StrictModel):
 
     makespan_s: NonNegative | None = Field(description="None when the greedy finds no valid plan")
     ratio: KeepRatio | None = None
-    num_submodels: Annotated[int, Field(ge=0, le=MAX_CLASSES)] = 0
+    num_submodels: Annotated[int, Field(ge=0, le=MAX_CLASSES), NOT_BOOL] = 0
     note: str
 
 

@@ -15,7 +15,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from planner.errors import InputError
-from planner.limits import ClassCount, Depth, Dimension, ImageSize, Name
+from planner.limits import NOT_BOOL, ClassCount, Depth, Dimension, ImageSize, Name
 from planner.schema_base import FrozenModel
 
 
@@ -25,10 +25,10 @@ class ViTShape(FrozenModel):
     arch: Name = Field(description="timm architecture name, or a custom label")
     img_size: ImageSize
     patch_size: ImageSize
-    in_chans: Annotated[int, Field(gt=0, le=64)] = 3
+    in_chans: Annotated[int, Field(gt=0, le=64), NOT_BOOL] = 3
     embed_dim: Dimension
     depth: Depth
-    num_heads: Annotated[int, Field(gt=0, le=4096)]
+    num_heads: Annotated[int, Field(gt=0, le=4096), NOT_BOOL]
     head_dim: Dimension = Field(description="channels per attention head")
     mlp_hidden: Dimension = Field(description="hidden units of each block's MLP")
     num_classes: ClassCount

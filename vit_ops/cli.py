@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from planner.cli.common import Command, check_output_dir_of, print_json, progress_bar
+from planner.cli.parser import positive_int
 from planner.errors import InputError
 from planner.files import (
     check_output_dir,
@@ -78,7 +79,7 @@ def add_train_base_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--arch", metavar="ARCH",
                        help="timm architecture (e.g. vit_tiny_patch16_224; default: edvit's "
                             "small ViT)")
-    train.add_argument("--img-size", type=int, metavar="N",
+    train.add_argument("--img-size", type=positive_int, metavar="N",
                        help="input size (default: the arch's own; edvit's small ViT: 16 on "
                             "digits, 32 on a folder)")
     train.add_argument("--init", metavar="CKPT.safetensors",
@@ -167,7 +168,8 @@ def add_similarity_arguments(sim: argparse.ArgumentParser) -> None:
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
     add_data_arguments(sim)
     add_compute_arguments(sim, training=False)
-    sim.add_argument("--img-size", type=int, metavar="N", help="for ARCH:CHECKPOINT (default: "
+    sim.add_argument("--img-size", type=positive_int, metavar="N",
+                     help="for ARCH:CHECKPOINT (default: "
                      "the arch's own)")
     sim.add_argument("--out", required=True, metavar="SIM.yaml")
 

@@ -4,8 +4,10 @@ argparse prints a usage block of 5-6 lines for a mistyped flag; every other edvi
 line, so `EdvitArgumentParser.error` prints `edvit plan: error: <what> (see 'edvit plan --help')`
 and exits with 2. Subparsers inherit the class.
 
-Every `type=float` argument is finite (`nan`, `inf` and `1e999` are refused) and every `type=int`
-one is ASCII digits within 64 bits: the commands' own range checks then see real numbers.
+Every `type=float` argument is finite (`nan`, `inf` and `1e999` are refused), every `type=int`
+one is ASCII digits within 64 bits, and every plain string one (a path, a name) is not empty: the
+commands' own checks then see real values (`--out ''` or `--arch ''` would otherwise read as "not
+given" wherever a command asks `if args.out`).
 """
 
 from __future__ import annotations
@@ -41,9 +43,26 @@ def bounded_int(text: str) -> int:
     return int(stripped)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a `bounded_int` of at least 1 (sizes and counts that 0 would turn off)."""
+    value = bounded_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def nonempty_text(text: str) -> str:
+    """argparse type of every plain string argument: an empty one is a usage error."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
 _TYPES = {float: finite_float, int: bounded_int}
 finite_float.__name__ = "number"
 bounded_int.__name__ = "integer"
+positive_int.__name__ = "positive integer"
+nonempty_text.__name__ = "text"
 
 
 class EdvitArgumentParser(argparse.ArgumentParser):
@@ -53,11 +72,19 @@ class EdvitArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         for plain, checked in _TYPES.items():  # argument groups share this registry
             self.register("type", plain, checked)
+        self.register("type", None, nonempty_text)  # arguments without a type: plain strings
 
     def add_argument(self, *args, **kwargs):
         if kwargs.get("type") in _TYPES:
             kwargs["type"] = _TYPES[kwargs["type"]]
+        elif kwargs.get("type") is str:
+            kwargs["type"] = nonempty_text
         return super().add_argument(*args, **kwargs)
+
+    def add_subparsers(self, **kwargs):
+        action = super().add_subparsers(**kwargs)
+        action.type = str  # it passes the command's whole argv on: the command's parser checks it
+        return action
 
     def error(self, message: str) -> NoReturn:
         text = " ".join(message.split())

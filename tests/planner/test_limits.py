@@ -65,6 +65,12 @@ def _refused(build, data, field: str, fragment: str = "") -> str:
     ("profile.0.loss_steps.0.0", 0, "greater than or equal"),
     ("devices.0.name", "../../etc/passwd", "pattern"),
     ("devices.0.name", "/abs/path", "pattern"),
+    # YAML's true is not 1 (pydantic's lax mode would read it so)
+    ("devices.0.flops_per_s", True, "boolean"),
+    ("devices.0.mem_bytes", True, "boolean"),
+    ("num_classes", True, "boolean"),
+    ("profile.0.loss_steps.0.0", True, "boolean"),
+    ("profile.0.loss_steps.0.1", False, "boolean"),
 ])
 def test_problem_numbers_and_names_are_bounded(path, value, fragment):
     _refused(lambda d: problem_from_dict(d, "p.yaml"), _set(_problem(), path, value),

@@ -26,7 +26,10 @@ def inventory(tmp_path):
 
 
 def _run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as usage:  # argparse's usage errors exit from inside the parser
+        code = usage.code
     return code, capsys.readouterr().err
 
 
@@ -91,7 +94,7 @@ def test_impossible_outputs_are_refused_before_solving(capsys, tmp_path):
     _refused(capsys, "solve", PROBLEM, "--out", blocker / "sub" / "p.json",
              fragment="is not a directory")
     _refused(capsys, "solve", PROBLEM, "--out", fifo, fragment="not a regular file")
-    _refused(capsys, "solve", PROBLEM, "--out", "", fragment="empty output path")
+    _refused(capsys, "solve", PROBLEM, "--out", "", fragment="argument --out: must not be empty")
     if os.geteuid() != 0:  # root writes anywhere; read-only is then tested by /proc below
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
@@ -161,3 +164,25 @@ def test_a_directory_output_may_not_hold_a_training_folder(capsys, tmp_path):
     (tmp_path / "data" / "cat").mkdir(parents=True)
     _refused(capsys, "train-base", "--train", tmp_path / "data", "--val", tmp_path / "data",
              "--out", tmp_path, "--force", fragment="would overwrite the input")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["calibrate", "--out", ""], "--out"),
+    (["train-base", "--arch", "", "--out", "base"], "--arch"),
+    (["plan", ""], "INVENTORY.yaml"),
+    (["plan", EXAMPLES / "pi4-cluster.yaml", "--emit-problem", ""], "--emit-problem"),
+])
+def test_an_empty_string_argument_is_a_usage_error_not_the_default(capsys, monkeypatch, tmp_path,
+                                                                  argv, flag):
+    """`--out ''` or `--arch ''` must not read as "not given" (a command asking `if args.out`
+    would otherwise print, or train edvit's own ViT, and exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, *argv, fragment=f"argument {flag}: must not be empty")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", ["train-base", "calibrate", "profile --arch vit_tiny_patch16_224"])
+def test_an_image_size_of_zero_is_refused_not_the_default(capsys, monkeypatch, tmp_path, command):
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, *command.split(), "--img-size", "0",
+             fragment="argument --img-size: must be a positive integer, got '0'")
