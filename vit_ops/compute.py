@@ -55,6 +55,9 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) // 2))
 
 
+MAX_BATCH_SIZE = 2**20  # images per batch, training and evaluation alike
+
+
 @dataclass(frozen=True)
 class Compute:
     """Device, precision and loader settings shared by every training and inference loop."""
@@ -71,6 +74,9 @@ class Compute:
         if num_workers is not None and not 0 <= num_workers <= MAX_LOADER_WORKERS:
             raise InputError(f"must be 0..{MAX_LOADER_WORKERS} (loader worker processes)",
                              field="--num-workers", value=num_workers)
+        if not 1 <= eval_batch_size <= MAX_BATCH_SIZE:
+            raise InputError(f"must be 1..{MAX_BATCH_SIZE} (images per batch)",
+                             field="--batch-size", value=eval_batch_size)
         return cls(device=dev, num_workers=num_workers, amp=amp and dev.type == "cuda",
                    eval_batch_size=eval_batch_size)
 

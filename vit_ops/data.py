@@ -31,7 +31,7 @@ from pydantic import Field
 
 from planner.schema_base import FrozenModel, StrictModel
 from planner.errors import InputError
-from vit_ops.images import open_image
+from vit_ops.images import MAX_IMAGE_PIXELS, open_image
 from vit_ops.compute import CPU, Compute, default_workers
 from vit_ops.augment import TrainAugment
 from vit_ops.preprocess import Preprocess, scratch_preprocess
@@ -105,11 +105,7 @@ def read_image(path: str | Path, max_pixels: int | None = None):
     decompression-bomb limits checked from the header, before decoding); `max_pixels` is a
     tighter limit. A problem is an InputError naming the file."""
     path = Path(path)
-    with open_image(path) as img:  # header only so far
-        width, height = img.size
-        if max_pixels is not None and width * height > max_pixels:
-            raise InputError(f"image of {width} x {height} pixels exceeds the "
-                             f"{max_pixels}-pixel limit (decompression bomb?)", file=str(path))
+    with open_image(path, max_pixels or MAX_IMAGE_PIXELS) as img:  # header only so far
         img.load()  # decodes: a truncated file fails here (open_image names it)
         return img.convert("RGB")
 

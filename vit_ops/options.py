@@ -79,8 +79,8 @@ def data_args_from(args: argparse.Namespace):
 def compute_from(args: argparse.Namespace, device: str | None = None):
     from vit_ops.compute import Compute
 
-    _positive(getattr(args, "batch_size", None), "--batch-size")
-    eval_batch = args.batch_size if getattr(args, "batch_size", None) else 256
+    eval_batch = getattr(args, "batch_size", None)
+    eval_batch = 256 if eval_batch is None else eval_batch
     return Compute.resolve(device or args.device, args.num_workers,
                            amp=not getattr(args, "no_amp", False), eval_batch_size=eval_batch)
 

@@ -20,7 +20,7 @@ from pydantic import Field, model_validator
 
 from planner.progress import ProgressCallback
 from planner.schema_base import StrictModel
-from vit_ops.compute import CPU, Compute
+from vit_ops.compute import CPU, MAX_BATCH_SIZE, Compute
 from vit_ops.augment import TrainAugment
 from vit_ops.data import EpochShuffle, ImageSet, batches, checked, make_loader
 
@@ -33,7 +33,7 @@ class FitConfig(StrictModel):
     """Optimisation settings (recorded in the JSON spec of what was trained)."""
 
     epochs: int = Field(gt=0, le=100_000)
-    batch_size: int = Field(default=64, gt=0, le=2**20)
+    batch_size: int = Field(default=64, gt=0, le=MAX_BATCH_SIZE)
     lr: float = Field(default=3e-3, gt=0, le=10, allow_inf_nan=False,
                       description="peak learning rate of the one-cycle schedule")
     weight_decay: float = Field(default=0.05, ge=0, le=10, allow_inf_nan=False)

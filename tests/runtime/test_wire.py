@@ -84,9 +84,17 @@ def test_undecodable_images_are_named(data, words):
 
 
 def test_a_decompression_bomb_is_refused_before_decoding():
-    with pytest.raises(ImageDecodeError, match="300x300 pixels exceeds the limit of 10000"):
+    with pytest.raises(ImageDecodeError, match="300 x 300 pixels, more than the limit of 10000"):
         decode_image(_png((300, 300)), max_pixels=10_000)
     assert decode_image(_png((100, 100)), max_pixels=10_000).size == (100, 100)
+
+
+def test_a_sliver_whose_resize_would_blow_up_is_refused_before_decoding():
+    """1 x 20,000 pixels is few, but the eval resize scales the short side to the model's size:
+    at 224 px that is 224 x 4,480,000."""
+    with pytest.raises(ImageDecodeError, match="20000 x 1 pixels, one side more than 100 times"):
+        decode_image(_png((20_000, 1)))
+    assert decode_image(_png((1000, 10))).size == (1000, 10)  # 100:1 is still an image
 
 
 # ------------------------------------------------------------------ the dispatcher

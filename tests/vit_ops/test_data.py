@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from planner.errors import InputError
+from vit_ops.compute import Compute
 from vit_ops.data import (
     DataArgs,
     batches,
@@ -138,8 +139,13 @@ def test_corrupt_truncated_and_oversized_images_name_the_file(tmp_path):
         read_image(truncated)
     with pytest.raises(InputError, match="dog/0.png: not an image"):
         read_image(tmp_path / "dog" / "0.png")
-    with pytest.raises(InputError, match="32 x 32 pixels exceeds the 1000-pixel limit"):
+    with pytest.raises(InputError, match="32 x 32 pixels, more than the limit of 1000 pixels"):
         read_image(tmp_path / "cat" / "1.png", max_pixels=1000)
+    sliver = tmp_path / "cat" / "2.png"  # few pixels, but its resize would be gigapixels
+    Image.new("RGB", (1, 10_000)).save(sliver)
+    with pytest.raises(InputError, match="cat/2.png: image is 1 x 10000 pixels, one side more "
+                                         "than 100 times the other"):
+        read_image(sliver)
     splits = load_data(str(tmp_path), img_size=8)
     with pytest.raises(InputError, match=r"/(cat|dog)/0\.png: "):  # raised from the loader
         for part in (splits.train, splits.val, splits.test):
@@ -249,7 +255,6 @@ def test_a_crop_pct_that_would_resize_to_a_giant_is_refused(crop_pct):
 
 @pytest.mark.parametrize("workers", [-1, 100_000])
 def test_loader_worker_counts_outside_their_range_are_refused(workers):
-    from vit_ops.compute import Compute
 
     with pytest.raises(InputError, match="--num-workers"):
         Compute.resolve("cpu", num_workers=workers)
@@ -263,3 +268,10 @@ def test_num_workers_out_of_range_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     assert "--num-workers" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("batch", [0, -1, 2**40])
+def test_an_evaluation_batch_outside_its_range_names_the_flag(batch):
+    """evaluate's --batch-size has training's range (a batch of 2**40 images was accepted)."""
+    with pytest.raises(InputError, match=r"--batch-size=.*must be 1\.\.1048576"):
+        Compute.resolve("cpu", eval_batch_size=batch)

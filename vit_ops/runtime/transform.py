@@ -7,7 +7,8 @@ after the 8-bit pixels crossed the wire (`planner.wire`). `eval_transform(source
 that says which transform a deployment uses, so a recorded transform can replace the default there.
 
 `decode_image` opens untrusted bytes: JPEG or PNG only, and refused before decoding when the header
-announces more than `max_pixels` pixels (a decompression bomb), with a message naming the problem.
+announces more than `max_pixels` pixels (a decompression bomb) or a sliver whose resize would blow
+up (`vit_ops.images.size_problem`, the data folders' rule), with a message naming the problem.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import io
 from pydantic import Field
 
 from planner.errors import InputError
+from vit_ops.images import size_problem
 from vit_ops.preprocess import Preprocess
 
 IMAGE_FORMATS = ("JPEG", "PNG")
@@ -55,10 +57,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
     except UnidentifiedImageError:
         raise ImageDecodeError(f"not a JPEG or PNG image (starts with {data[:8]!r})",
                                field=name) from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageDecodeError(f"image of {width}x{height} pixels exceeds the limit of "
-                               f"{max_pixels} pixels", field=name)
+    if (problem := size_problem(*image.size, max_pixels)) is not None:
+        raise ImageDecodeError(problem, field=name)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
