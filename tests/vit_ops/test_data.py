@@ -255,7 +255,6 @@ def test_a_crop_pct_that_would_resize_to_a_giant_is_refused(crop_pct):
 
 @pytest.mark.parametrize("workers", [-1, 100_000])
 def test_loader_worker_counts_outside_their_range_are_refused(workers):
-
     with pytest.raises(InputError, match="--num-workers"):
         Compute.resolve("cpu", num_workers=workers)
     assert Compute.resolve("cpu", num_workers=64).num_workers == 64
