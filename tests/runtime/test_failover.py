@@ -81,6 +81,26 @@ def test_standby_copies_answer_complete_from_the_request_in_flight_on(tmp_path, 
     assert _leftover_workers() == []
 
 
+def test_standby_copies_run_in_the_onnxruntime_engine_with_the_same_features():
+    """With `--engine onnxruntime` a worker exports its standby copies too, each checked against
+    its model; what it answers for a failed device's slots is what the torch engine answers."""
+    from vit_ops.runtime.engine import OnnxExtractor
+    from vit_ops.runtime.worker import _load_models
+
+    source = StandbyStandIn()
+    images = source.eval_images(4)[0]
+    torch_models = _load_models(source, "c", RuntimeConfig(engine="torch"), threads=1)
+    onnx_models = _load_models(source, "c", RuntimeConfig(engine="onnxruntime"), threads=1)
+    assert sorted(onnx_models.standby) == [1, 2]
+    assert all(isinstance(e, OnnxExtractor) for e in
+               [onnx_models.primary, *onnx_models.standby.values()])
+    with torch.no_grad():
+        for primaries, standby in [(True, ()), (False, (1, 2)), (True, (2,))]:
+            want = torch_models.features(images, primaries, standby)
+            got = onnx_models.features(images, primaries, standby)
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5)
+
+
 def test_without_copies_a_failure_still_stops_the_run(tmp_path):
     """A device whose slots have no live standby: the run stops (exit 4) as before, named."""
     with pytest.raises(WorkerFailedError) as caught:
