@@ -5,6 +5,7 @@ processes killed under concurrent clients)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -224,6 +225,46 @@ def test_killed_primary_under_four_clients_standby_answers_then_primary_returns(
     after = [a for sent, _, _, a, _ in log if sent >= rejoined_at + 0.2]
     assert after, "no request after the rejoin"
     assert all(not a["failover"] and victim_device in a["device_ms"] for a in after)
+
+
+def test_hung_primary_under_four_clients_every_answer_is_complete_within_the_timeout(
+        standby_deployment, digit_files, standby_reference):
+    """A primary that hangs (SIGSTOP: its link stays open, it just never answers) is dropped at
+    the request's deadline and its slots are asked of their standby copies in the same request:
+    no answer waits past the timeout, none lacks the victim's features."""
+    timeout_s = 3.0
+    victim_device, standby = _victim(standby_deployment)
+    service = serve_process(standby_deployment, "--timeout", str(timeout_s))
+    victim = None
+    try:
+        url, model = service.url, _model(service.url)
+        victim = worker_pid(url, victim_device)
+        stop, log = threading.Event(), []
+        with ThreadPoolExecutor(4) as pool:
+            clients = [pool.submit(_clients, url, model, digit_files, stop, log, timeout_s)
+                       for _ in range(4)]
+            try:
+                time.sleep(1.0)
+                os.kill(victim, signal.SIGSTOP)
+                time.sleep(2 * timeout_s + 1.0)  # through the hang, its drop and what follows
+            finally:
+                stop.set()
+            for client in clients:
+                client.result()
+    finally:
+        if victim is not None:  # the launcher replaces a dropped worker (gone then): else free it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        code = service.stop()
+    assert code == 0
+    assert log and all(elapsed <= timeout_s + SLACK_S for _, elapsed, _, _, _ in log)
+    assert [entry[2] for entry in log] == [200] * len(log)
+    assert all(a["degraded"] is False and _same_answer(a, standby_reference[f])
+               for _, _, _, a, f in log)
+    failover = [a for _, _, _, a, _ in log if a["failover"]]
+    assert failover, "no answer came from the standby copies"
+    assert all(a["failed_devices"] == [victim_device] and
+               a["standby_devices"] == {victim_device: standby} for a in failover)
 
 
 def test_remote_primary_down_then_restarted_failover_in_every_answer_format(
