@@ -10,8 +10,8 @@ import torch
 from planner.errors import InputError
 from planner.vit_shape import counts_for_ratio
 from vit_ops.runtime import RuntimeConfig, predict_fused, serve_local
-from vit_ops.runtime.source import feature_width
-from vit_ops.runtime.synthetic import SyntheticDeployment
+from vit_ops.runtime.source import devices_of, feature_width, standby_slots
+from vit_ops.runtime.synthetic import PlanSyntheticDeployment, SyntheticDeployment
 from vit_ops.shapes import shape_for_arch
 
 TINY = {"arch": "vit_tiny_patch16_224", "keep_ratio": 0.25, "devices": 3, "img_size": 32}
@@ -70,3 +70,34 @@ def test_served_predictions_equal_the_single_process_model():
     assert result.status == "ok"
     assert result.predictions == predict_fused(source, images).argmax(-1).tolist()
     assert [w.device for w in result.workers] == ["device0", "device1", "device2"]
+
+
+def test_plan_source_loads_each_standby_copy_with_its_primarys_weights(standby_plan, tmp_path):
+    """A resilient plan served synthetically: every copy sits on the plan's standby device and
+    gives its primary's features, and a served run loads the copies where the plan put them."""
+    from planner.files import write_json_atomic
+
+    path = tmp_path / "plan.json"
+    write_json_atomic(path, standby_plan.model_dump(mode="json"))
+    source = pickle.loads(pickle.dumps(PlanSyntheticDeployment(path)))  # as a worker gets it
+    slots = source.slots()
+    assert [(s.device, s.standby) for s in slots] == [
+        (sm.device, sm.standby_device) for sm in standby_plan.submodels]
+    held = standby_slots(slots)
+    assert held and sum(len(v) for v in held.values()) == len(slots)
+    images, _ = source.eval_images(3)
+    with torch.no_grad():
+        for holder, indices in held.items():
+            copies = source.load_standby(holder)
+            assert sorted(copies) == indices
+            for i, copy in copies.items():
+                device = slots[i].device
+                mine = [j for j, s in enumerate(slots) if s.device == device]
+                offset = sum(slots[j].width for j in mine[:mine.index(i)])
+                primary = source.load_worker(device)(images)[:, offset:offset + slots[i].width]
+                assert torch.equal(copy(images), primary)
+    result = serve_local(source, 4, RuntimeConfig(timeout_s=60))
+    assert result.status == "ok"
+    assert {w.device: w.standby_slots for w in result.workers} == {
+        d: held.get(d, []) for d in devices_of(source)}
+    assert result.predictions == predict_fused(source, source.eval_images(4)[0]).argmax(-1).tolist()

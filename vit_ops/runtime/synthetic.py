@@ -97,7 +97,10 @@ class PlanSyntheticDeployment:
     Every sub-model of the plan is built at its planned counts on its planned device, in the plan's
     order, with a fusion head over their features: the plan's compute and traffic, nothing trained
     (`edvit worker PLAN.json --synthetic`; the fleet emulation benchmark serves plans this way).
-    Holds only the path and the seed, so it pickles small; each process reads the plan itself.
+    A plan with `resilience.standby` also places each sub-model's standby copy on its
+    `standby_device`: the same weights (the same seed), so failover answers equal the full
+    fleet's. Holds only the path and the seed, so it pickles small; each process reads the plan
+    itself.
     """
 
     def __init__(self, plan_path: str | Path, seed: int = 0,
@@ -126,24 +129,34 @@ class PlanSyntheticDeployment:
         return load_plan(self.plan_path)
 
     def slots(self) -> list[FeatureSlot]:
-        return [FeatureSlot(device=s.device, name=f"submodel{i}", width=s.counts.embed_dim)
+        return [FeatureSlot(device=s.device, name=f"submodel{i}", width=s.counts.embed_dim,
+                            standby=s.standby_device)
                 for i, s in enumerate(self._plan.submodels)]
+
+    def _submodel(self, index: int) -> nn.Module:
+        """Sub-model `index` of the plan, its weights drawn from the seed and the index alone (a
+        standby copy is the same model)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1000 + index)
+            return _FeaturesOnly(build_vit(self._plan.model.shape,
+                                           self._plan.submodels[index].counts, num_classes=0,
+                                           device="cpu"))
 
     def load_worker(self, device: str) -> nn.Module:
         from vit_ops.runtime.deployment import DeviceExtractor
 
-        shape = self._plan.model.shape
-        models = []
-        for i, sub in enumerate(self._plan.submodels):
-            if sub.device != device:
-                continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed * 1000 + i)
-                models.append(_FeaturesOnly(build_vit(shape, sub.counts, num_classes=0,
-                                                      device="cpu")))
+        models = [self._submodel(i) for i, sub in enumerate(self._plan.submodels)
+                  if sub.device == device]
         if not models:
             raise InputError("hosts no sub-model of the plan", field="device", value=device)
         return DeviceExtractor(models).eval()
+
+    def load_standby(self, device: str) -> dict[int, nn.Module]:
+        """slot index -> the extractor of the standby copy `device` holds of that slot."""
+        from vit_ops.runtime.deployment import DeviceExtractor
+
+        return {i: DeviceExtractor([self._submodel(i)]).eval()
+                for i, sub in enumerate(self._plan.submodels) if sub.standby_device == device}
 
     def planned_device_s(self) -> dict[str, float]:
         return dict(self._plan.device_times_s)
