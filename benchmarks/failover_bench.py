@@ -22,7 +22,19 @@ cores: on the 2-core CI host the numbers compare the two recovery paths, not wha
 would reach. The plan's predicted makespans (for a Pi 4, normal and with the victim failed) are
 printed beside the measured latencies for reference only: this host is not a Pi.
 
+`--emulated` (Linux, root) measures the failover makespan like for like instead: the prediction and
+the run describe the same devices. Each fleet of `fleet_emulation.FLEETS` named by `--fleets` is
+built as network namespaces with `tc tbf` links and cgroup CPU quotas, each node calibrated inside
+its limits (`edvit calibrate --clock quota`), planned with `resilience: {standby: true}` and served
+as a synthetic deployment with the standby copies on their planned devices
+(`profiler.emulation.failover`; `aggregator_hosts_submodels: false` unless `--aggregator-hosts`,
+since no copy replaces the aggregator): the full fleet's median end-to-end latency against the plan's
+makespan, then per failed device (`--victims worst`: the plan's `worst_failed_device`; `all`:
+each device the plan scores, one run each) its worker SIGKILLed a few requests in and the median
+of the complete failover answers after it against the plan's `failover_makespan_s[device]`.
+
     python benchmarks/failover_bench.py [--repeats 3] [--requests 200]
+    sudo python benchmarks/failover_bench.py --emulated [--fleets f1,f3] [--victims all] [--images 20]
 """
 
 from __future__ import annotations
@@ -158,11 +170,82 @@ def _median_range(values: list[float]) -> str:
     return f"{statistics.median(values):8.3f}   {max(values) - min(values):7.3f}"
 
 
-def main() -> None:
+def emulated_table(results) -> str:
+    """fleet, failed device, predicted s, measured median (and p95, mean) s and the ratios; the
+    full fleet's row first, then each failure's (with the prediction re-scored in the order
+    the runtime sent the input, and the latency of the request the device failed in)."""
+    from profiler.emulation.check import WARMUP_REQUESTS
+
+    lines = [f"{'fleet':<6} {'failed device':<14} {'predicted s':>11} {'median s':>9} "
+             f"{'ratio':>6} {'p95 s':>7} {'mean s':>7} {'ratio':>6} {'served-order s':>14} "
+             f"{'answers':>7} {'failing request s':>17}  standby on"]
+    for result in results:
+        rows = [(result.full, "(none)", "", "")] + [
+            (run.check, run.device, f"{run.failing_request_s:.4f}",
+             ",".join(run.standby_devices)) for run in result.failovers]
+        for check, device, failing, standby in rows:
+            measured = check.end_to_end
+            served = (f"{check.transfer_makespan_s:.4f}" if check.transfer_makespan_s is not None
+                      else "")
+            answers = len(check.traces) if failing else len(check.traces) - WARMUP_REQUESTS
+            lines.append(f"{result.case.name:<6} {device:<14} {check.predicted_makespan_s:>11.4f} "
+                         f"{measured.median_s:>9.4f} {check.ratio:>6.2f} {measured.p95_s:>7.4f} "
+                         f"{measured.mean_s:>7.4f} "
+                         f"{measured.mean_s / check.predicted_makespan_s:>6.2f} {served:>14} "
+                         f"{answers:>7} {failing:>17}  {standby}")
+    return "\n".join(lines)
+
+
+def emulated_main(args: argparse.Namespace) -> int:
+    """`--emulated`: the failover makespan on emulated fleets (see the module docstring)."""
+    import fleet_emulation
+
+    from profiler.emulation.failover import run_failover_case
+
+    cases = fleet_emulation.selected_cases("failover_bench --emulated", args.fleets, args.images)
+    if isinstance(cases, int):
+        return cases
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="edvit-failover-"))
+    results = []
+    for case in cases:
+        profile = fleet_emulation.announce(case, work)
+        result = run_failover_case(case, work / case.name, profile, args.victims,
+                                   calibrate_rounds=args.rounds,
+                                   tag=f"fo{os.getpid() % 10000}{case.name}", niceness=args.nice,
+                                   aggregator_hosts_submodels=args.aggregator_hosts)
+        results.append(result)
+        print(fleet_emulation.device_table(result.as_case_result()))
+        print(f"   host load after: {fleet_emulation.host_load()}; {result.seconds:.0f} s",
+              flush=True)
+    print("\n" + emulated_table(results))
+    print(f"host load: {fleet_emulation.host_load()}; files in {work}")
+    return 0
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200)
+    emulated = parser.add_argument_group("--emulated (Linux, root): emulated fleets")
+    emulated.add_argument("--emulated", action="store_true",
+                          help="the failover makespan against the plan's on emulated fleets")
+    emulated.add_argument("--fleets", default="f1",
+                          help="comma-separated fleets of benchmarks/fleet_emulation.py "
+                               "(default f1)")
+    emulated.add_argument("--victims", choices=["worst", "all"], default="worst",
+                          help="fail the plan's worst_failed_device (default) or each device")
+    emulated.add_argument("--images", type=int, default=20,
+                          help="requests per run (the failure runs add a few before the kill)")
+    emulated.add_argument("--aggregator-hosts", action="store_true",
+                          help="let the plan put sub-models on the aggregator (default: not, "
+                               "so that every sub-model can fail over)")
+    emulated.add_argument("--rounds", type=int, default=2, help="calibrate's rounds (default 2)")
+    emulated.add_argument("--nice", type=int, default=-10,
+                          help="niceness of the nodes (see fleet_emulation --nice)")
+    emulated.add_argument("--work-dir", type=Path, help="keep every file here")
     args = parser.parse_args()
+    if args.emulated:
+        return emulated_main(args)
     deploy = standby_deployment()
     plan = json.loads((CACHE / "plan.json").read_text())
     victim = plan["resilience"]["worst_failed_device"]
@@ -223,7 +306,8 @@ def main() -> None:
     print(f"plan (Pi 4 predictions, not this host): makespan {1e3 * plan['makespan_s']:.2f} ms, "
           f"with {victim} failed {1e3 * predicted:.2f} ms" if predicted is not None else "")
     print(f"uptime: {os.popen('uptime').read().strip()}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

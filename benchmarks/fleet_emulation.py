@@ -20,6 +20,7 @@ quotas assume is there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import subprocess
@@ -79,6 +80,30 @@ def ensure_profile(case: FleetCase, out_dir: Path) -> Path:
                         "--num-classes", str(case.num_classes), "--out", str(path)],
                        check=True, capture_output=True)
     return path
+
+
+def selected_cases(prog: str, fleets: str, images: int) -> list[FleetCase] | int:
+    """The FLEETS of a comma-separated list, each serving `images` requests per run, or the
+    exit code: 0 when this host cannot emulate a fleet (printed why), 2 for an unknown name."""
+    reason = unavailable_reason()
+    if reason:
+        print(f"{prog}: skipped: {reason}")
+        return 0
+    names = [n.strip() for n in fleets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in FLEETS]
+    if unknown:
+        print(f"{prog}: error: --fleets: unknown fleet {unknown[0]!r}", file=sys.stderr)
+        return 2
+    return [dataclasses.replace(FLEETS[n], images=images) for n in names]
+
+
+def announce(case: FleetCase, work: Path) -> Path:
+    """Print the fleet and the host's load; the case's profile (computed once into `work`)."""
+    profile = ensure_profile(case, work)
+    print(f"\n== {case.name}: {case.arch} at {case.img_size} px; {fleet_description(case)}",
+          flush=True)
+    print(f"   host load before: {host_load()}", flush=True)
+    return profile
 
 
 def fleet_description(case: FleetCase) -> str:
@@ -155,25 +180,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
-    reason = unavailable_reason()
-    if reason:
-        print(f"fleet_emulation: skipped: {reason}")
-        return 0
-    names = [n.strip() for n in args.fleets.split(",") if n.strip()]
-    unknown = [n for n in names if n not in FLEETS]
-    if unknown:
-        print(f"fleet_emulation: error: --fleets: unknown fleet {unknown[0]!r}", file=sys.stderr)
-        return 2
+    cases = selected_cases("fleet_emulation", args.fleets, args.images)
+    if isinstance(cases, int):
+        return cases
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="edvit-fleet-"))
     results = []
-    for name in names:
-        case = FLEETS[name]
-        case = FleetCase(case.name, case.aggregator, case.devices, case.arch, case.img_size,
-                         case.num_classes, args.images)
-        profile = ensure_profile(case, work)
-        print(f"\n== {name}: {case.arch} at {case.img_size} px; {fleet_description(case)}",
-              flush=True)
-        print(f"   host load before: {host_load()}", flush=True)
+    for case in cases:
+        name = case.name
+        profile = announce(case, work)
         result = run_case(case, work / name, profile, PLANNERS,
                           calibrate_rounds=args.rounds, tag=f"{os.getpid() % 10000}{name}",
                           send_orders=tuple(args.orders.split(",")), niceness=args.nice)

@@ -204,13 +204,23 @@ def failover_scenarios(problem: Problem, placements: Sequence[Placement],
     hosts = {p.device for p in placements}
     result = {}
     for failed in (d for d in in_listing if d in hosts and d != aggregator):
-        times = {d: t for d, t in device_times.items() if d != failed}
-        for p, copy_on, cost in zip(placements, standby, costs):
-            if p.device == failed:
-                times[copy_on] = times.get(copy_on, 0.0) + cost.total_s
-        schedule = schedule_input(problem, times)
+        schedule = failover_schedule(problem, placements, standby, costs, device_times, failed)
         result[failed] = max(schedule.finish_s.values(), default=0.0) + fusion_s
     return result
+
+
+def failover_schedule(problem: Problem, placements: Sequence[Placement],
+                      standby: Sequence[str], costs: Sequence[SubModelCost],
+                      device_times: Mapping[str, float], failed: str,
+                      order: Sequence[str] | None = None) -> InputSchedule:
+    """The input schedule of one failure scenario (see `failover_scenarios`): `failed` runs
+    nothing, each of its sub-models runs on its standby device after that device's own work;
+    `order` None = Jackson's rule for the scenario (what the planner assumes)."""
+    times = {d: t for d, t in device_times.items() if d != failed}
+    for p, copy_on, cost in zip(placements, standby, costs):
+        if p.device == failed:
+            times[copy_on] = times.get(copy_on, 0.0) + cost.total_s
+    return schedule_input(problem, times, order)
 
 
 def _check_standby(problem: Problem, placements: Sequence[Placement],

@@ -61,15 +61,19 @@ class FleetCase:
 
 @dataclass
 class Spread:
-    """Median and 95th percentile (nearest rank) of a list of seconds."""
+    """Median, 95th percentile (nearest rank) and mean of a list of seconds. (Under a CPU quota
+    latencies cluster a period apart, by where in the period a request starts: the median jumps
+    between clusters, the mean is what the quota clock's figures predict.)"""
 
     median_s: float
     p95_s: float
+    mean_s: float | None = None
 
     @classmethod
     def of(cls, values: list[float]) -> "Spread":
         ordered = sorted(values)
-        return cls(statistics.median(ordered), nearest_rank_percentile(ordered, 0.95))
+        return cls(statistics.median(ordered), nearest_rank_percentile(ordered, 0.95),
+                   statistics.fmean(ordered))
 
 
 @dataclass
@@ -225,38 +229,87 @@ def plan_without_transfer(inventory: Path, out: Path) -> Path:
 PLANNERS: dict[str, PlanMaker] = {"old": plan_without_transfer, "new": plan_with_cli}
 
 
+@dataclass(frozen=True)
+class Kill:
+    """SIGKILL `device`'s worker `after_s` seconds after every device has joined (mid-run: the
+    aggregator's standby copies take over its slots, `vit_ops.runtime.fleet`)."""
+
+    device: str
+    after_s: float
+
+
+JOINED_LOG = ") joined, generation "  # vit_ops.runtime.fleet's INFO line per joined device
+
+
+def plan_devices(plan_path: Path) -> list[str]:
+    """The served plan's devices in rank order: those with sub-models, then those holding only
+    standby copies (`vit_ops.runtime.source.devices_of`)."""
+    from vit_ops.runtime.source import devices_of
+    from vit_ops.runtime.synthetic import PlanSyntheticDeployment
+
+    return devices_of(PlanSyntheticDeployment(plan_path))
+
+
 def serve_plan(fleet: EmulatedFleet, plan_path: Path, images: int,
-               input_order: list[str] | None = None, timeout_s: float = 120.0) -> dict:
-    """Serve `plan_path` as a synthetic deployment on the fleet; the aggregator's JSON result."""
-    plan = json.loads(plan_path.read_text())
-    devices = list(dict.fromkeys(s["device"] for s in plan["submodels"]))
+               input_order: list[str] | None = None, timeout_s: float = 120.0,
+               kill: Kill | None = None) -> dict:
+    """Serve `plan_path` as a synthetic deployment on the fleet (standby copies included); the
+    aggregator's JSON result. The aggregator's output goes to files beside the plan
+    (`serve-PLAN[-kill-DEVICE].out/.err`): with `kill`, its log says when every device joined."""
+    devices = plan_devices(plan_path)
     world = 1 + len(devices)
     master = f"{fleet.aggregator.address}:{SERVE_PORT}"
     common = ["--synthetic", "--world-size", str(world), "--master", master, "--timeout",
               str(timeout_s), "--join-timeout", str(4 * timeout_s)]
-    aggregator = [*EDVIT, "worker", str(plan_path), "--rank", "0", *common, "--images",
-                  str(images), "--json", "--trace", "--request-gap", str(REQUEST_GAP_S)]
+    aggregator = [*EDVIT, *(["-v"] if kill else []), "worker", str(plan_path), "--rank", "0",
+                  *common, "--images", str(images), "--json", "--trace", "--request-gap",
+                  str(REQUEST_GAP_S)]
     if input_order:
         aggregator += ["--input-order", ",".join(input_order)]
-    main = fleet.popen(fleet.aggregator, aggregator, stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, text=True)
-    workers = [fleet.popen(_node_of(fleet, device), [*EDVIT, "worker", str(plan_path), "--rank",
-                                                     str(rank), *common],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-               for rank, device in enumerate(devices, start=1)]
+    stem = plan_path.parent / (f"serve-{plan_path.stem}" + (f"-kill-{kill.device}" if kill else ""))
+    out_path, err_path = stem.with_suffix(".out"), stem.with_suffix(".err")
+    with open(out_path, "w") as out, open(err_path, "w") as err:
+        main = fleet.popen(fleet.aggregator, aggregator, stdout=out, stderr=err)
+    workers = {device: fleet.popen(_node_of(fleet, device),
+                                   [*EDVIT, "worker", str(plan_path), "--rank", str(rank),
+                                    *common],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+               for rank, device in enumerate(devices, start=1)}
     try:
-        stdout, stderr = main.communicate(timeout=4 * timeout_s + images * timeout_s)
+        _wait_serving(main, 4 * timeout_s + images * timeout_s, err_path, len(devices),
+                      (workers[kill.device], kill.after_s) if kill else None)
     finally:
-        for worker in workers:
+        for worker in workers.values():
             try:
                 worker.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 worker.kill()
     if main.returncode != 0:
-        errors = [w.stderr.read()[-300:] for w in workers if w.stderr]
+        errors = [w.stderr.read()[-300:] for w in workers.values() if w.stderr]
         raise RuntimeError(f"serving {plan_path.name} failed ({main.returncode}): "
-                           f"{stderr.strip()[-500:]} workers: {errors}")
-    return json.loads(stdout)
+                           f"{err_path.read_text().strip()[-500:]} workers: {errors}")
+    return json.loads(out_path.read_text())
+
+
+def _wait_serving(main: subprocess.Popen, limit_s: float, log_path: Path, devices: int,
+                  kill: tuple[subprocess.Popen, float] | None) -> None:
+    """Wait for the aggregator to finish; with `kill` (a worker, seconds), SIGKILL that worker
+    that long after the aggregator's log shows every device joined."""
+    deadline = time.monotonic() + limit_s
+    joined_at = None
+    while main.poll() is None:
+        now = time.monotonic()
+        if now > deadline:
+            main.kill()
+            main.wait()
+            raise RuntimeError(f"the aggregator gave no result within {limit_s:g} s")
+        if kill is not None:
+            if joined_at is None and log_path.read_text().count(JOINED_LOG) >= devices:
+                joined_at = now
+            if joined_at is not None and now - joined_at >= kill[1]:
+                kill[0].kill()
+                kill = None
+        time.sleep(0.02)
 
 
 def _node_of(fleet: EmulatedFleet, device: str) -> Node:
@@ -269,13 +322,15 @@ def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
     """Per device and end to end: the plan's prediction beside the run's median and p95.
     `arrivals` (device -> s) replace the plan's input arrivals (a transfer-aware re-scoring)."""
     plan = json.loads(plan_path.read_text())
+    if arrivals is None:  # the plan's own (none: a plan without the input transfer)
+        arrivals = (plan.get("input") or {}).get("input_arrival_s") or {}
     traces = result["trace"][WARMUP_REQUESTS:] or result["trace"]
     by_device: dict[str, list[dict]] = {}
     for sub in plan["submodels"]:
         by_device.setdefault(sub["device"], []).append(sub)
     devices = []
     for device, subs in by_device.items():
-        arrival = arrivals[device] if arrivals is not None else _predicted_arrival_s(subs)
+        arrival = arrivals.get(device, 0.0)
         compute = sum(s["latency"]["compute_s"] + s["latency"]["overhead_s"] for s in subs)
         done = arrival + plan["device_times_s"][device]
         times = [t["devices"][device] for t in traces]
@@ -292,11 +347,6 @@ def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
                      devices=devices, input_order=order, traces=result["trace"],
                      predicted_fusion_s=fusion.get("latency_s", 0.0),
                      transfer_makespan_s=transfer_makespan_s)
-
-
-def _predicted_arrival_s(subs: list[dict]) -> float:
-    """When the plan says the device's input has arrived (0 for plans without the transfer)."""
-    return max((s.get("input_arrival_s") or 0.0) for s in subs)
 
 
 def plan_input_order(plan: dict) -> list[str] | None:
@@ -355,5 +405,5 @@ def run_case(case: FleetCase, work_dir: Path, profile: Path,
                       seconds=time.monotonic() - started)
 
 
-__all__ = ["CaseResult", "DeviceCheck", "FleetCase", "NODE_IFNAME", "PlanCheck", "Spread",
-           "run_case"]
+__all__ = ["CaseResult", "DeviceCheck", "FleetCase", "Kill", "NODE_IFNAME", "PlanCheck", "Spread",
+           "run_case", "serve_plan"]

@@ -6,6 +6,7 @@ cgroup cpu+memory controllers) and is skipped otherwise, with the reason.
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -141,3 +142,41 @@ def test_one_small_emulated_fleet_runs_and_its_links_are_shaped(tmp_path: Path):
     assert panels == {"predicted", "measured"}
     leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "edvit-pytest" not in leftovers
+
+
+@pytest.mark.slow
+@needs_emulation
+def test_a_killed_device_of_an_emulated_fleet_fails_over_to_its_standby_copy(tmp_path: Path):
+    """A resilient plan on two emulated devices: each device's standby copy on the other; the
+    worst failed device's worker killed mid-run, the answers after it complete failover ones
+    from the other device, checked against the plan's failover makespan."""
+    from profiler.emulation.check import FleetCase
+    from profiler.emulation.failover import run_failover_case
+
+    profile = tmp_path / "profile.json"
+    subprocess.run([*EDVIT, "profile", "--arch", "vit_tiny_patch16_224", "--img-size", "128",
+                    "--num-classes", "4", "--ratios", "1,0.5", "--out", str(profile)],
+                   check=True, capture_output=True)
+    case = FleetCase("fotest", NodeSpec("agg", 2e7, 0.3, 3 << 30),
+                     (NodeSpec("d1", 2e7, 0.3, 2 << 30), NodeSpec("d2", 2e7, 0.3, 2 << 30)),
+                     arch="vit_tiny_patch16_224", img_size=128, num_classes=4, images=8)
+    result = run_failover_case(case, tmp_path / "run", profile, calibrate_rounds=2,
+                               tag="fotest")
+    plan = json.loads(result.plan_path.read_text())
+    assert {s["device"] for s in plan["submodels"]} <= {"d1-0", "d2-0"}  # not on the aggregator
+    (run,) = result.failovers
+    assert run.device == plan["resilience"]["worst_failed_device"]
+    assert run.standby_devices == sorted({s["standby_device"] for s in plan["submodels"]
+                                          if s["device"] == run.device})
+    assert run.device not in run.standby_devices
+    assert run.check.predicted_makespan_s == plan["resilience"]["failover_makespan_s"][run.device]
+    assert run.failed_at >= 1  # killed mid-run, after full-fleet answers
+    assert len(run.check.traces) >= 5 and all(run.device not in t["devices"]
+                                              for t in run.check.traces)
+    assert {d.device for d in run.check.devices} == set(run.standby_devices) | (
+        {s["device"] for s in plan["submodels"]} - {run.device})
+    assert run.check.end_to_end.median_s > 0 and result.full.end_to_end.median_s > 0
+    assert run.check.transfer_makespan_s == pytest.approx(run.check.predicted_makespan_s,
+                                                          rel=1e-3)  # one remote device left
+    leftovers = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "edvit-fotest" not in leftovers
