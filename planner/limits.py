@@ -56,6 +56,8 @@ MAX_TEXT = 512
 # configurations the planner enumerates (device types x multisets of ratios), before memory
 # filtering: ~300k take a few seconds; beyond that max_per_device or the ratios must shrink
 MAX_CONFIGURATIONS = 300_000
+MAX_IMAGE_SIZE = 2**16  # pixels a side of a model input
+MAX_THREADS = 4096  # torch threads of one process
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
 
 def ascii_count(text: str, max_digits: int = 18) -> int | None:
@@ -134,7 +136,7 @@ Text = Annotated[str, Field(max_length=MAX_TEXT)]
 # model dimensions (ViT shapes and prune counts)
 Dimension = Annotated[int, Field(gt=0, le=2**20), NOT_BOOL]
 Depth = Annotated[int, Field(gt=0, le=1024), NOT_BOOL]
-ImageSize = Annotated[int, Field(gt=0, le=2**16), NOT_BOOL]
+ImageSize = Annotated[int, Field(gt=0, le=MAX_IMAGE_SIZE), NOT_BOOL]
 PositiveCount = Annotated[int, Field(gt=0, le=2**62), NOT_BOOL]
 
 

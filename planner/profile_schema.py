@@ -18,6 +18,7 @@ from pydantic import Field, field_validator, model_validator
 
 from planner.limits import (
     MAX_RATIOS,
+    MAX_THREADS,
     NOT_BOOL,
     Bytes,
     GroupSize,
@@ -73,7 +74,7 @@ class LatencyStats(StrictModel):
     median_s: PositiveSeconds
     iqr_s: Seconds = Field(description="interquartile range of the repeats")
     repeats: PositiveCount
-    threads: Annotated[int, Field(gt=0, le=4096), NOT_BOOL] = Field(
+    threads: Annotated[int, Field(gt=0, le=MAX_THREADS), NOT_BOOL] = Field(
         description="torch intra-op threads, pinned while timing")
 
 

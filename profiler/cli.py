@@ -11,7 +11,7 @@ import argparse
 
 from planner.cli.common import Command, print_json, progress_bar
 from planner.errors import InputError
-from planner.cli.parser import finite_float, positive_int
+from planner.cli.parser import finite_float, image_size, thread_count
 from planner.files import check_output_path, write_json_atomic, write_text_atomic
 from planner.profile_schema import DEFAULT_RATIOS
 from profiler.cache import ProfileCache
@@ -36,13 +36,13 @@ def add_profile_arguments(profile: argparse.ArgumentParser) -> None:
     default = ",".join(f"{r:g}" for r in DEFAULT_RATIOS)
     profile.add_argument("--ratios", default=default,
                          help=f"comma-separated keep ratios in (0, 1] (default {default})")
-    profile.add_argument("--img-size", type=positive_int, metavar="N",
+    profile.add_argument("--img-size", type=image_size, metavar="N",
                          help="input size (default: arch's)")
     profile.add_argument("--dtype", choices=["fp32", "fp16", "int8"], default="fp32",
                          help="parameter storage type for param_bytes (default fp32)")
     profile.add_argument("--measure", action="store_true",
                          help="also time each variant on this host (torch.utils.benchmark)")
-    profile.add_argument("--threads", type=int, help="intra-op threads while timing "
+    profile.add_argument("--threads", type=thread_count, help="intra-op threads while timing "
                          "(default: torch's current count)")
     profile.add_argument("--no-cache", action="store_true",
                          help="ignore and do not fill the cache ($EDVIT_CACHE_DIR or "
@@ -54,10 +54,11 @@ def add_profile_arguments(profile: argparse.ArgumentParser) -> None:
 def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--out", metavar="DEVICE.yaml", help="write the device kind here")
     calibrate.add_argument("--name", default=None, help="device kind name (default: host name)")
-    calibrate.add_argument("--threads", type=int, help="intra-op threads (default: torch's)")
+    calibrate.add_argument("--threads", type=thread_count,
+                           help="intra-op threads (default: torch's)")
     calibrate.add_argument("--arch", help="time this model's variants (r = 1, 0.5, 0.25, "
                            "0.125) instead of the three ViT-S ones: the model the fleet will run")
-    calibrate.add_argument("--img-size", type=positive_int, metavar="N",
+    calibrate.add_argument("--img-size", type=image_size, metavar="N",
                            help="input size of --arch's variants (default: the arch's)")
     calibrate.add_argument("--idle", type=float, metavar="S",
                            help="time single calls, each after S seconds idle, as a fleet's "

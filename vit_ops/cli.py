@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from planner.cli.common import Command, check_output_dir_of, print_json, progress_bar
-from planner.cli.parser import positive_int
+from planner.cli.parser import image_size, int_in, thread_count
 from planner.errors import InputError
 from planner.files import (
     check_output_dir,
@@ -71,6 +71,7 @@ DEFAULT_BASE_DIR = "edvit-base"
 DEFAULT_DEMO_DIR = "edvit-demo"
 DEMO_RATIOS = [1.0, 0.75, 0.5, 0.25]
 DEMO_DEVICES = {"kind": "pi4b-4gb", "count": 4, "name": "pi"}
+PREDICTIONS = int_in(0, 2**31, "count")  # --predictions: checked before a demo's training
 DEMO_FUSION_HIDDEN = 128  # the digits features are 32 wide; a 256-unit head only overfits
 
 
@@ -79,7 +80,7 @@ def add_train_base_arguments(train: argparse.ArgumentParser) -> None:
     train.add_argument("--arch", metavar="ARCH",
                        help="timm architecture (e.g. vit_tiny_patch16_224; default: edvit's "
                             "small ViT)")
-    train.add_argument("--img-size", type=positive_int, metavar="N",
+    train.add_argument("--img-size", type=image_size, metavar="N",
                        help="input size (default: the arch's own; edvit's small ViT: 16 on "
                             "digits, 32 on a folder)")
     train.add_argument("--init", metavar="CKPT.safetensors",
@@ -121,9 +122,10 @@ def add_evaluate_arguments(ev: argparse.ArgumentParser) -> None:
     add_data_arguments(ev, recorded=True)
     add_compute_arguments(ev, training=False)
     ev.add_argument("--json", action="store_true", help="print one JSON object")
-    ev.add_argument("--predictions", type=int, default=0, metavar="N",
+    ev.add_argument("--predictions", type=PREDICTIONS, default=0, metavar="N",
                     help="add the fused predicted labels of the first N held-out images")
-    ev.add_argument("--threads", type=int, help="torch threads for latency (default: torch's)")
+    ev.add_argument("--threads", type=thread_count,
+                    help="torch threads for latency (default: torch's)")
     ev.add_argument("--no-latency", action="store_true", help="skip FLOPs and latency")
     ev.add_argument("--latency-runtime", choices=["torch", "onnxruntime", "both"],
                     default="torch", help="time eager PyTorch (default), each part's model.onnx "
@@ -139,7 +141,7 @@ def add_demo_arguments(demo: argparse.ArgumentParser) -> None:
                       help=f"working directory (default: {DEFAULT_DEMO_DIR})")
     demo.add_argument("--retrain", action="store_true", help="train the base even if DIR has one")
     demo.add_argument("--json", action="store_true", help="print the evaluation as JSON")
-    demo.add_argument("--predictions", type=int, default=0, metavar="N")
+    demo.add_argument("--predictions", type=PREDICTIONS, default=0, metavar="N")
 
 
 def add_profile_accuracy_arguments(acc: argparse.ArgumentParser) -> None:
@@ -168,7 +170,7 @@ def add_similarity_arguments(sim: argparse.ArgumentParser) -> None:
                      help="directory from `edvit train-base`, or ARCH:CHECKPOINT.safetensors")
     add_data_arguments(sim)
     add_compute_arguments(sim, training=False)
-    sim.add_argument("--img-size", type=positive_int, metavar="N",
+    sim.add_argument("--img-size", type=image_size, metavar="N",
                      help="for ARCH:CHECKPOINT (default: "
                      "the arch's own)")
     sim.add_argument("--out", required=True, metavar="SIM.yaml")
@@ -260,8 +262,6 @@ def run_materialize(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    if args.predictions < 0:
-        raise InputError("must be >= 0", field="--predictions", value=args.predictions)
     _positive(args.threads, "--threads")
     compute = compute_from(args)
     splits = deployment_splits(args.deploy_dir, data_args_from(args))

@@ -18,13 +18,16 @@ from typing import Annotated, Callable, Literal
 import numpy as np
 import torch
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from planner.schema_base import FrozenModel
 from planner.errors import InputError
-from planner.limits import Finite, ImageSize
+from planner.limits import NOT_BOOL, ImageSize
 
-PositiveFinite = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+# Pixels are 0..1 before normalising; timm's means and stds are 0.2-0.6. A std of 1e-320 turned
+# into zero as float32 (division by zero in the transform), one of 1e-6 multiplied pixels by 1e6.
+NormMean = Annotated[float, Field(ge=-10, le=10, allow_inf_nan=False), NOT_BOOL]
+NormStd = Annotated[float, Field(ge=1e-3, le=10, allow_inf_nan=False), NOT_BOOL]
 
 Interpolation = Literal["bilinear", "bicubic", "nearest"]
 MIN_CROP_PCT = 0.25  # timm's models use 0.875..1; 1e-6 resized each image to 16 Mpx-wide first
@@ -42,8 +45,8 @@ class Preprocess(FrozenModel):
                                         "centre-crop img_size (at least 0.25: a smaller one "
                                         "resizes every image to a giant first)")
     interpolation: Interpolation = "bilinear"
-    mean: tuple[Finite, Finite, Finite] = SCRATCH_MEAN
-    std: tuple[PositiveFinite, PositiveFinite, PositiveFinite] = SCRATCH_STD
+    mean: tuple[NormMean, NormMean, NormMean] = SCRATCH_MEAN
+    std: tuple[NormStd, NormStd, NormStd] = SCRATCH_STD
 
     @property
     def resize_size(self) -> int:
@@ -90,9 +93,10 @@ class Preprocess(FrozenModel):
         update = {k: v for k, v in overrides.items() if v is not None}
         try:
             return Preprocess.model_validate({**self.model_dump(), **update})
-        except ValueError as exc:
-            bad = next(iter(update), "preprocess")
-            raise InputError(f"invalid preprocessing ({str(exc).splitlines()[-1].strip()})",
+        except ValidationError as exc:  # the first error names the field and the rule
+            error = exc.errors()[0]
+            bad = str(error["loc"][0]) if error.get("loc") else next(iter(update), "preprocess")
+            raise InputError(f"invalid preprocessing: {error['msg']}",
                              field=f"--{bad.replace('_', '-')}", value=update.get(bad)) from None
 
 

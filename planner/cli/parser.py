@@ -17,6 +17,8 @@ import math
 import re
 from typing import NoReturn
 
+from planner.limits import MAX_IMAGE_SIZE, MAX_THREADS
+
 _INT = re.compile(r"[+-]?[0-9]{1,19}")
 INT_LIMIT = 2**63
 
@@ -25,7 +27,7 @@ def finite_float(text: str) -> float:
     """argparse type: a finite float in ASCII (`nan`, `inf`, `1e999` and other scripts' digits,
     which Python's float() would take, are usage errors)."""
     try:
-        if not text.isascii():
+        if not text.isascii() or "_" in text:  # float() reads "1_0" as 10.0
             raise ValueError(text)
         value = float(text)
     except ValueError:
@@ -43,12 +45,17 @@ def bounded_int(text: str) -> int:
     return int(stripped)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a `bounded_int` of at least 1 (sizes and counts that 0 would turn off)."""
-    value = bounded_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
+def int_in(low: int, high: int, what: str = "integer"):
+    """argparse type: a `bounded_int` in low..high (an image size, a thread count: refused at
+    parse time, before any work, rather than deep in torch)."""
+    def checked(text: str) -> int:
+        value = bounded_int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}, got {text!r}")
+        return value
+
+    checked.__name__ = what
+    return checked
 
 
 def nonempty_text(text: str) -> str:
@@ -58,10 +65,12 @@ def nonempty_text(text: str) -> str:
     return text
 
 
+image_size = int_in(1, MAX_IMAGE_SIZE, "image size")  # --img-size
+thread_count = int_in(1, MAX_THREADS, "thread count")  # --threads
+
 _TYPES = {float: finite_float, int: bounded_int}
 finite_float.__name__ = "number"
 bounded_int.__name__ = "integer"
-positive_int.__name__ = "positive integer"
 nonempty_text.__name__ = "text"
 
 

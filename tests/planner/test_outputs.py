@@ -181,8 +181,29 @@ def test_an_empty_string_argument_is_a_usage_error_not_the_default(capsys, monke
     assert not any(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("command", ["train-base", "calibrate", "profile --arch vit_tiny_patch16_224"])
+@pytest.mark.parametrize("command", ["train-base", "calibrate",
+                                     "profile --arch vit_tiny_patch16_224"])
 def test_an_image_size_of_zero_is_refused_not_the_default(capsys, monkeypatch, tmp_path, command):
     monkeypatch.chdir(tmp_path)
     _refused(capsys, *command.split(), "--img-size", "0",
-             fragment="argument --img-size: must be a positive integer, got '0'")
+             fragment="argument --img-size: must be 1..65536, got '0'")
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["evaluate", "deploy", "--threads", "1000000"], "argument --threads: must be 1..4096"),
+    (["train-base", "--out", "b", "--img-size", str(2**40)],
+     "argument --img-size: must be 1..65536"),
+    (["train-base", "--out", "b", "--std", "1e-320"], "--std=(1e-320, 1e-320, 1e-320): invalid "
+                                                      "preprocessing: Input should be greater"),
+    (["train-base", "--out", "b", "--mean", "1_0"], "--mean='1_0'"),  # float() reads 10.0
+    (["solve", PROBLEM, "--time-limit", "1_0"], "not a number: '1_0'"),
+    (["demo", "--out", "d", "--predictions", "-1"], "argument --predictions: must be 0.."),
+    (["serve", "deploy", "--local", "--images", "2", "--input-order", "a,a"],
+     "device 'a' is listed twice"),
+])
+def test_out_of_range_flags_are_refused_before_any_work(capsys, monkeypatch, tmp_path, argv,
+                                                        fragment):
+    """Found by the hostile corpus: each of these reached torch (exit 70) or ran (exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    _refused(capsys, *argv, fragment=fragment)
+    assert not any(tmp_path.iterdir())

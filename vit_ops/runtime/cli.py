@@ -24,6 +24,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from planner.cli.common import Command, print_json, progress_bar
+from planner.cli.parser import thread_count
 from planner.errors import InputError
 from planner.limits import ascii_count
 from planner.validation import raise_validation_error
@@ -76,7 +77,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds a device may take to answer a request (default 30)")
     parser.add_argument("--join-timeout", type=float, metavar="S",
                         help="seconds every device may take to load and join (default: --timeout)")
-    parser.add_argument("--threads", type=int, default=1, metavar="T",
+    parser.add_argument("--threads", type=thread_count, default=1, metavar="T",
                         help="torch threads per worker process (default 1)")
     parser.add_argument("--batch-size", type=int, default=1, metavar="B",
                         help="images per request (default 1: latency per image)")

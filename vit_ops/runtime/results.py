@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from planner.errors import EdvitError
-from planner.limits import PositiveSeconds
+from planner.limits import MAX_THREADS, PositiveSeconds
 from planner.schema_base import StrictModel
 
 RESULT_SCHEMA_VERSION = 1
@@ -29,9 +29,9 @@ class RuntimeConfig(StrictModel):
     join_timeout_s: PositiveSeconds | None = Field(
         default=None, description="max wait for every device to load and join "
                                   "(None: timeout_s)")
-    threads: int = Field(default=1, ge=1, le=4096,
+    threads: int = Field(default=1, ge=1, le=MAX_THREADS,
                          description="torch intra-op threads of each worker")
-    aggregator_threads: int = Field(default=1, ge=1, le=4096,
+    aggregator_threads: int = Field(default=1, ge=1, le=MAX_THREADS,
                                     description="threads of the fusion head")
     batch_size: int = Field(default=1, ge=1, le=2**16,
                             description="images per request (1 = latency mode)")
@@ -48,6 +48,15 @@ class RuntimeConfig(StrictModel):
         "acknowledged it, so the aggregator's link carries one transfer at a time; devices not "
         "listed (a worker on the aggregator's own host) get theirs first, at once. None: to "
         "every device at once (TCP shares the link)")
+    @field_validator("input_order")
+    @classmethod
+    def _each_device_once(cls, order: list[str] | None) -> list[str] | None:
+        repeated = sorted({d for d in order or [] if order.count(d) > 1})
+        if repeated:
+            raise ValueError(f"device {repeated[0]!r} is listed twice: each device is sent its "
+                             f"input once")
+        return order
+
     request_gap_s: float = Field(
         default=0.0, ge=0.0, le=60.0, allow_inf_nan=False,
         description="idle seconds before each request (--images runs): each request then meets "
