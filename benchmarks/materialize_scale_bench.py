@@ -3,8 +3,8 @@ accuracy against the number of sub-models.
 
     python benchmarks/materialize_scale_bench.py [--work DIR] [--sizes 1000,10000,50000]
         [--threads N] [--skip-rss] [--skip-throughput] [--skip-k] [--ks 2,3,4,5,6,7,8]
-        [--groupings contiguous,similarity] [--min-ratio R] [--base-epochs 30] [--finetune-epochs 3]
-        [--finetune-steps N] [--fusion-epochs 60]
+        [--groupings contiguous,similarity] [--min-ratio R] [--base-epochs 30]
+        [--finetune-epochs 15] [--finetune-steps N] [--fusion-epochs 60]
 
 1. Peak RSS of `edvit materialize` (a subprocess; its DataLoader workers counted apart) on
    generated image folders of 1k, 10k and 50k PNGs at 64 px (digits, upsampled, with noise), a
@@ -23,11 +23,13 @@ accuracy against the number of sub-models.
    rotations, 32 px): for K sub-models of keep ratio 1/sqrt(K) (the fleet's parameters ~ the
    base's; with --min-ratio R, max(1/sqrt(K), R)), balanced contiguous class groups (ED-ViT's
    arbitrary split) against balanced groups clustered greedily from the base's `edvit
-   similarity` matrix (validation confusions; the same ratios, so only the grouping differs); base and fused test accuracy, the largest sub-model's
-   size reduction and measured latency (batch 1, torch, median); the worst sub-model's accuracy
-   on its own classes (over classes + "other"); and, for issue 13's check that failure-aware
-   training costs the full fleet little, the fused accuracy of a plain head (no sub-model
-   dropout) trained on the same frozen sub-models.
+   similarity` matrix (validation confusions; the same ratios, so only the grouping differs);
+   sub-models fine-tuned as `materialize` does by default (15 epochs; --finetune-epochs);
+   base and fused test accuracy, the largest sub-model's size reduction and measured latency
+   (batch 1, torch, median); the worst sub-model's accuracy on its own classes (over classes
+   + "other"); and, for issue 13's check that failure-aware training costs the full fleet
+   little, the fused accuracy of a plain head (no sub-model dropout) trained on the same frozen
+   sub-models.
 Generated folders live under WORK (default /tmp/edvit-scale-bench) and are reused between runs.
 """
 
@@ -357,7 +359,7 @@ def _plain_head_accuracy(deploy: Path, splits, config) -> float:
     return accuracy(logits, labels)
 
 
-def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int,
+def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int | None,
             finetune_steps: int | None, fusion_epochs: int, threads: int,
             groupings: list[str], min_ratio: float | None = None) -> None:
     from vit_ops.base_model import DIGITS_SHAPE
@@ -367,6 +369,8 @@ def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int,
     from vit_ops.similarity import class_similarity
 
     torch.set_num_threads(threads)
+    defaults = MaterializeConfig()
+    finetune_epochs = finetune_epochs or defaults.finetune.epochs
     folder = write_digit_folder(work / f"digits30-{K_IMG}", 1797 * 3, K_IMG, rotations=3)
     splits = load_data(str(folder), img_size=K_IMG)
     shape = DIGITS_SHAPE.model_copy(update={"arch": "edvit_small_vit", "img_size": K_IMG,
@@ -382,7 +386,6 @@ def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int,
           f"{floor}, torch threads {threads}; training augmentation: edvit's small-ViT "
           f"default (timm random resized crop 75-100 %, no flip)", flush=True)
     similarity = np.asarray(class_similarity(base, splits)["similarity"])  # `edvit similarity`
-    defaults = MaterializeConfig()
     config = MaterializeConfig(
         finetune=defaults.finetune.model_copy(update={"epochs": finetune_epochs,
                                                       "max_steps": finetune_steps}),
@@ -427,7 +430,8 @@ def main() -> None:
     parser.add_argument("--min-ratio", type=float,
                         help="floor of table 3's keep ratio (default: none, 1/sqrt(K))")
     parser.add_argument("--base-epochs", type=int, default=30)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int,
+                        help="sub-model fine-tuning epochs of table 3 (default: materialize's)")
     parser.add_argument("--finetune-steps", type=int, help="cap on each sub-model's steps")
     parser.add_argument("--fusion-epochs", type=int, default=60)
     parser.add_argument("--fusion-images", type=int, default=50000,
