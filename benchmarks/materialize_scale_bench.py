@@ -2,8 +2,9 @@
 accuracy against the number of sub-models.
 
     python benchmarks/materialize_scale_bench.py [--work DIR] [--sizes 1000,10000,50000]
-        [--threads N] [--skip-rss] [--skip-throughput] [--skip-k] [--k 2,3,4,5,6,7,8]
-        [--base-epochs 30] [--finetune-epochs 3] [--finetune-steps N] [--fusion-epochs 60]
+        [--threads N] [--skip-rss] [--skip-throughput] [--skip-k] [--ks 2,3,4,5,6,7,8]
+        [--groupings contiguous,similarity] [--min-ratio R] [--base-epochs 30]
+        [--finetune-epochs 15] [--finetune-steps N] [--fusion-epochs 60]
 
 1. Peak RSS of `edvit materialize` (a subprocess; its DataLoader workers counted apart) on
    generated image folders of 1k, 10k and 50k PNGs at 64 px (digits, upsampled, with noise), a
@@ -20,10 +21,15 @@ accuracy against the number of sub-models.
    the load average is printed with it.
 3. Accuracy against the number of devices K on a generated 30-class folder (10 digits x 3
    rotations, 32 px): for K sub-models of keep ratio 1/sqrt(K) (the fleet's parameters ~ the
-   base's), balanced contiguous class groups (ED-ViT's arbitrary split) against balanced groups
-   clustered greedily from the base's `edvit similarity` matrix (validation confusions; the same
-   ratios, so only the grouping differs); base and fused test accuracy, the largest sub-model's
-   size reduction and measured latency (batch 1, torch, median).
+   base's; with --min-ratio R, max(1/sqrt(K), R)), balanced contiguous class groups (ED-ViT's
+   arbitrary split) against balanced groups clustered greedily from the base's `edvit
+   similarity` matrix (validation confusions; the same ratios, so only the grouping differs);
+   sub-models fine-tuned as `materialize` does by default (15 epochs; --finetune-epochs);
+   base and fused test accuracy, the largest sub-model's size reduction and measured latency
+   (batch 1, torch, median); the worst sub-model's accuracy on its own classes (over classes
+   + "other"); and, for issue 13's check that failure-aware training costs the full fleet
+   little, the fused accuracy of a plain head (no sub-model dropout) trained on the same frozen
+   sub-models.
 Generated folders live under WORK (default /tmp/edvit-scale-bench) and are reused between runs.
 """
 
@@ -338,8 +344,24 @@ def _k_base(work: Path, splits, shape, epochs: int):
     return load_base(str(cached)), time.perf_counter() - t0
 
 
-def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int,
-            finetune_steps: int | None, fusion_epochs: int, threads: int) -> None:
+def _plain_head_accuracy(deploy: Path, splits, config) -> float:
+    """Test accuracy of a head without sub-model dropout on the deployment's frozen sub-models
+    (the fusion config of `config`, `fusion_dropout=None`)."""
+    from vit_ops.deploy import load_all_submodels, load_fusion
+    from vit_ops.fusion import train_fusion
+    from vit_ops.training import accuracy, predict_set
+
+    subs = [s.module for s in load_all_submodels(deploy)]
+    hidden = load_fusion(deploy).spec.hidden
+    head = train_fusion(subs, splits.train, splits.num_classes, hidden, config.fusion)
+    logits, labels = predict_set(lambda x: head(torch.cat([s(x)[1] for s in subs], dim=-1)),
+                                 splits.test)
+    return accuracy(logits, labels)
+
+
+def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int | None,
+            finetune_steps: int | None, fusion_epochs: int, threads: int,
+            groupings: list[str], min_ratio: float | None = None) -> None:
     from vit_ops.base_model import DIGITS_SHAPE
     from vit_ops.data import load_data
     from profiler.evaluate import evaluate_deployment
@@ -347,41 +369,49 @@ def k_table(work: Path, ks: list[int], epochs: int, finetune_epochs: int,
     from vit_ops.similarity import class_similarity
 
     torch.set_num_threads(threads)
+    defaults = MaterializeConfig()
+    finetune_epochs = finetune_epochs or defaults.finetune.epochs
     folder = write_digit_folder(work / f"digits30-{K_IMG}", 1797 * 3, K_IMG, rotations=3)
     splits = load_data(str(folder), img_size=K_IMG)
     shape = DIGITS_SHAPE.model_copy(update={"arch": "edvit_small_vit", "img_size": K_IMG,
                                             "patch_size": 8, "num_classes": 30})
     base, trained_s = _k_base(work, splits, shape, epochs)
+    floor = f"max(1/sqrt(K), {min_ratio})" if min_ratio else "1/sqrt(K)"
     print(f"\n3. accuracy against K on {folder.name} (30 classes, {len(splits.train)} train / "
           f"{len(splits.test)} test images, {K_IMG} px); base {shape.arch} trained "
           f"{epochs} epochs ({f'{trained_s:.0f} s' if trained_s else 'cached'}), sub-models "
           f"fine-tuned {finetune_epochs} epochs"
           f"{f' (at most {finetune_steps} steps)' if finetune_steps else ''}, fusion head "
           f"{fusion_epochs} epochs, keep ratio "
-          f"1/sqrt(K), torch threads {threads}; training augmentation: edvit's small-ViT "
+          f"{floor}, torch threads {threads}; training augmentation: edvit's small-ViT "
           f"default (timm random resized crop 75-100 %, no flip)", flush=True)
     similarity = np.asarray(class_similarity(base, splits)["similarity"])  # `edvit similarity`
-    defaults = MaterializeConfig()
     config = MaterializeConfig(
         finetune=defaults.finetune.model_copy(update={"epochs": finetune_epochs,
                                                       "max_steps": finetune_steps}),
         fusion=defaults.fusion.model_copy(update={"epochs": fusion_epochs}), export_onnx=False)
     print(f"{'K':>2} | {'groups':>10} | {'ratio':>5} | {'base %':>6} | {'fused %':>7} | "
-          f"{'fused-base':>10} | {'largest size red.':>17} | {'largest ms':>10} | "
-          f"{'base ms':>7} | {'made s':>6}", flush=True)
+          f"{'fused-base':>10} | {'no-drop %':>9} | {'worst sub %':>11} | "
+          f"{'largest size red.':>17} | {'largest ms':>10} | {'base ms':>7} | {'made s':>6}",
+          flush=True)
     for k in ks:
-        ratio = round(1 / k ** 0.5, 3)
-        for name, groups in (("contiguous", _contiguous_groups(30, k)),
-                             ("similarity", _similarity_groups(similarity, k))):
+        ratio = max(round(1 / k ** 0.5, 3), min_ratio or 0.0)
+        candidates = {"contiguous": lambda: _contiguous_groups(30, k),
+                      "similarity": lambda: _similarity_groups(similarity, k)}
+        for name in groupings:
+            groups = candidates[name]()
             plan = manual_plan(shape, groups, [ratio] * k)
-            out = work / f"k{k}-{name}"
+            out = work / f"k{k}-{name}-r{ratio}"
             t0 = time.perf_counter()
             materialize(plan, base, splits, out, config, force=True)
             made_s = time.perf_counter() - t0
             ev = evaluate_deployment(out, splits, repeats=5, threads=threads)
             largest = max(ev.submodels, key=lambda s: s.params)
+            plain = _plain_head_accuracy(out, splits, config)
+            worst = min(s.accuracy for s in ev.submodels)
             print(f"{k:>2} | {name:>10} | {ratio:>5.3f} | {100 * ev.base_accuracy:>6.2f} | "
                   f"{100 * ev.fused_accuracy:>7.2f} | {ev.fused_minus_base_pp:>+10.2f} | "
+                  f"{100 * plain:>9.2f} | {100 * worst:>11.1f} | "
                   f"{largest.size_reduction:>16.1f}x | {1e3 * largest.latency_s:>10.3f} | "
                   f"{1e3 * ev.base_latency_s:>7.3f} | {made_s:>6.0f}", flush=True)
     print("target: fused >= base - 1 point at every K")
@@ -393,10 +423,15 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/edvit-scale-bench"))
     parser.add_argument("--sizes", default="1000,10000,50000")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--k", default="2,3,4,5,6,7,8",
+    parser.add_argument("--ks", "--k", dest="ks", default="2,3,4,5,6,7,8",
                         help="numbers of sub-models for table 3")
+    parser.add_argument("--groupings", default="contiguous,similarity",
+                        help="class groupings of table 3 (contiguous, similarity)")
+    parser.add_argument("--min-ratio", type=float,
+                        help="floor of table 3's keep ratio (default: none, 1/sqrt(K))")
     parser.add_argument("--base-epochs", type=int, default=30)
-    parser.add_argument("--finetune-epochs", type=int, default=3)
+    parser.add_argument("--finetune-epochs", type=int,
+                        help="sub-model fine-tuning epochs of table 3 (default: materialize's)")
     parser.add_argument("--finetune-steps", type=int, help="cap on each sub-model's steps")
     parser.add_argument("--fusion-epochs", type=int, default=60)
     parser.add_argument("--fusion-images", type=int, default=50000,
@@ -421,8 +456,13 @@ def main() -> None:
     if not args.skip_throughput:
         throughput_table(args.work, args.threads)
     if not args.skip_k:
-        k_table(args.work, [int(k) for k in args.k.split(",")], args.base_epochs,
-                args.finetune_epochs, args.finetune_steps, args.fusion_epochs, args.threads)
+        groupings = args.groupings.split(",")
+        unknown = sorted(set(groupings) - {"contiguous", "similarity"})
+        if unknown:
+            parser.error(f"--groupings: unknown grouping {unknown[0]!r}")
+        k_table(args.work, [int(k) for k in args.ks.split(",")], args.base_epochs,
+                args.finetune_epochs, args.finetune_steps, args.fusion_epochs, args.threads,
+                groupings, args.min_ratio)
 
 
 if __name__ == "__main__":
