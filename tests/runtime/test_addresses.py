@@ -11,7 +11,8 @@ from vit_ops.runtime.rendezvous import Endpoint
 
 @pytest.mark.parametrize("text", ["127.0.0.1:\u00b3", "\u0661\u0662\u0667.0.0.1:\u0668\u0660",
                                   "h:\u0663", "[::1:80", "::1:80", "h:0", "h:65536", "h:",
-                                  ":80", "h o:80", "h:80 ", "h:" + "9" * 30, "\x00:80"])
+                                  ":80", "h o:80", "h:80 ", "h:" + "9" * 30, "\x00:80",
+                                  "\u0661\u0662\u0667.0.0.1:80"])  # resolving it retried
 def test_bad_endpoints_are_one_input_error(text):
     with pytest.raises(InputError, match="HOST:PORT"):
         Endpoint.parse(text, field="--master")

@@ -89,6 +89,22 @@ def test_a_decompression_bomb_is_refused_before_decoding():
     assert decode_image(_png((100, 100)), max_pixels=10_000).size == (100, 100)
 
 
+def test_a_bomb_past_pils_own_limit_is_one_decode_error():
+    """PIL refuses an image of more than twice its MAX_IMAGE_PIXELS at open already, with its own
+    DecompressionBombError (that reached `edvit classify --deploy` as exit 70)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + \
+            struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 2, 0, 0, 0)  # 9e8 pixels, RGB
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    with pytest.raises(ImageDecodeError, match="too many pixels"):
+        decode_image(png, max_pixels=10**12)  # past PIL's limit, whatever ours
+
+
 def test_a_sliver_whose_resize_would_blow_up_is_refused_before_decoding():
     """1 x 20,000 pixels is few, but the eval resize scales the short side to the model's size:
     at 224 px that is 224 x 4,480,000."""

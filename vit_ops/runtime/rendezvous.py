@@ -50,7 +50,10 @@ class Endpoint:
             raise InputError("expected HOST:PORT (an IPv6 address as [ADDR]:PORT)", field=field,
                              value=text)
         port = ascii_count(port_text, 5)
-        bad_host = not host or any(c.isspace() or c in "[]/\\\x00" for c in host)
+        # an IP address or a host name in ASCII (IDNA): '١٢٧.0.0.1' is neither, and resolving it
+        # retried for minutes
+        bad_host = not host or not host.isascii() or any(c.isspace() or c in "[]/\\\x00"
+                                                          for c in host)
         if not sep or bad_host or port is None or not (0 if any_port else 1) <= port <= 65535:
             raise InputError("expected HOST:PORT", field=field, value=text)
         return cls(host, port)

@@ -57,6 +57,9 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = 
     except UnidentifiedImageError:
         raise ImageDecodeError(f"not a JPEG or PNG image (starts with {data[:8]!r})",
                                field=name) from None
+    except Image.DecompressionBombError:  # PIL refuses more than 2x its limit at open already
+        raise ImageDecodeError("image declares too many pixels (a decompression bomb?)",
+                               field=name) from None
     if (problem := size_problem(*image.size, max_pixels)) is not None:
         raise ImageDecodeError(problem, field=name)
     try:
