@@ -60,6 +60,7 @@ MAX_IMAGE_SIZE = 2**16  # pixels a side of a model input
 MAX_THREADS = 4096  # torch threads of one process
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
 
+
 def ascii_count(text: str, max_digits: int = 18) -> int | None:
     """`text` as a non-negative integer when it is 1..`max_digits` ASCII digits, else None.
     (`str.isdigit` also takes '³' and other scripts' digits, which `int` then refuses.)"""

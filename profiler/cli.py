@@ -129,8 +129,6 @@ def parse_ratios(text: str) -> list[float]:
 
 def run_profile(args: argparse.Namespace) -> int:
     ratios = parse_ratios(args.ratios)
-    if args.threads is not None and args.threads < 1:
-        raise InputError("must be >= 1", field="--threads", value=args.threads)
     out = check_output_path(args.out) if args.out else None
     shape = shape_for_arch(args.arch, args.num_classes, args.img_size)
     cache = None if args.no_cache else ProfileCache()
@@ -159,8 +157,6 @@ def run_profile(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    if args.threads is not None and args.threads < 1:
-        raise InputError("must be >= 1", field="--threads", value=args.threads)
     if args.link_bytes_per_s is not None and args.link_bytes_per_s <= 0:
         raise InputError("must be > 0", field="--link-bytes-per-s", value=args.link_bytes_per_s)
     if args.clock in ("cpu", "quota") and args.threads != 1:

@@ -262,7 +262,6 @@ def run_materialize(args: argparse.Namespace) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    _positive(args.threads, "--threads")
     compute = compute_from(args)
     splits = deployment_splits(args.deploy_dir, data_args_from(args))
     with progress_bar("evaluate") as progress:

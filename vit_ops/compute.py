@@ -56,6 +56,7 @@ def default_workers() -> int:
 
 
 MAX_BATCH_SIZE = 2**20  # images per batch, training and evaluation alike
+DEFAULT_EVAL_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -65,11 +66,11 @@ class Compute:
     device: torch.device = torch.device("cpu")
     num_workers: int | None = 0  # None: `default_workers()` for image folders, 0 for digits
     amp: bool = False
-    eval_batch_size: int = 256
+    eval_batch_size: int = DEFAULT_EVAL_BATCH
 
     @classmethod
     def resolve(cls, device: str = "auto", num_workers: int | None = None, amp: bool = True,
-                eval_batch_size: int = 256) -> "Compute":
+                eval_batch_size: int = DEFAULT_EVAL_BATCH) -> "Compute":
         dev = resolve_device(device)
         if num_workers is not None and not 0 <= num_workers <= MAX_LOADER_WORKERS:
             raise InputError(f"must be 0..{MAX_LOADER_WORKERS} (loader worker processes)",

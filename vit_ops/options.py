@@ -77,10 +77,10 @@ def data_args_from(args: argparse.Namespace):
 
 
 def compute_from(args: argparse.Namespace, device: str | None = None):
-    from vit_ops.compute import Compute
+    from vit_ops.compute import DEFAULT_EVAL_BATCH, Compute
 
     eval_batch = getattr(args, "batch_size", None)
-    eval_batch = 256 if eval_batch is None else eval_batch
+    eval_batch = DEFAULT_EVAL_BATCH if eval_batch is None else eval_batch
     return Compute.resolve(device or args.device, args.num_workers,
                            amp=not getattr(args, "no_amp", False), eval_batch_size=eval_batch)
 
