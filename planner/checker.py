@@ -72,6 +72,7 @@ class PlanScore:
     input: InputSchedule
     violations: list[str] = field(default_factory=list)
     failover_s: dict[str, float] = field(default_factory=dict)  # failed device -> makespan
+    failover_order: dict[str, list[str]] = field(default_factory=dict)  # ... -> its send order
     standby_costs: list[SubModelCost] = field(default_factory=list)  # each copy on its device
 
     @property
@@ -190,8 +191,10 @@ def partition_violations(num_classes: int, groups: list) -> list[str]:
 
 def failover_scenarios(problem: Problem, placements: Sequence[Placement],
                        standby: Sequence[str], costs: Sequence[SubModelCost],
-                       device_times: Mapping[str, float], fusion_s: float) -> dict[str, float]:
-    """Makespan under each single-device failure: failed device -> makespan.
+                       device_times: Mapping[str, float], fusion_s: float
+                       ) -> dict[str, tuple[float, list[str]]]:
+    """Makespan and send order under each single-device failure: failed device -> (makespan,
+    the devices sent the input, first sent first).
 
     Every device that hosts a primary sub-model may fail, except the aggregator (it holds the
     fusion head, which no standby copy replaces). Device f fails: it receives no input and runs
@@ -205,7 +208,8 @@ def failover_scenarios(problem: Problem, placements: Sequence[Placement],
     result = {}
     for failed in (d for d in in_listing if d in hosts and d != aggregator):
         schedule = failover_schedule(problem, placements, standby, costs, device_times, failed)
-        result[failed] = max(schedule.finish_s.values(), default=0.0) + fusion_s
+        result[failed] = (max(schedule.finish_s.values(), default=0.0) + fusion_s,
+                          list(schedule.order))
     return result
 
 
@@ -327,9 +331,12 @@ def score_plan(problem: Problem, placements: list[Placement],
         violations.append(f"makespan {makespan:.6g} s exceeds the latency budget "
                           f"{problem.latency_budget_s} s")
     failover: dict[str, float] = {}
+    failover_order: dict[str, list[str]] = {}
     if standby_costs:
-        failover = failover_scenarios(problem, placements, standby_on, standby_costs,
-                                      device_times, fusion_s)
+        scenarios = failover_scenarios(problem, placements, standby_on, standby_costs,
+                                       device_times, fusion_s)
+        failover = {failed: span for failed, (span, _) in scenarios.items()}
+        failover_order = {failed: order for failed, (_, order) in scenarios.items()}
         bound = problem.failover_latency_s
         for failed, span in failover.items():
             if bound is not None and span > bound:
@@ -346,4 +353,5 @@ def score_plan(problem: Problem, placements: list[Placement],
         makespan_s=makespan, fusion_s=fusion_s, device_times_s=device_times, costs=costs,
         memory_sum_bytes=sum(c.mem_bytes for c in costs),
         max_loss_pp=max(losses, default=None), similarity_sum=similarity, input=schedule,
-        violations=violations, failover_s=failover, standby_costs=standby_costs)
+        violations=violations, failover_s=failover, failover_order=failover_order,
+        standby_costs=standby_costs)

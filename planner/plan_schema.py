@@ -113,6 +113,10 @@ class ResiliencePlan(StrictModel):
         description="makespan with that one device failed: its sub-models run on their standby "
                     "devices after those devices' own work (every device hosting a primary, "
                     "the aggregator excepted)")
+    failover_send_order: dict[str, list[Name]] = Field(
+        default_factory=dict, description="with that one device failed, the devices sent the "
+        "input, first sent first (Jackson's rule for that scenario, as failover_makespan_s "
+        "assumes; empty for plans made before it was recorded or without the input transfer)")
     worst_failover_makespan_s: NonNegative | None = Field(
         description="the largest of failover_makespan_s (None: no device can fail over)")
     worst_failed_device: str | None = None
@@ -184,6 +188,17 @@ class Plan(StrictModel):
     @property
     def num_submodels(self) -> int:
         return len(self.submodels)
+
+    @property
+    def send_order(self) -> list[str]:
+        """The devices the runtime sends the input to one after another, as priced (empty: the
+        plan does not model the transfer, and the input goes to every device at once)."""
+        return list(self.input.send_order) if self.input and self.input.input_bytes else []
+
+    @property
+    def failover_send_order(self) -> dict[str, list[str]]:
+        """failed device -> that scenario's send order (empty without standby copies)."""
+        return dict(self.resilience.failover_send_order) if self.resilience else {}
 
     @model_validator(mode="after")
     def _sound(self) -> "Plan":

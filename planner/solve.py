@@ -248,7 +248,9 @@ def _resilience_report(problem, placements, standby, score, bound, proven) -> Re
                     if score.failover_s else None)
     return ResiliencePlan(
         failover_latency_s=problem.failover_latency_s, standby_mem_bytes=held,
-        failover_makespan_s=score.failover_s, worst_failover_makespan_s=worst,
+        failover_makespan_s=score.failover_s,
+        failover_send_order=score.failover_order if problem.input_bytes_sent else {},
+        worst_failover_makespan_s=worst,
         worst_failed_device=worst_device,
         failover_bound_s=min(bound, worst) if bound is not None and worst is not None else None,
         failover_proven=proven)

@@ -188,6 +188,11 @@ class DeploymentManifest(StrictModel):
     failover_makespan_s: dict[str, NonNegative] = Field(
         default_factory=dict, description="the plan's makespan with that one device failed, its "
         "sub-models run by their standby copies (plans with `resilience.standby`)")
+    input_send_order: list[Name] = Field(
+        default_factory=list, description="the plan's order of sending each request's input, "
+        "one device after another (empty: every device at once); the runtime's default")
+    failover_send_order: dict[str, list[Name]] = Field(
+        default_factory=dict, description="with that one device failed, the plan's send order")
 
     @model_validator(mode="after")
     def _consistent(self) -> "DeploymentManifest":
@@ -205,6 +210,15 @@ class DeploymentManifest(StrictModel):
             if e.standby_device == e.device:
                 raise ValueError(f"submodels.{e.index}.standby_device: the standby copy must be "
                                  f"on another device than {e.device!r}")
+        devices = {e.device for e in self.submodels} | {e.standby_device for e in self.submodels}
+        orders = {"input_send_order": self.input_send_order,
+                  **{f"failover_send_order.{d}": o for d, o in self.failover_send_order.items()}}
+        for where, order in orders.items():
+            stranger = next((d for d in order if d not in devices), None)
+            if stranger is not None:
+                raise ValueError(f"{where}: {stranger!r} is not a device of the deployment")
+            if len(set(order)) != len(order):
+                raise ValueError(f"{where}: a device is listed twice")
         if self.preprocess.img_size != self.img_size:
             raise ValueError(f"preprocess.img_size {self.preprocess.img_size} differs from "
                              f"img_size {self.img_size}")

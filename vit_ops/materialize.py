@@ -313,7 +313,8 @@ def _build(plan: Plan, base: LoadedBase, splits: DataSplits, counts: list[PruneC
         finetune_augment=config.finetune.augment,
         split=f"base/{SPLIT_FILE}", base_params=base_params, submodels=entries,
         fusion_device=fusion_spec.device,
-        failover_makespan_s=dict(plan.resilience.failover_makespan_s) if plan.resilience else {})
+        failover_makespan_s=dict(plan.resilience.failover_makespan_s) if plan.resilience else {},
+        input_send_order=plan.send_order, failover_send_order=plan.failover_send_order)
     save_manifest(staging, manifest)
     return manifest
 

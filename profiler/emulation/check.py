@@ -251,10 +251,11 @@ def plan_devices(plan_path: Path) -> list[str]:
 
 
 def serve_plan(fleet: EmulatedFleet, plan_path: Path, images: int,
-               input_order: list[str] | None = None, timeout_s: float = 120.0,
+               input_order: list[str] | str = "plan", timeout_s: float = 120.0,
                kill: Kill | None = None) -> dict:
-    """Serve `plan_path` as a synthetic deployment on the fleet (standby copies included); the
-    aggregator's JSON result. The aggregator's output goes to files beside the plan
+    """Serve `plan_path` as a synthetic deployment on the fleet (standby copies included), the
+    input sent as `input_order` says (the runtime's `--input-order`: "plan", "at-once" or a list
+    of devices); the aggregator's JSON result. The aggregator's output goes to files beside the plan
     (`serve-PLAN[-kill-DEVICE].out/.err`): with `kill`, its log says when every device joined."""
     devices = plan_devices(plan_path)
     world = 1 + len(devices)
@@ -264,8 +265,8 @@ def serve_plan(fleet: EmulatedFleet, plan_path: Path, images: int,
     aggregator = [*EDVIT, *(["-v"] if kill else []), "worker", str(plan_path), "--rank", "0",
                   *common, "--images", str(images), "--json", "--trace", "--request-gap",
                   str(REQUEST_GAP_S)]
-    if input_order:
-        aggregator += ["--input-order", ",".join(input_order)]
+    aggregator += ["--input-order",
+                   input_order if isinstance(input_order, str) else ",".join(input_order)]
     stem = plan_path.parent / (f"serve-{plan_path.stem}" + (f"-kill-{kill.device}" if kill else ""))
     out_path, err_path = stem.with_suffix(".out"), stem.with_suffix(".err")
     with open(out_path, "w") as out, open(err_path, "w") as err:
@@ -350,9 +351,10 @@ def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
 
 
 def plan_input_order(plan: dict) -> list[str] | None:
-    """The plan's send order of the input, when the plan models the transfer."""
+    """The plan's send order of the input, when the plan models the transfer and sends to any
+    device (None: at once, or nothing to send)."""
     transfer = plan.get("input") or {}
-    return list(transfer["send_order"]) if transfer.get("input_bytes") else None
+    return list(transfer["send_order"]) or None if transfer.get("input_bytes") else None
 
 
 def rescore_with_transfer(plan: dict, inventory: Path,
@@ -398,7 +400,9 @@ def run_case(case: FleetCase, work_dir: Path, profile: Path,
                 if order is not None and order != jackson:
                     arrivals, makespan, _ = rescore_with_transfer(plan, inventory, order)
                 name = label if len(send_orders) == 1 else f"{label}/{how}"
-                result = serve_plan(fleet, plan_path, case.images, order)
+                served = {"plan": "plan", "at-once": "at-once",
+                          "jackson": jackson or "at-once"}[how]
+                result = serve_plan(fleet, plan_path, case.images, served)
                 (work_dir / f"serve-{name.replace('/', '-')}.json").write_text(json.dumps(result))
                 checks.append(compare(name, plan_path, result, order, arrivals, makespan))
     return CaseResult(case=case, calibrated=calibrated, checks=checks,

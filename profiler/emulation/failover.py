@@ -15,9 +15,8 @@ slots to them from then on. Each failure is a `PlanCheck` too: the plan's
 `failover_makespan_s[device]` against the median of the complete failover answers after the
 request the device failed in, per device the scenario's predicted input arrival and finish
 (`planner.checker.failover_schedule`) against the measured ones, and the scenario re-scored in the
-send order the runtime used (`transfer_makespan_s`): the plan's normal order without the failed
-device, a device outside that order (one holding only copies) first. The planner assumes Jackson's
-order for each scenario, which the runtime does not switch to.
+send order the runtime used (`transfer_makespan_s`): by default the plan's own order for that
+scenario (`resilience.failover_send_order`, Jackson's rule for it), the one its makespan assumes.
 """
 
 from __future__ import annotations
@@ -108,17 +107,16 @@ class _Scenario:
                                  self.score.standby_costs, self.score.device_times_s, failed,
                                  order)
 
-    def served_order(self, failed: str, order: list[str] | None) -> list[str] | None:
-        """The order the runtime sends the input in with `failed` down: devices with work that
-        `order` does not name first (at once), then `order` without the failed device."""
-        if order is None:
+    def served_order(self, plan: dict, failed: str) -> list[str] | None:
+        """The order the runtime sends the input in with `failed` down (its default, "plan"):
+        the plan's order for that scenario; None (at once) for a plan without the transfer."""
+        if plan_input_order(plan) is None:
             return None
-        remote = list(self.schedule(failed, None).order)
-        return [d for d in remote if d not in order] + [d for d in order if d in remote]
+        recorded = (plan.get("resilience") or {}).get("failover_send_order") or {}
+        return recorded.get(failed) or list(self.schedule(failed, None).order)
 
 
-def check_failover(device: str, plan: dict, scenario: _Scenario, result: dict,
-                   order: list[str] | None) -> FailoverRun:
+def check_failover(device: str, plan: dict, scenario: _Scenario, result: dict) -> FailoverRun:
     """The answers after the request `device` failed in against the plan's scenario."""
     failed_at = next((f["at_image"] for f in result["failed_devices"]
                       if f["device"] == device and f["at_image"] is not None), None)
@@ -130,7 +128,7 @@ def check_failover(device: str, plan: dict, scenario: _Scenario, result: dict,
                            f"after it (raise --images)")
     if any(result["degraded"]) or not all(result["failover"][failed_at + 1:]):
         raise RuntimeError(f"answers after {device} failed are not all complete failover ones")
-    served = scenario.served_order(device, order)
+    served = scenario.served_order(plan, device)
     planned = scenario.schedule(device, None)
     measured_order = scenario.schedule(device, served)
     work: dict[str, list[float]] = {}
@@ -187,7 +185,7 @@ def run_failover_case(case: FleetCase, work_dir: Path, profile: Path, victims: s
             raise RuntimeError(f"{case.name}: the plan scores no failure (every sub-model on "
                                f"the aggregator?)")
         order = plan_input_order(plan)
-        full = compare("full fleet", plan_path, serve_plan(fleet, plan_path, case.images, order),
+        full = compare("full fleet", plan_path, serve_plan(fleet, plan_path, case.images),
                        order)
         scenario = _Scenario(plan, inventory)
         names = ([resilience["worst_failed_device"]] if victims == "worst"
@@ -196,10 +194,9 @@ def run_failover_case(case: FleetCase, work_dir: Path, profile: Path, victims: s
         failovers = []
         for device in names:
             kill = Kill(device, KILL_AFTER_REQUESTS * request_s)
-            result = serve_plan(fleet, plan_path, KILL_AFTER_REQUESTS + case.images, order,
-                                kill=kill)
+            result = serve_plan(fleet, plan_path, KILL_AFTER_REQUESTS + case.images, kill=kill)
             (work_dir / f"serve-kill-{device}.json").write_text(json.dumps(result))
-            failovers.append(check_failover(device, plan, scenario, result, order))
+            failovers.append(check_failover(device, plan, scenario, result))
     return FailoverCaseResult(case=case, plan_path=plan_path, full=full, failovers=failovers,
                               calibrated=calibrated, seconds=time.monotonic() - started)
 

@@ -195,6 +195,33 @@ def test_checker_scores_each_failure_by_hand():
     assert not score_plan(roomy, placements).valid     # resilience on: copies are required
 
 
+@pytest.mark.parametrize("seed", [1, 3, 4, 7])
+def test_each_failure_records_the_send_order_its_makespan_assumes(seed):
+    """The plan carries, per failure, the send order that scenario was scored in; that order is
+    the best of every order of the scenario's devices (brute force), and the one the runtime
+    sends in while that device is down."""
+    from planner.checker import failover_schedule
+
+    problem = resilient(seed, num_devices=4)
+    plan = solve(problem, SolverConfig(time_limit_s=20, workers=1))
+    resilience = plan.resilience
+    assert resilience.failover_makespan_s
+    placements = [Placement(sm.device, sm.ratio, tuple(sm.classes)) for sm in plan.submodels]
+    standby = [sm.standby_device for sm in plan.submodels]
+    score = score_plan(problem, placements, standby=standby)
+    assert sorted(resilience.failover_send_order) == sorted(resilience.failover_makespan_s)
+    for failed, order in resilience.failover_send_order.items():
+        def span(send):
+            schedule = failover_schedule(problem, placements, standby, score.standby_costs,
+                                         score.device_times_s, failed, send)
+            return max(schedule.finish_s.values()) + score.fusion_s
+
+        assert failed not in order
+        assert span(order) == pytest.approx(resilience.failover_makespan_s[failed])
+        best = min(span(list(o)) for o in itertools.permutations(order))
+        assert span(order) == pytest.approx(best)
+
+
 def test_absent_resilience_keeps_todays_plan():
     problem = random_problem(2)
     assert problem.resilience is None and "resilience" not in problem.model_dump(

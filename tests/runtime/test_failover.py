@@ -27,6 +27,7 @@ from tests.runtime.test_service import (ServiceProcess, _model, digit_files, ser
 from vit_ops import deploy
 from vit_ops.runtime import (FeatureSlot, RuntimeConfig, WorkerFailedError, predict_fused,
                              serve_local)
+from vit_ops.runtime.source import SendOrders
 
 pytestmark = pytest.mark.slow  # starts fleets of worker processes
 
@@ -82,6 +83,41 @@ def test_standby_copies_answer_complete_from_the_request_in_flight_on(tmp_path, 
     assert _leftover_workers() == []
 
 
+class Ordered(StandbyStandIn):
+    """`StandbyStandIn` with planned send orders: normally d, c, b, a; while a is down its own
+    scenario's order (b and c carry a's slots now)."""
+
+    def send_orders(self) -> SendOrders:
+        return SendOrders(normal=["d", "c", "b", "a"], failover={"a": ["c", "b", "d"]})
+
+
+def _send_sequence(trace) -> list[str]:
+    return sorted(trace.devices, key=lambda d: trace.devices[d].input_send_start_s)
+
+
+def test_the_input_goes_out_in_the_plans_order_and_in_the_failures_own_order(tmp_path):
+    """By default (`input_order="plan"`) the aggregator sends in the source's planned order, one
+    device after another (each acknowledged before the next starts), and once a device is down
+    in the order the plan priced that failure with; `at-once` ignores both."""
+    source = Ordered(fault=("a", "die", 4, str(tmp_path / "fault")))
+    config = RuntimeConfig(timeout_s=FAULT_TIMEOUT_S, join_timeout_s=JOIN_TIMEOUT_S, trace=True)
+    result = serve_local(source, 10, config)
+    failed_at = result.failed_devices[0].at_image
+    # d holds only a copy of slot 3 (c's), so it is asked nothing while c is up
+    before = [_send_sequence(t) for t in result.trace[:failed_at]]
+    after = [_send_sequence(t) for t in result.trace[failed_at + 1:]]
+    assert before and all(order == ["c", "b", "a"] for order in before)
+    assert after and all(order == ["c", "b"] for order in after)
+    for trace in result.trace[failed_at + 1:]:  # one after another: each send once acknowledged
+        c, b = trace.devices["c"], trace.devices["b"]
+        assert c.input_sent_s <= b.input_send_start_s
+    at_once = serve_local(Ordered(), 3, config.model_copy(update={"input_order": "at-once"}))
+    for trace in at_once.trace:
+        starts = [d.input_send_start_s for d in trace.devices.values()]
+        assert max(starts) == min(starts)  # one instant: every send posted before any wait
+    assert _leftover_workers() == []
+
+
 def test_standby_copies_run_in_the_onnxruntime_engine_with_the_same_features():
     """With `--engine onnxruntime` a worker exports its standby copies too, each checked against
     its model; what it answers for a failed device's slots is what the torch engine answers."""
@@ -120,6 +156,13 @@ def test_materialize_records_the_plans_standby_copies(standby_plan, standby_depl
                                     for primary, standby, _ in placed)
     assert [(e.device, e.standby_device, e.classes) for e in manifest.submodels] == placed
     assert manifest.failover_makespan_s == standby_plan.resilience.failover_makespan_s
+    # the send orders the runtime uses by default: the plan's, normally and per failure
+    assert manifest.input_send_order == standby_plan.send_order
+    assert manifest.failover_send_order == standby_plan.failover_send_order
+    assert set(manifest.failover_send_order) == set(manifest.failover_makespan_s)
+    with pytest.raises(ValueError, match="failover_send_order.* is not a device"):
+        deploy.DeploymentManifest.model_validate(manifest.model_dump() | {
+            "failover_send_order": {manifest.submodels[0].device: ["nowhere"]}})
     for entry in manifest.submodels:  # the copy is the primary's sub-model, loaded again
         copy, = [s for s in deploy.load_standby_submodels(standby_deployment, entry.standby_device)
                  if s.index == entry.index]

@@ -94,9 +94,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic", action="store_true",
                         help="DEPLOY_DIR is a plan file (edvit plan --out): serve random-weight "
                              "sub-models of its shapes, random images (timing only)")
-    parser.add_argument("--input-order", metavar="DEV1,DEV2,...",
-                        help="send each input to these devices one after another, in this "
-                             "order, after the devices not named (default: to all at once)")
+    parser.add_argument("--input-order", metavar="plan|at-once|DEV1,DEV2,...", default="plan",
+                        help="how each input goes out: 'plan' (default) in the deployment's "
+                             "planned order, one device after another (at once when the plan "
+                             "does not model the transfer); 'at-once' to every device at once; "
+                             "or to the devices listed one after another, after those not named")
     parser.add_argument("--request-gap", type=float, default=0.0, metavar="S",
                         help="with --images: idle S seconds before each request, so each meets "
                              "an idle fleet (default 0: back to back)")
@@ -127,7 +129,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> RuntimeConfig:
     if args.images < 1:
         raise InputError("must be >= 1", field="--images", value=args.images)
-    order = [d.strip() for d in args.input_order.split(",")] if args.input_order else None
+    order = (args.input_order if args.input_order in ("plan", "at-once")
+             else [d.strip() for d in args.input_order.split(",")])
     try:
         return RuntimeConfig(timeout_s=args.timeout, join_timeout_s=args.join_timeout,
                              threads=args.threads, batch_size=args.batch_size,

@@ -19,7 +19,7 @@ import torch.nn as nn
 from planner.errors import InputError
 from vit_ops import deploy
 from vit_ops.base_model import read_base_spec
-from vit_ops.runtime.source import FeatureSlot
+from vit_ops.runtime.source import FeatureSlot, SendOrders
 from vit_ops.runtime.transform import EvalTransform
 
 
@@ -71,6 +71,10 @@ class VitOpsDeployment:
                 return {}
             planned[entry.device] = planned.get(entry.device, 0.0) + entry.planned_device_s
         return planned
+
+    def send_orders(self) -> SendOrders:
+        return SendOrders(normal=self.manifest.input_send_order,
+                          failover=self.manifest.failover_send_order)
 
     def load_fusion(self) -> nn.Module:
         return deploy.load_fusion(self.deploy_dir).module

@@ -43,6 +43,7 @@ from vit_ops.runtime.results import (DeviceFailure, DeviceTrace, RequestTrace, R
                                      WorkerInfo, first_line)
 from vit_ops.runtime.source import (
     DeploymentSource,
+    SendOrders,
     device_columns,
     device_slots,
     devices_of,
@@ -156,7 +157,8 @@ class Fleet:
         self.slot_columns = list(torch.split(torch.arange(feature_width(slots)),
                                              self.slot_widths))
         self.total_width = feature_width(slots)
-        unknown = [d for d in config.input_order or [] if d not in devices_of(source)]
+        self.send_orders = _send_orders(source, config.input_order)
+        unknown = [d for d in self.send_orders.normal if d not in devices_of(source)]
         if unknown:
             raise InputError("not a device of the fleet", field="input_order", value=unknown[0])
         self.num_slots = len(slots)
@@ -292,8 +294,8 @@ class Fleet:
     @torch.no_grad()
     def infer(self, pixels: torch.Tensor, deadline: float,
               failover_deadline: float | None = None) -> FleetAnswer:
-        """Fused logits of uint8 images (n, C, H, W), every live device asked at once (or, with
-        `config.input_order`, one after another), a failed device's slots asked of the devices
+        """Fused logits of uint8 images (n, C, H, W), the live devices sent them in the send
+        order for the devices down (`send_orders`), a failed device's slots asked of the devices
         holding their standby copies; `deadline` is a `time.monotonic()` instant. Slots whose
         device fails during the request are asked of their standby devices once more, until
         `failover_deadline` (None: `deadline`)."""
@@ -307,7 +309,7 @@ class Fleet:
         routes = self._routes(live, down)
         asks = [self._ask(d, link, True, routes.get(d.name, ()))
                 for d, link in live if d.width or d.name in routes]
-        replies, sent = self._exchange(asks, wire, n, deadline, self.config.input_order)
+        replies, sent = self._exchange(asks, wire, n, deadline, self.send_orders.order(absent))
         self._collect(collected, replies, sent, started)
         absent |= {a.device.name for a in asks} - {a.device.name for a, _, _ in replies}
         unserved = [s for s in range(self.num_slots) if s not in collected.served]
@@ -317,7 +319,7 @@ class Fleet:
             retry = [self._ask(d, link, False, routes[d.name])
                      for d, link in live if d.name in routes]
             replies, sent = self._exchange(retry, wire, n, failover_deadline or deadline,
-                                           self.config.input_order)
+                                           self.send_orders.order(absent))
             self._collect(collected, replies, sent, started)
             absent |= {a.device.name for a in retry} - {a.device.name for a, _, _ in replies}
         received = time.perf_counter()
@@ -514,3 +516,14 @@ class Fleet:
             self._wait(device, link, work, deadline)
         if self._watcher.is_alive():
             self._watcher.join(timeout=1.0)
+
+
+def _send_orders(source: DeploymentSource, input_order: list[str] | str) -> SendOrders:
+    """The send orders a fleet uses: the deployment's planned ones ("plan"; at once where it has
+    none), none ("at-once"), or one listed order whatever is down."""
+    if input_order == "plan":
+        planned = getattr(source, "send_orders", None)
+        return planned() if planned else SendOrders()
+    if input_order == "at-once":
+        return SendOrders()
+    return SendOrders(normal=list(input_order))

@@ -42,16 +42,20 @@ class RuntimeConfig(StrictModel):
     engine: Literal["torch", "onnxruntime"] = Field(
         default="torch", description="what runs each worker's sub-model(s): eager PyTorch, or "
         "their graph exported to onnxruntime at load (see vit_ops.runtime.engine)")
-    input_order: list[str] | None = Field(
-        default=None, description="send each request's input to the devices one after another "
-        "in this order (a plan's send order of its remote devices), each once the previous device "
-        "acknowledged it, so the aggregator's link carries one transfer at a time; devices not "
-        "listed (a worker on the aggregator's own host) get theirs first, at once. None: to "
-        "every device at once (TCP shares the link)")
+    input_order: list[str] | Literal["plan", "at-once"] = Field(
+        default="plan", description="how each request's input goes out. A list: to the devices "
+        "one after another in this order, each once the previous device acknowledged it, so the "
+        "aggregator's link carries one transfer at a time; devices not listed (a worker on the "
+        "aggregator's own host) get theirs first, at once. 'plan': in the deployment's planned "
+        "order (SendOrders: its own order while a device is down), at once when the plan does "
+        "not model the transfer. 'at-once': to every device at once (TCP shares the link)")
+
     @field_validator("input_order")
     @classmethod
-    def _each_device_once(cls, order: list[str] | None) -> list[str] | None:
-        repeated = sorted({d for d in order or [] if order.count(d) > 1})
+    def _each_device_once(cls, order):
+        if isinstance(order, str):
+            return order
+        repeated = sorted({d for d in order if order.count(d) > 1})
         if repeated:
             raise ValueError(f"device {repeated[0]!r} is listed twice: each device is sent its "
                              f"input once")

@@ -7,8 +7,9 @@ fusion head (`load_fusion()`: (B, sum of all widths) -> (B, num_classes) logits)
 shape (`image_shape()`: C, H, W) and hands out the first N held-out images with their labels
 (`eval_images(n)`: float32 (N, C, H, W), int64 (N,); an InputError when fewer exist). A source may
 also offer `planned_device_s()` (device -> the plan's predicted seconds per image), which a
-calibrated run reports beside the measured ones. A slot may name a `standby` device holding a copy
-of its sub-model; such a source offers `load_standby(device)` (slot index -> that copy's extractor,
+calibrated run reports beside the measured ones, and `send_orders()` (`SendOrders`: the plan's
+order of sending the input, normally and per failed device), which the aggregator sends in by
+default. A slot may name a `standby` device holding a copy of its sub-model; such a source offers `load_standby(device)` (slot index -> that copy's extractor,
 images -> its features) for the worker of that device. Sources must be picklable: the local
 launcher sends the source itself to every worker process, and each loads only its own device.
 
@@ -35,6 +36,25 @@ class FeatureSlot(FrozenModel):
     width: int = Field(gt=0, description="feature floats per image")
     standby: str | None = Field(default=None, description="the device holding a standby copy "
                                 "of the sub-model, which serves the slot while `device` is down")
+
+
+class SendOrders(FrozenModel):
+    """The order the aggregator sends each request's input in, one device after another, as the
+    plan priced it: `normal` with every device up, `failover[d]` while device d is down (that
+    scenario's own order: its standby devices carry more work). Empty `normal`: every device at
+    once (a plan without the input transfer)."""
+
+    normal: list[str] = Field(default_factory=list)
+    failover: dict[str, list[str]] = Field(default_factory=dict)
+
+    def order(self, absent: set[str] | frozenset[str]) -> list[str] | None:
+        """The send order with the devices of `absent` down (None: every device at once). One
+        device down: its scenario's order; more than one (no plan prices that): the normal order
+        of the devices left."""
+        if len(absent) == 1 and next(iter(absent)) in self.failover:
+            return list(self.failover[next(iter(absent))])
+        order = [d for d in self.normal if d not in absent]
+        return order or None
 
 
 @runtime_checkable

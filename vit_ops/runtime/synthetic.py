@@ -23,7 +23,7 @@ from planner.vit_shape import ViTShape, counts_for_ratio
 from vit_ops.architecture import build_vit
 from vit_ops.data import normalize_pixels
 from vit_ops.fusion import FusionHead
-from vit_ops.runtime.source import FeatureSlot
+from vit_ops.runtime.source import FeatureSlot, SendOrders
 from vit_ops.shapes import shape_for_arch
 
 FUSION_HIDDEN = 256
@@ -160,6 +160,9 @@ class PlanSyntheticDeployment:
 
     def planned_device_s(self) -> dict[str, float]:
         return dict(self._plan.device_times_s)
+
+    def send_orders(self) -> SendOrders:
+        return SendOrders(normal=self._plan.send_order, failover=self._plan.failover_send_order)
 
     def load_fusion(self) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
