@@ -41,6 +41,9 @@ class DeviceKind(StrictModel):
     send_overhead_s: Seconds | None = Field(
         default=None, description="as an aggregator: fixed cost per input sent to a device "
                                   "(`edvit calibrate --input-bytes`; absent: 0)")
+    hosting_send_overhead_s: Seconds | None = Field(
+        default=None, description="as an aggregator: the same while it also runs a sub-model, "
+                                  "whose worker shares its CPU (absent: send_overhead_s)")
     cost_usd: Price | None = None
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")

@@ -103,14 +103,26 @@ def submodel_latency(row: ProfileRow, device: Device, on_aggregator: bool) -> Su
                         mem_bytes=row.mem_bytes, loss_pp=None)
 
 
-def input_transfer_s(problem: Problem, device: Device) -> float:
-    """b_d = input_bytes / min(link of the aggregator, link of d) + the aggregator's
-    send_overhead_s (absent: 0); 0 on the aggregator or when the problem sends no input."""
+def input_transfer_s(problem: Problem, device: Device,
+                     aggregator_hosts: bool | None = None) -> float:
+    """b_d = input_bytes / min(link of the aggregator, link of d) + the aggregator's per-send
+    cost; 0 on the aggregator or when the problem sends no input. The per-send cost is
+    `send_overhead_s` (absent: 0), or `hosting_send_overhead_s` when the aggregator holds a
+    sub-model or standby copy (`aggregator_hosts`; None: whenever the problem lets it)."""
     aggregator = problem.device(problem.aggregator_name)
     if not problem.input_bytes_sent or device.name == aggregator.name:
         return 0.0
+    hosts = problem.hosts_on_aggregator if aggregator_hosts is None else aggregator_hosts
     return (problem.input_bytes_sent / min(aggregator.link_bytes_per_s, device.link_bytes_per_s)
-            + (aggregator.send_overhead_s or 0.0))
+            + send_overhead_s(aggregator, hosts))
+
+
+def send_overhead_s(aggregator: Device, hosts: bool) -> float:
+    """The aggregator's cost per input sent: `hosting_send_overhead_s` while it also holds a
+    sub-model or standby copy (when given), else `send_overhead_s` (absent: 0)."""
+    if hosts and aggregator.hosting_send_overhead_s is not None:
+        return aggregator.hosting_send_overhead_s
+    return aggregator.send_overhead_s or 0.0
 
 
 def jackson_order(busy: Mapping[Key, float]) -> list[Key]:
@@ -139,13 +151,16 @@ def latest_finish(local_busy: float, remote: Sequence[tuple[float, float]]) -> f
 
 
 def schedule_input(problem: Problem, device_times: Mapping[str, float],
-                   order: Sequence[str] | None = None) -> InputSchedule:
-    """Arrival and finish of every used device; `order` None = Jackson's rule (the optimum)."""
+                   order: Sequence[str] | None = None,
+                   aggregator_hosts: bool | None = None) -> InputSchedule:
+    """Arrival and finish of every used device; `order` None = Jackson's rule (the optimum).
+    `aggregator_hosts`: the aggregator holds a sub-model or copy (None: it has work here)."""
     aggregator = problem.aggregator_name
     in_listing = {d.name: i for i, d in enumerate(problem.devices)}
     used = sorted(device_times, key=in_listing.__getitem__)
     remote = [d for d in used if d != aggregator] if problem.input_bytes_sent else []
-    transfer = {d: input_transfer_s(problem, problem.device(d)) for d in remote}
+    hosts = aggregator in device_times if aggregator_hosts is None else aggregator_hosts
+    transfer = {d: input_transfer_s(problem, problem.device(d), hosts) for d in remote}
     if order is None:
         order = jackson_order({d: device_times[d] for d in remote})
     arrival = {d: 0.0 for d in used} | arrivals(order, transfer)
@@ -224,7 +239,14 @@ def failover_schedule(problem: Problem, placements: Sequence[Placement],
     for p, copy_on, cost in zip(placements, standby, costs):
         if p.device == failed:
             times[copy_on] = times.get(copy_on, 0.0) + cost.total_s
-    return schedule_input(problem, times, order)
+    return schedule_input(problem, times, order, _aggregator_holds(problem, placements, standby))
+
+
+def _aggregator_holds(problem: Problem, placements: Sequence[Placement],
+                      standby: Sequence[str] | None) -> bool:
+    """The aggregator holds a sub-model or standby copy (a worker runs beside the sends)."""
+    aggregator = problem.aggregator_name
+    return any(p.device == aggregator for p in placements) or aggregator in (standby or ())
 
 
 def _check_standby(problem: Problem, placements: Sequence[Placement],
@@ -324,7 +346,8 @@ def score_plan(problem: Problem, placements: list[Placement],
         violations.append(f"send order {list(send_order)} is not an order of the devices that "
                           f"need the input {sorted(remote)}")
         send_order = None
-    schedule = schedule_input(problem, device_times, send_order)
+    schedule = schedule_input(problem, device_times, send_order,
+                              _aggregator_holds(problem, placements, standby_on))
     fusion_s = fusion_latency(problem, len(placements))
     makespan = max(schedule.finish_s.values(), default=0.0) + fusion_s
     if problem.latency_budget_s is not None and makespan > problem.latency_budget_s:

@@ -67,6 +67,7 @@ class DeviceEntry(StrictModel):
     weight_bytes_per_s: Rate | None = None
     overhead_per_block_s: Seconds | None = None
     send_overhead_s: Seconds | None = None
+    hosting_send_overhead_s: Seconds | None = None
     cost_usd: Price | None = None
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")
@@ -247,7 +248,8 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
                               overhead_s=fig.overhead_s + depth * fig.overhead_per_block_s,
                               link_bytes_per_s=fig.link_bytes_per_s,
                               weight_bytes_per_s=fig.weight_bytes_per_s,
-                              send_overhead_s=fig.send_overhead_s)
+                              send_overhead_s=fig.send_overhead_s,
+                              hosting_send_overhead_s=fig.hosting_send_overhead_s)
                        for name, _, fig in devices]
     max_submodels = min(c, len(devices) * inv.max_per_device)
     fusion = fusion_cost(max(v.feat_bytes for v in variants) // FLOAT_BYTES, inv.fusion_hidden,

@@ -67,6 +67,11 @@ class Device(StrictModel):
         description="extension, read on the aggregator only: its fixed cost per input sent (the "
                     "send, the device's receipt, the CPU it needs to be scheduled for both), so "
                     "each remote send takes input_bytes / min(links) + send_overhead_s (absent: 0)")
+    hosting_send_overhead_s: Seconds | None = Field(
+        default=None,
+        description="extension, read on the aggregator only: its cost per input sent while it "
+                    "also holds a sub-model or standby copy, whose worker shares its CPU with "
+                    "the sends (absent: send_overhead_s); the planner solves both cases exactly")
 
 
 class ProfileRow(StrictModel):
@@ -218,7 +223,7 @@ class Problem(StrictModel):
         for d in self.devices:
             types.setdefault((d.name == aggregator.name, d.mem_bytes, d.flops_per_s,
                               d.overhead_s, d.link_bytes_per_s, d.weight_bytes_per_s,
-                              d.send_overhead_s), d)
+                              d.send_overhead_s, d.hosting_send_overhead_s), d)
         configurations = len(types) * (math.comb(len(self.profile) + slots, slots) - 1)
         if configurations > MAX_CONFIGURATIONS:
             raise ValueError(
@@ -322,7 +327,8 @@ def dump_problem(problem: Problem) -> str:
     if data["fusion"]["hidden"] is None:
         del data["fusion"]["hidden"]
     for device in data["devices"]:
-        for optional in ("weight_bytes_per_s", "link_bytes_per_s", "send_overhead_s"):
+        for optional in ("weight_bytes_per_s", "link_bytes_per_s", "send_overhead_s",
+                         "hosting_send_overhead_s"):
             if device[optional] is None:
                 del device[optional]
     if data["resilience"] is not None and data["resilience"]["failover_latency_s"] is None:

@@ -42,6 +42,73 @@ def solve(problem: Problem, config: SolverConfig | None = None,
     optimum.
     """
     config = config or SolverConfig()
+    if hosting_changes_sends(problem):
+        return _solve_both_cases(problem, config, hint)
+    return _solve_priced(problem, config, hint)
+
+
+def hosting_changes_sends(problem: Problem) -> bool:
+    """Whether the aggregator's per-send cost depends on whether it holds a sub-model
+    (`hosting_send_overhead_s`), which the CP-SAT models price as one figure."""
+    aggregator = problem.device(problem.aggregator_name)
+    return (problem.sends_input and problem.hosts_on_aggregator
+            and aggregator.hosting_send_overhead_s is not None
+            and aggregator.hosting_send_overhead_s != (aggregator.send_overhead_s or 0.0))
+
+
+def _solve_both_cases(problem: Problem, config: SolverConfig, hint) -> Plan:
+    """Solve the aggregator's two cases apart, each with one per-send cost, and keep the better
+    plan. Exact: a plan holding nothing on the aggregator is priced right by the case that
+    forbids it to hold anything; one holding something there, by the case whose per-send cost
+    is the hosting one (that case prices plans leaving the aggregator free too high, never
+    too low)."""
+    started = time.perf_counter()
+    aggregator = problem.device(problem.aggregator_name)
+    busy = aggregator.model_copy(update={"send_overhead_s": aggregator.hosting_send_overhead_s,
+                                         "hosting_send_overhead_s": None})
+    cases = [problem.model_copy(update={"aggregator_hosts_submodels": False}),
+             problem.model_copy(update={"devices": [busy if d.name == aggregator.name else d
+                                                    for d in problem.devices]})]
+    plans = []
+    for k, case in enumerate(cases):
+        left = config.time_limit_s - (time.perf_counter() - started)
+        share = left / (len(cases) - k)  # the first case gets half, the second what is left
+        plans.append(_solve_priced(case, config.model_copy(update={"time_limit_s":
+                                                                   max(share, 0.05)}), hint))
+    found = [p for p in plans if p.status in ("optimal", "feasible")]
+    if not found:  # the hosting case relaxes the other: its binding constraint is the one
+        return plans[-1]
+    scored = []
+    for plan in found:
+        placements = [Placement(sm.device, sm.ratio, tuple(sm.classes)) for sm in plan.submodels]
+        standby = [sm.standby_device for sm in plan.submodels] if problem.standby else None
+        score = score_plan(problem, placements, standby=standby)
+        secondary = score.secondary_value(problem.secondary) or 0
+        worst = score.worst_failover_s
+        # ties on the makespan: the smaller worst failure, then the better secondary
+        scored.append((score.makespan_s, (-1.0 if worst is None else worst,
+                                          -secondary if problem.secondary == "similarity"
+                                          else secondary), plan, placements, standby))
+    best_makespan = min(s[0] for s in scored)
+    ties = [s for s in scored if s[0] <= best_makespan * (1 + MAKESPAN_REL_TOL)]
+    _, _, chosen, placements, standby = min(ties, key=lambda s: s[1])
+    proven = all(p.status in ("optimal", "infeasible") for p in plans)
+    bounds = [p.solver.bound_s for p in plans if p.status != "infeasible"]
+    bound = None if any(b is None for b in bounds) else min(bounds)
+    failover = None
+    if chosen.resilience is not None:
+        tied = [s[2].resilience for s in ties]
+        failover_bounds = [r.failover_bound_s for r in tied]
+        failover = (None if any(b is None for b in failover_bounds) else min(failover_bounds),
+                    all(r.failover_proven for r in tied))
+    return _assemble_plan(problem, config, placements, "optimal" if proven else "feasible",
+                          bound, all(s[2].solver.secondary_proven for s in ties),
+                          time.perf_counter() - started, standby=standby, failover=failover)
+
+
+def _solve_priced(problem: Problem, config: SolverConfig,
+                  hint: Sequence[tuple[str, float]] | None) -> Plan:
+    """`solve` for a problem whose aggregator has one per-send cost."""
     started = time.perf_counter()
 
     def remaining() -> float:

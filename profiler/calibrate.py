@@ -279,7 +279,9 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
                             if math.isfinite(traffic.weight_bytes_per_s) else None),
         overhead_per_block_s=traffic.overhead_per_block_s,
         link_bytes_per_s=link_bytes_per_s,
-        send_overhead_s=link.send.overhead_s if link is not None and link.send else None)
+        send_overhead_s=link.send.overhead_s if link is not None and link.send else None,
+        hosting_send_overhead_s=(link.send_hosting.overhead_s
+                                 if link is not None and link.send_hosting else None))
     samples = [CalibrationSample(
         label=t.label, img_size=t.img_size, flops=t.flops, weight_bytes=t.weight_bytes,
         latency_s=t.latency_s,
@@ -314,12 +316,14 @@ def device_entry_yaml(result: CalibrationResult) -> str:
     how = ("given, not measured" if link is None else
            f"measured to {link.peer} (download {link.download_bytes_per_s:.4g}, upload "
            f"{link.upload_bytes_per_s:.4g} B/s; the slower is written)")
-    if link is not None and link.send is not None:
-        send = link.send
-        lines.append(f"# send_overhead_s: {send.sends} acknowledged sends of {send.bytes:,} B in "
-                     f"bursts of {send.burst}: median {send.median_s * 1e3:.2f} ms, p90 "
-                     f"{send.p90_s * 1e3:.2f} ms, against {send.bytes_s * 1e3:.2f} ms for the "
-                     "bytes at the upload rate")
+    for figure, send, beside in (("send_overhead_s", link and link.send, "alone"),
+                                 ("hosting_send_overhead_s", link and link.send_hosting,
+                                  "beside a process computing (a sub-model here)")):
+        if send is not None:
+            lines.append(f"# {figure}: {send.sends} acknowledged sends of {send.bytes:,} B in "
+                         f"bursts of {send.burst}, {beside}: median {send.median_s * 1e3:.2f} "
+                         f"ms, p90 {send.p90_s * 1e3:.2f} ms, against {send.bytes_s * 1e3:.2f} "
+                         "ms for the bytes at the upload rate")
     if result.handoff is not None:
         h = result.handoff
         lines.append(f"# overhead_s: {h.requests} requests to a worker beside this one ({h.bytes:,} "

@@ -74,7 +74,8 @@ def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
     calibrate.add_argument("--input-bytes", type=int, metavar="B",
                            help="calibrating the aggregator, with --link-to: also time "
                                 "acknowledged sends of B-byte inputs (their cost beyond the "
-                                "bandwidth is written as send_overhead_s) and requests to a worker "
+                                "bandwidth is written as send_overhead_s, and beside a process "
+                                "computing as hosting_send_overhead_s) and requests to a worker "
                                 "beside this one (their cost beyond compute as overhead_s); B = "
                                 "the plan's input_bytes")
     link = calibrate.add_mutually_exclusive_group()
@@ -105,10 +106,13 @@ def link_summary(result) -> str:
                     f"upload {link.upload_bytes_per_s:.4g} B/s, round trip "
                     f"{link.round_trip_s * 1e3:.2f} ms; the slower direction is written")
     send = ""
-    if link is not None and link.send is not None:
-        send = (f"send_overhead_s {link.send.overhead_s:.4g} ({link.send.sends} acknowledged "
-                f"sends of {link.send.bytes:,} B: median {link.send.median_s * 1e3:.2f} ms "
-                f"against {link.send.bytes_s * 1e3:.2f} ms for the bytes)\n")
+    for figure, measured_send in (("send_overhead_s", link and link.send),
+                                  ("hosting_send_overhead_s", link and link.send_hosting)):
+        if measured_send is not None:
+            send += (f"{figure} {measured_send.overhead_s:.4g} ({measured_send.sends} "
+                     f"acknowledged sends of {measured_send.bytes:,} B: median "
+                     f"{measured_send.median_s * 1e3:.2f} ms against "
+                     f"{measured_send.bytes_s * 1e3:.2f} ms for the bytes)\n")
     return (f"link_bytes_per_s {result.device.link_bytes_per_s:.4g} ({measured})\n{send}"
             f"note: {SHARED_MEDIUM_NOTE}")
 

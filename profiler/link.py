@@ -40,7 +40,7 @@ DOWNLOAD, UPLOAD, END = 0, 1, 2
 
 
 SEND_BURST = 4  # inputs sent one after another per request, as to a fleet of four
-SEND_BURSTS = 6
+SEND_BURSTS = 10  # 40 sends: one figure stable between calibrations
 SEND_IDLE_S = 0.03  # between bursts: the devices computing, the aggregator waiting
 
 
@@ -70,7 +70,11 @@ class LinkMeasurement(StrictModel):
     large_bytes: int = Field(description="size of the large transfers timed")
     repeats: int
     send: SendMeasurement | None = Field(
-        default=None, description="acknowledged sends of an input (with send_bytes)")
+        default=None, description="acknowledged sends of an input, this machine otherwise idle "
+                                  "(with send_bytes)")
+    send_hosting: SendMeasurement | None = Field(
+        default=None, description="the same while a sibling process computes, as the "
+                                  "aggregator's own worker does when it hosts a sub-model")
 
     @property
     def link_bytes_per_s(self) -> float:
@@ -159,9 +163,10 @@ def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0
     """Bandwidth both ways and round trip to the peer at `endpoint` (see module docstring);
     with `send_bytes`, also `SEND_BURSTS` bursts of `SEND_BURST` acknowledged uploads of that
     many bytes (request, payload, receipt: the runtime's acknowledged input send), each burst
-    after `SEND_IDLE_S` idle, while a sibling process computes (`_busy_sibling`: a sub-model on
-    the aggregator), so the per-send cost on this machine (its CPU quota included) is measured
-    rather than assumed."""
+    after `SEND_IDLE_S` idle: first with this machine otherwise idle (`send`), then while a
+    sibling process computes (`send_hosting`, `_busy_sibling`: a sub-model on the aggregator),
+    so both per-send costs on this machine (its CPU quota included) are measured rather than
+    assumed."""
     store = _connect(endpoint, 1, timeout_s)
     client = _Client()
     try:
@@ -180,20 +185,12 @@ def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0
             rates[kind] = (large - SMALL_BYTES) / extra_s
             if kind == DOWNLOAD:
                 round_trip_s = statistics.median(small_s)
-        send = None
+        send = send_hosting = None
         if send_bytes:
-            times = []
             client.transfer_s(UPLOAD, send_bytes)  # warm the buffer
+            send = _timed_sends(client, send_bytes, rates[UPLOAD])
             with _busy_sibling():
-                for _ in range(SEND_BURSTS):
-                    time.sleep(SEND_IDLE_S)
-                    times.extend(client.transfer_s(UPLOAD, send_bytes)
-                                 for _ in range(SEND_BURST))
-            ordered = sorted(times)
-            send = SendMeasurement(bytes=send_bytes, burst=SEND_BURST, sends=len(times),
-                                   median_s=statistics.median(ordered),
-                                   p90_s=ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
-                                   bytes_s=send_bytes / rates[UPLOAD])
+                send_hosting = _timed_sends(client, send_bytes, rates[UPLOAD])
         client.end()
     finally:
         dist.destroy_process_group()
@@ -201,7 +198,21 @@ def measure_link(endpoint: Endpoint, repeats: int = 3, min_transfer_s: float = 0
     return LinkMeasurement(peer=f"{endpoint.host}:{endpoint.port}",
                            download_bytes_per_s=rates[DOWNLOAD], upload_bytes_per_s=rates[UPLOAD],
                            round_trip_s=round_trip_s, large_bytes=large, repeats=repeats,
-                           send=send)
+                           send=send, send_hosting=send_hosting)
+
+
+def _timed_sends(client: "_Client", size: int, upload_bytes_per_s: float) -> SendMeasurement:
+    """`SEND_BURSTS` bursts of `SEND_BURST` acknowledged uploads of `size` bytes, each burst
+    after `SEND_IDLE_S` idle, as the aggregator sends a request's input."""
+    times = []
+    for _ in range(SEND_BURSTS):
+        time.sleep(SEND_IDLE_S)
+        times.extend(client.transfer_s(UPLOAD, size) for _ in range(SEND_BURST))
+    ordered = sorted(times)
+    return SendMeasurement(bytes=size, burst=SEND_BURST, sends=len(times),
+                           median_s=statistics.median(ordered),
+                           p90_s=ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+                           bytes_s=size / upload_bytes_per_s)
 
 
 # --- the aggregator's own worker ---------------------------------------------------------------

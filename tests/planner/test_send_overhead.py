@@ -104,6 +104,47 @@ def test_solver_matches_brute_force_with_overhead(seed):
             problem.aggregator_name).send_overhead_s
 
 
+def with_hosting(problem: Problem, idle: float | None, hosting: float) -> Problem:
+    """`problem` whose aggregator pays `idle` per send alone, `hosting` beside a sub-model."""
+    name = problem.aggregator_name
+    devices = [d.model_copy(update={"send_overhead_s": idle, "hosting_send_overhead_s": hosting})
+               if d.name == name else d for d in problem.devices]
+    return Problem.model_validate(problem.model_dump() | {
+        "devices": [d.model_dump() for d in devices]})
+
+
+def test_hand_computed_sends_beside_a_sub_model_on_the_aggregator():
+    """The hosting figure is paid per send when the aggregator holds a sub-model, else the idle
+    one: the same placements with and without the aggregator's."""
+    problem = with_hosting(_hand_problem(None), 0.5, 2.0)
+    hosting = score_plan(problem, [Placement("agg", 1.0, (0, 1)), Placement("d1", 0.5, (2,)),
+                                   Placement("d2", 1.0, (3,))])
+    assert hosting.input.transfer_s == {"d2": pytest.approx(4.0), "d1": pytest.approx(6.0)}
+    assert hosting.makespan_s == pytest.approx(max(1.0, 4.0 + 10.5, 10.0 + 7.0))
+    alone = score_plan(problem, [Placement("d1", 0.5, (0,)), Placement("d2", 1.0, (1, 2, 3))])
+    assert alone.input.transfer_s == {"d2": pytest.approx(2.5), "d1": pytest.approx(4.5)}
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_solver_matches_brute_force_with_a_hosting_send_cost(seed):
+    """Two per-send figures, the hosting one above or below the idle one: the solver (both cases
+    solved apart) against exhaustive enumeration scored by the checker."""
+    rng = random.Random(700 + seed)
+    idle = rng.choice([None, 0.002, 0.01])
+    problem = with_hosting(random_problem(seed, num_devices=3, num_classes=4,
+                                          max_per_device=1 + seed % 2),
+                           idle, rng.choice([0.0, 0.02, 0.1, 0.4]))
+    plan = solve_and_match_brute_force(problem)
+    if plan is None:
+        return
+    on_aggregator = any(sm.device == problem.aggregator_name for sm in plan.submodels)
+    aggregator = problem.device(problem.aggregator_name)
+    paid = aggregator.hosting_send_overhead_s if on_aggregator else (idle or 0.0)
+    for device in plan.input.send_order:
+        link = min(aggregator.link_bytes_per_s, problem.device(device).link_bytes_per_s)
+        assert plan.input.transfer_s[device] == pytest.approx(problem.input_bytes / link + paid)
+
+
 def test_a_costly_send_uses_fewer_remote_devices():
     problem = random_problem(6, num_devices=5, num_classes=6)
     counts = []

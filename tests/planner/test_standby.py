@@ -98,6 +98,26 @@ def test_solver_matches_brute_force(case):
     assert set(plan.resilience.failover_makespan_s) == hosts
 
 
+@pytest.mark.parametrize("seed, idle, hosting", [(0, None, 0.05), (3, 0.01, 0.3), (6, 0.2, 0.0),
+                                                 (8, None, 0.1)])
+def test_solver_matches_brute_force_with_a_hosting_send_cost(seed, idle, hosting):
+    """The aggregator's per-send cost beside a sub-model or copy it holds (two cases solved
+    apart): makespan, worst failure and secondary as exhaustive enumeration finds them."""
+    from tests.planner.test_send_overhead import with_hosting
+
+    problem = with_hosting(resilient(seed, num_devices=3), idle, hosting)
+    expected = brute_force(problem)
+    plan = solve(problem, SolverConfig(time_limit_s=30))
+    if expected is None:
+        assert plan.status == "infeasible"
+        return
+    assert plan.status == "optimal"
+    assert math.isclose(plan.makespan_s, expected[0], rel_tol=1e-7)
+    worst = plan.resilience.worst_failover_makespan_s
+    assert math.isclose(-1.0 if worst is None else worst, expected[1], rel_tol=1e-7)
+    assert plan.solver.secondary_value == expected[2]
+
+
 def test_similarity_groups_classes_and_keeps_the_failure_figures():
     problem = resilient(4, num_devices=3, num_classes=4, secondary="similarity",
                         similarity=[[0, 5, 0, 1], [5, 0, 2, 0], [0, 2, 0, 7], [1, 0, 7, 0]])
