@@ -224,17 +224,23 @@ HANDOFF_FEATURE_FLOATS = 384
 
 class HandoffMeasurement(StrictModel):
     """Requests to a worker process on this machine: input in, `spin_cpu_s` of CPU, features
-    back (seconds; the spin's expected wall under this machine's quota is subtracted)."""
+    back (seconds; each request's spin, timed by the worker, is subtracted)."""
 
     bytes: int
     spin_cpu_s: float
     spin_wall_s: float = Field(description="the spin's wall time the quota grants (expected)")
     requests: int
     median_s: float = Field(description="median request, input sent to features received")
+    spin_measured_s: float | None = Field(
+        default=None, description="median of the spins' wall times as the worker timed them")
+    beyond_spin_s: float | None = Field(
+        default=None, description="median over the requests of the request less its own spin")
 
     @property
     def overhead_s(self) -> float:
         """What a request to a sub-model on this machine costs beyond its compute (>= 0)."""
+        if self.beyond_spin_s is not None:
+            return max(0.0, self.beyond_spin_s)
         return max(0.0, self.median_s - self.spin_wall_s)
 
 
@@ -258,7 +264,7 @@ def measure_local_handoff(input_bytes: int, spin_cpu_s: float, spin_wall_s: floa
         pixels = torch.zeros(input_bytes, dtype=torch.uint8)
         features = torch.zeros(HANDOFF_FEATURE_FLOATS)
         go = torch.ones(1, dtype=torch.int64)
-        times = []
+        times, spins = [], []
         for k in range(HANDOFF_REPEATS + 2):
             time.sleep(HANDOFF_IDLE_S)
             start = time.perf_counter()
@@ -267,13 +273,16 @@ def measure_local_handoff(input_bytes: int, spin_cpu_s: float, spin_wall_s: floa
             dist.recv(features, src=1)
             if k >= 2:  # two warm-up requests
                 times.append(time.perf_counter() - start)
+                spins.append(float(features[0]))  # the worker's own timing of its spin
         dist.send(torch.zeros(1, dtype=torch.int64), dst=1)
     finally:
         dist.destroy_process_group()
         del store
         child.wait(timeout=30)
     return HandoffMeasurement(bytes=input_bytes, spin_cpu_s=spin_cpu_s, spin_wall_s=spin_wall_s,
-                              requests=len(times), median_s=statistics.median(times))
+                              requests=len(times), median_s=statistics.median(times),
+                              spin_measured_s=statistics.median(spins),
+                              beyond_spin_s=statistics.median(t - s for t, s in zip(times, spins)))
 
 
 def _handoff_worker(port: int, input_bytes: int, spin_cpu_s: float, timeout_s: float) -> None:
@@ -288,9 +297,11 @@ def _handoff_worker(port: int, input_bytes: int, spin_cpu_s: float, timeout_s: f
             if not int(command):
                 return
             dist.recv(pixels, src=0)
+            started = time.perf_counter()
             until = time.thread_time() + spin_cpu_s
             while time.thread_time() < until:
                 pass
+            features[0] = time.perf_counter() - started  # the sub-model's own time, as measured
             dist.send(features, dst=0)
     finally:
         dist.destroy_process_group()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from profiler.quota import own_cpu_quota, quota_wall_s
@@ -50,3 +52,15 @@ def test_throttled_time_is_read_from_v2_and_v1_cpu_stat(tmp_path):
     (bare / "cpu.stat").write_text("usage_usec 10\n")
     assert cgroup_throttled_s(v2) == 2.5 and cgroup_throttled_s(v1) == 1.5
     assert cgroup_throttled_s(bare) is None and cgroup_throttled_s(tmp_path / "none") is None
+
+
+def test_the_quota_clock_takes_the_measured_wall_when_it_is_shorter():
+    """A loaded host only adds wall time (the quota's figure is kept); a call the kernel let run
+    past the quota's figure keeps its measured wall."""
+    from profiler.calibrate import quota_clock_s
+    from profiler.quota import CpuQuota
+
+    quota = CpuQuota(quota_s=0.003, period_s=0.01, directory=Path("."))
+    figure = quota_wall_s(0.004, 0.003, 0.01)
+    assert quota_clock_s(0.050, 0.004, quota) == pytest.approx(figure)  # host load: the figure
+    assert quota_clock_s(0.0045, 0.004, quota) == pytest.approx(0.0045)  # ran past it: measured

@@ -359,3 +359,27 @@ def test_cli_bad_input_is_one_line_exit_2(digits_deployment, capsys, argv, field
     code = cli_main([a.replace("{d}", str(digits_deployment)) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and field in err[0]
+
+
+def test_the_watcher_reads_the_store_rarely_once_every_device_serves(monkeypatch):
+    """While every device serves, the aggregator's watcher reads each device's generation every
+    WATCH_S, not every POLL_S: on a node under a CPU quota those wake-ups slow its own worker."""
+    from vit_ops.runtime import fleet as fleet_module
+
+    reads: list[float] = []
+    real = fleet_module.latest_generation
+
+    def counted(store, rank):
+        reads.append(time.monotonic())
+        return real(store, rank)
+
+    monkeypatch.setattr(fleet_module, "latest_generation", counted)
+    result = serve_local(StandIn(), 8, RuntimeConfig(timeout_s=30, join_timeout_s=JOIN_TIMEOUT_S,
+                                                     request_gap_s=0.25))
+    assert len(result.predictions) == 8
+    # the last 1.5 s of eight requests 0.25 s apart: every device has joined by then
+    window = [t for t in reads if t >= reads[-1] - 1.5]
+    devices = len(set(StandIn.devices))
+    per_second = len(window) / 1.5
+    # WATCH_S (0.5 s): about 2 reads per device and second; at POLL_S it would be 50
+    assert per_second <= devices * (2 / fleet_module.WATCH_S), per_second
