@@ -77,20 +77,29 @@ CASES = [dict(seed=s, num_devices=3) for s in range(6)] + \
         [dict(seed=s, num_devices=3, max_per_device=2, num_classes=5) for s in range(10, 13)]
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_solver_matches_brute_force(case):
-    problem = resilient(**case)
+def solve_and_match_brute_force(problem: Problem):
+    """The solver's plan against `brute_force`: infeasible exactly when nothing is, else optimal
+    with the same makespan, worst failure and secondary (None when infeasible)."""
     expected = brute_force(problem)
     plan = solve(problem, SolverConfig(time_limit_s=30))
     if expected is None:
         assert plan.status == "infeasible"
-        return
+        return None
     assert plan.status == "optimal"
     assert plan.solver.secondary_proven and plan.resilience.failover_proven
     assert math.isclose(plan.makespan_s, expected[0], rel_tol=1e-7)
     worst = plan.resilience.worst_failover_makespan_s
     assert math.isclose(-1.0 if worst is None else worst, expected[1], rel_tol=1e-7)
     assert plan.solver.secondary_value == expected[2]
+    return plan
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_solver_matches_brute_force(case):
+    problem = resilient(**case)
+    plan = solve_and_match_brute_force(problem)
+    if plan is None:
+        return
     # the plan lists a standby copy per sub-model, never on its primary, and each failure
     for sm in plan.submodels:
         assert sm.standby_device not in (None, sm.device)
@@ -105,17 +114,7 @@ def test_solver_matches_brute_force_with_a_hosting_send_cost(seed, idle, hosting
     apart): makespan, worst failure and secondary as exhaustive enumeration finds them."""
     from tests.planner.test_send_overhead import with_hosting
 
-    problem = with_hosting(resilient(seed, num_devices=3), idle, hosting)
-    expected = brute_force(problem)
-    plan = solve(problem, SolverConfig(time_limit_s=30))
-    if expected is None:
-        assert plan.status == "infeasible"
-        return
-    assert plan.status == "optimal"
-    assert math.isclose(plan.makespan_s, expected[0], rel_tol=1e-7)
-    worst = plan.resilience.worst_failover_makespan_s
-    assert math.isclose(-1.0 if worst is None else worst, expected[1], rel_tol=1e-7)
-    assert plan.solver.secondary_value == expected[2]
+    solve_and_match_brute_force(with_hosting(resilient(seed, num_devices=3), idle, hosting))
 
 
 def test_similarity_groups_classes_and_keeps_the_failure_figures():

@@ -9,8 +9,9 @@ shape (`image_shape()`: C, H, W) and hands out the first N held-out images with 
 also offer `planned_device_s()` (device -> the plan's predicted seconds per image), which a
 calibrated run reports beside the measured ones, and `send_orders()` (`SendOrders`: the plan's
 order of sending the input, normally and per failed device), which the aggregator sends in by
-default. A slot may name a `standby` device holding a copy of its sub-model; such a source offers `load_standby(device)` (slot index -> that copy's extractor,
-images -> its features) for the worker of that device. Sources must be picklable: the local
+default. A slot may name a `standby` device holding a copy of its sub-model; such a source
+offers `load_standby(device)` (slot index -> that copy's extractor, images -> its features) for
+the worker of that device. Sources must be picklable: the local
 launcher sends the source itself to every worker process, and each loads only its own device.
 
 `vit_ops.runtime.deployment.VitOpsDeployment` adapts a deployment directory written by
