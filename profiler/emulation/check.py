@@ -279,6 +279,10 @@ def serve_plan(fleet: EmulatedFleet, plan_path: Path, images: int,
     try:
         _wait_serving(main, 4 * timeout_s + images * timeout_s, err_path, len(devices),
                       (workers[kill.device], kill.after_s) if kill else None)
+    except BaseException:  # a signal or a failure: nothing waits on the others' timeouts
+        for process in (main, *workers.values()):
+            process.kill()
+        raise
     finally:
         for worker in workers.values():
             try:
