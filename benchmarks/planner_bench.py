@@ -137,8 +137,7 @@ def bench_cost_model() -> None:
         aware = solve(problem, SolverConfig(time_limit_s=60))
         blind = solve(problem.model_copy(update={"input_bytes": None}),
                       SolverConfig(time_limit_s=60))
-        rescored = score_plan(problem, [Placement(s.device, s.ratio, tuple(s.classes))
-                                        for s in blind.submodels])
+        rescored = score_plan(problem, Placement.of_plan(blind))
         ratio = rescored.makespan_s / aware.makespan_s
         ratios.append(ratio)
         print(f"| {c:>5} | {d:>3} | {aware.makespan_s * 1e3:>9.1f} | "

@@ -29,6 +29,12 @@ class Placement:
     ratio: float
     classes: tuple[int, ...]
 
+    @classmethod
+    def of_plan(cls, plan) -> list["Placement"]:
+        """The placements of a plan's sub-models (anything with `submodels` of device, ratio and
+        classes: a `Plan`), to score it again."""
+        return [cls(sm.device, sm.ratio, tuple(sm.classes)) for sm in plan.submodels]
+
 
 @dataclass(frozen=True)
 class SubModelCost:

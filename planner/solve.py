@@ -15,7 +15,8 @@ from dataclasses import replace
 import ortools
 
 from planner.binding import find_binding
-from planner.checker import MAKESPAN_REL_TOL, Placement, group_similarity, score_plan
+from planner.checker import (MAKESPAN_REL_TOL, Placement, group_similarity, score_plan,
+                             send_overhead_s)
 from planner.cpsat_model import ConfigurationModel, SolverConfig
 from planner.decode import contiguous_classes, group_sizes, place_submodels
 from planner.greedy import greedy_plan
@@ -52,8 +53,7 @@ def hosting_changes_sends(problem: Problem) -> bool:
     (`hosting_send_overhead_s`), which the CP-SAT models price as one figure."""
     aggregator = problem.device(problem.aggregator_name)
     return (problem.sends_input and problem.hosts_on_aggregator
-            and aggregator.hosting_send_overhead_s is not None
-            and aggregator.hosting_send_overhead_s != (aggregator.send_overhead_s or 0.0))
+            and send_overhead_s(aggregator, True) != send_overhead_s(aggregator, False))
 
 
 def _solve_both_cases(problem: Problem, config: SolverConfig, hint) -> Plan:
@@ -80,7 +80,7 @@ def _solve_both_cases(problem: Problem, config: SolverConfig, hint) -> Plan:
         return plans[-1]
     scored = []
     for plan in found:
-        placements = [Placement(sm.device, sm.ratio, tuple(sm.classes)) for sm in plan.submodels]
+        placements = Placement.of_plan(plan)
         standby = [sm.standby_device for sm in plan.submodels] if problem.standby else None
         score = score_plan(problem, placements, standby=standby)
         secondary = score.secondary_value(problem.secondary) or 0

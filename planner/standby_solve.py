@@ -137,7 +137,7 @@ def _plain_start(problem: Problem, config: SolverConfig, time_limit_s: float):
         free[chosen] -= row.mem_bytes
         extra[(sm.device, chosen)] = extra.get((sm.device, chosen), 0.0) + cost
         standby.append(chosen)
-    placements = [Placement(sm.device, sm.ratio, tuple(sm.classes)) for sm in plain.submodels]
+    placements = Placement.of_plan(plain)
     if not score_plan(problem, placements, standby=standby).valid:
         return bound, None   # e.g. over failover_latency_s
     rows = {row.ratio: r for r, row in enumerate(problem.profile)}

@@ -293,9 +293,7 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
                             if math.isfinite(traffic.weight_bytes_per_s) else None),
         overhead_per_block_s=traffic.overhead_per_block_s,
         link_bytes_per_s=link_bytes_per_s,
-        send_overhead_s=link.send.overhead_s if link is not None and link.send else None,
-        hosting_send_overhead_s=(link.send_hosting.overhead_s
-                                 if link is not None and link.send_hosting else None))
+        **{figure: send.overhead_s for figure, send, _ in (link.per_send_costs() if link else [])})
     samples = [CalibrationSample(
         label=t.label, img_size=t.img_size, flops=t.flops, weight_bytes=t.weight_bytes,
         latency_s=t.latency_s,
@@ -330,22 +328,20 @@ def device_entry_yaml(result: CalibrationResult) -> str:
     how = ("given, not measured" if link is None else
            f"measured to {link.peer} (download {link.download_bytes_per_s:.4g}, upload "
            f"{link.upload_bytes_per_s:.4g} B/s; the slower is written)")
-    for figure, send, beside in (("send_overhead_s", link and link.send, "alone"),
-                                 ("hosting_send_overhead_s", link and link.send_hosting,
-                                  "beside a process computing (a sub-model here)")):
-        if send is not None:
-            lines.append(f"# {figure}: {send.sends} acknowledged sends of {send.bytes:,} B in "
-                         f"bursts of {send.burst}, {beside}: median {send.median_s * 1e3:.2f} "
-                         f"ms, p90 {send.p90_s * 1e3:.2f} ms, against {send.bytes_s * 1e3:.2f} "
-                         "ms for the bytes at the upload rate")
+    for figure, send, how in link.per_send_costs() if link is not None else []:
+        lines.append(f"# {figure}: {send.sends} acknowledged sends of {send.bytes:,} B in "
+                     f"bursts of {send.burst}, {how}: median {send.median_s * 1e3:.2f} ms, p90 "
+                     f"{send.p90_s * 1e3:.2f} ms, against {send.bytes_s * 1e3:.2f} ms for the "
+                     "bytes at the upload rate")
     if result.handoff is not None:
         h = result.handoff
         spun = (f", {h.spin_measured_s * 1e3:.1f} ms as the worker timed it"
                 if h.spin_measured_s is not None else "")
         lines.append(f"# overhead_s: {h.requests} requests to a worker beside this one "
-                     f"({h.bytes:,} B in, {h.spin_cpu_s * 1e3:.1f} ms of CPU spun, {h.spin_wall_s * 1e3:.1f} ms "
-                     f"by the quota{spun}): median {h.median_s * 1e3:.2f} ms, less each request's "
-                     f"own spin {h.overhead_s * 1e3:.2f} ms; the rest is per sub-model here")
+                     f"({h.bytes:,} B in, {h.spin_cpu_s * 1e3:.1f} ms of CPU spun, "
+                     f"{h.spin_wall_s * 1e3:.1f} ms by the quota{spun}): median "
+                     f"{h.median_s * 1e3:.2f} ms, less each request's own spin "
+                     f"{h.overhead_s * 1e3:.2f} ms; the rest is per sub-model here")
     quota_note = [f"{s.label} wall {t.wall_median_s * 1e3:.2f} ms"
                   for s, t in zip(result.samples, result.timed) if t.wall_median_s is not None]
     if quota_note:

@@ -105,14 +105,10 @@ def link_summary(result) -> str:
         measured = (f"measured to {link.peer}: download {link.download_bytes_per_s:.4g} B/s, "
                     f"upload {link.upload_bytes_per_s:.4g} B/s, round trip "
                     f"{link.round_trip_s * 1e3:.2f} ms; the slower direction is written")
-    send = ""
-    for figure, measured_send in (("send_overhead_s", link and link.send),
-                                  ("hosting_send_overhead_s", link and link.send_hosting)):
-        if measured_send is not None:
-            send += (f"{figure} {measured_send.overhead_s:.4g} ({measured_send.sends} "
-                     f"acknowledged sends of {measured_send.bytes:,} B: median "
-                     f"{measured_send.median_s * 1e3:.2f} ms against "
-                     f"{measured_send.bytes_s * 1e3:.2f} ms for the bytes)\n")
+    send = "".join(f"{figure} {s.overhead_s:.4g} ({s.sends} acknowledged sends of {s.bytes:,} B: "
+                   f"median {s.median_s * 1e3:.2f} ms against {s.bytes_s * 1e3:.2f} ms for the "
+                   "bytes)\n"
+                   for figure, s, _ in (link.per_send_costs() if link is not None else []))
     return (f"link_bytes_per_s {result.device.link_bytes_per_s:.4g} ({measured})\n{send}"
             f"note: {SHARED_MEDIUM_NOTE}")
 

@@ -76,6 +76,14 @@ class LinkMeasurement(StrictModel):
         default=None, description="the same while a sibling process computes, as the "
                                   "aggregator's own worker does when it hosts a sub-model")
 
+    def per_send_costs(self) -> list[tuple[str, SendMeasurement, str]]:
+        """(the device kind's figure, its measurement, how it was measured) of each per-send
+        cost measured (none without send_bytes)."""
+        measured = (("send_overhead_s", self.send, "alone"),
+                    ("hosting_send_overhead_s", self.send_hosting,
+                     "beside a process computing (a sub-model here)"))
+        return [(figure, send, how) for figure, send, how in measured if send is not None]
+
     @property
     def link_bytes_per_s(self) -> float:
         """The figure a device kind carries: the slower direction."""

@@ -52,8 +52,10 @@ class SendOrders(FrozenModel):
         """The send order with the devices of `absent` down (None: every device at once). One
         device down: its scenario's order; more than one (no plan prices that): the normal order
         of the devices left."""
-        if len(absent) == 1 and next(iter(absent)) in self.failover:
-            return list(self.failover[next(iter(absent))])
+        if len(absent) == 1:
+            (failed,) = absent
+            if failed in self.failover:
+                return list(self.failover[failed])
         order = [d for d in self.normal if d not in absent]
         return order or None
 
