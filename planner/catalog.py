@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 
 from planner.errors import InputError
 from planner.limits import Bytes, Name, PositiveBytes, Price, Rate, Seconds, Text
+from planner.quota_curve import QuotaCurve
 from planner.reader import read_yaml
 from planner.schema_base import StrictModel
 from planner.units import parse_bytes
@@ -44,6 +45,10 @@ class DeviceKind(StrictModel):
     hosting_send_overhead_s: Seconds | None = Field(
         default=None, description="as an aggregator: the same while it also runs a sub-model, "
                                   "whose worker shares its CPU (absent: send_overhead_s)")
+    quota_curve: QuotaCurve | None = Field(
+        default=None, description="[cpu_s, wall_s] points measured under the device's CPU quota "
+                                  "(`edvit calibrate --clock quota`); with it the latency figures "
+                                  "above are CPU time, and a sub-model takes the curve's wall time")
     cost_usd: Price | None = None
 
     @field_validator("mem_bytes", "runtime_overhead_bytes", mode="before")

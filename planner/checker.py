@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from planner.problem import Device, Problem, ProfileRow
+from planner.quota_curve import wall_on_curve
 
 Key = TypeVar("Key", bound=Hashable)
 
@@ -98,14 +99,17 @@ class PlanScore:
 def submodel_latency(row: ProfileRow, device: Device, on_aggregator: bool) -> SubModelCost:
     """flops/flops_per_s + overhead_s + feat_bytes/link_bytes_per_s (no link term on the aggregator).
 
-    Extension: when the device has `weight_bytes_per_s` and the row `param_bytes`, compute time also
-    holds param_bytes / weight_bytes_per_s (reading the weights once per inference).
+    Extensions: when the device has `weight_bytes_per_s` and the row `param_bytes`, compute time
+    also holds param_bytes / weight_bytes_per_s (reading the weights once per inference), and
+    `cpu_overhead_s`. With a `quota_curve` that sum is CPU time, and compute time is the wall
+    time the device's quota grants it (`planner.quota_curve`).
     """
-    compute = row.flops / device.flops_per_s
+    cpu = row.flops / device.flops_per_s + (device.cpu_overhead_s or 0.0)
     if device.weight_bytes_per_s is not None and row.param_bytes is not None:
-        compute += row.param_bytes / device.weight_bytes_per_s
+        cpu += row.param_bytes / device.weight_bytes_per_s
     comm = 0.0 if on_aggregator else row.feat_bytes / device.link_bytes_per_s
-    return SubModelCost(compute_s=compute, overhead_s=device.overhead_s, comm_s=comm,
+    return SubModelCost(compute_s=wall_on_curve(device.quota_curve, cpu),
+                        overhead_s=device.overhead_s, comm_s=comm,
                         mem_bytes=row.mem_bytes, loss_pp=None)
 
 

@@ -110,8 +110,7 @@ def prepare_instance(problem: Problem, *, unlimited_memory: bool = False,
 
     groups: dict[tuple, list[str]] = {}
     for d in problem.devices:
-        key = (d.name == aggregator, d.mem_bytes, d.flops_per_s, d.overhead_s, d.link_bytes_per_s,
-               d.weight_bytes_per_s)
+        key = (d.name == aggregator, d.figures_key())
         if d.name == aggregator:
             key = key + (d.name,)
         groups.setdefault(key, []).append(d.name)

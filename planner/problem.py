@@ -37,6 +37,7 @@ from planner.limits import (
     too_many_devices,
 )
 from planner.profile_schema import LossSteps, check_loss_steps, distinct_ratios, same_ratio
+from planner.quota_curve import QuotaCurve
 from planner.reader import read_yaml
 from planner.schema_base import StrictModel
 from planner.validation import field_error, validate_document
@@ -72,6 +73,22 @@ class Device(StrictModel):
         description="extension, read on the aggregator only: its cost per input sent while it "
                     "also holds a sub-model or standby copy, whose worker shares its CPU with "
                     "the sends (absent: send_overhead_s); the planner solves both cases exactly")
+    cpu_overhead_s: Seconds | None = Field(
+        default=None,
+        description="extension: fixed CPU time of each inference (per-block dispatch), counted "
+                    "in compute time and so inside the quota curve; overhead_s is the fixed cost "
+                    "outside it (absent: 0)")
+    quota_curve: QuotaCurve | None = Field(
+        default=None,
+        description="extension: [cpu_s, wall_s] points measured under the device's CPU quota "
+                    "(planner.quota_curve); with it a sub-model's compute time is the curve at "
+                    "its CPU time, flops / flops_per_s (+ weights) + cpu_overhead_s (absent: "
+                    "the CPU time itself)")
+
+    def figures_key(self) -> tuple:
+        """Every figure but the name, hashable: devices with equal keys are interchangeable."""
+        return tuple((field, tuple(map(tuple, value)) if isinstance(value, list) else value)
+                     for field, value in self.model_dump(exclude={"name"}).items())
 
 
 class ProfileRow(StrictModel):
@@ -221,9 +238,7 @@ class Problem(StrictModel):
         aggregator = self.device(self.aggregator_name)
         types: dict[tuple, Device] = {}
         for d in self.devices:
-            types.setdefault((d.name == aggregator.name, d.mem_bytes, d.flops_per_s,
-                              d.overhead_s, d.link_bytes_per_s, d.weight_bytes_per_s,
-                              d.send_overhead_s, d.hosting_send_overhead_s), d)
+            types.setdefault((d.name == aggregator.name, d.figures_key()), d)
         configurations = len(types) * (math.comb(len(self.profile) + slots, slots) - 1)
         if configurations > MAX_CONFIGURATIONS:
             raise ValueError(
@@ -328,7 +343,7 @@ def dump_problem(problem: Problem) -> str:
         del data["fusion"]["hidden"]
     for device in data["devices"]:
         for optional in ("weight_bytes_per_s", "link_bytes_per_s", "send_overhead_s",
-                         "hosting_send_overhead_s"):
+                         "hosting_send_overhead_s", "cpu_overhead_s", "quota_curve"):
             if device[optional] is None:
                 del device[optional]
     if data["resilience"] is not None and data["resilience"]["failover_latency_s"] is None:

@@ -145,8 +145,7 @@ class StandbyModel:
         for d, dev in enumerate(p.devices):
             if d == self.agg:
                 continue
-            key = (dev.mem_bytes, dev.flops_per_s, dev.overhead_s, dev.link_bytes_per_s,
-                   dev.weight_bytes_per_s)
+            key = dev.figures_key()
             if key in seen:
                 self.m.add(self.busy[seen[key]] >= self.busy[d])
             seen[key] = d

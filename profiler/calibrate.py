@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import platform
+import random
 import resource
 import statistics
 from typing import Literal
@@ -51,7 +52,8 @@ from profiler.model_profile import (
     tool_versions,
 )
 from vit_ops.shapes import shape_for_arch
-from profiler.quota import own_cpu_quota, quota_wall_s
+from planner.quota_curve import wall_on_curve
+from profiler.quota import measure_quota_curve, own_cpu_quota
 from vit_ops.timing import (
     calls_after_idle,
     default_threads,
@@ -61,6 +63,7 @@ from vit_ops.timing import (
 
 CalibrationClock = Literal["wall", "cpu", "quota"]
 HANDOFF_SPIN_S = 0.02  # a sub-model's CPU in the hand-off measurement without a quota
+CURVE_IDLE_S = 0.03  # idle before each spin of the quota curve, when calls are not after idle
 
 # (arch, img_size, ratio). The 224 px pair spans 0.3 to 9 GFLOPs, the range the planner chooses
 # from on small devices; the 112 px one separates weight traffic from arithmetic.
@@ -112,6 +115,11 @@ class CalibrationSample(StrictModel):
     iqr_s: float
     predicted_s: float = Field(description="by the two-term model (flops + constant)")
     traffic_predicted_s: float = Field(description="by the traffic model (the device kind's)")
+    wall_s: float | None = Field(default=None, description="median wall time measured beside "
+                                                            "(CPU clocks, calls after idle)")
+    curve_wall_s: float | None = Field(
+        default=None, description="the traffic model's figure on the quota curve: the wall "
+                                  "time the planner predicts (clock quota, under a quota)")
 
 
 class TrafficFigures(StrictModel):
@@ -151,13 +159,12 @@ def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None
     """Latency of each (shape, ratio) on this machine, measured in interleaved rounds: in
     back-to-back blocks, or (`idle_s`) as single calls each after `idle_s` idle, like requests.
 
-    `clock="quota"` (one thread) times each call's CPU time and turns it into the wall time this
-    process's CPU quota grants (`profiler.quota`), the measured wall time where that is shorter
-    (`quota_clock_s`; without a quota: the CPU time, back to back: CPU time / the quota's share
-    of a core): the figure a device with that quota shows when no other job shares its cores,
-    however loaded the host is while it is measured."""
+    `clock="cpu"` and `clock="quota"` (one thread) time each call's CPU time, which a loaded
+    host does not inflate; under a CPU quota that is the figure `quota_curve` turns into the
+    wall time the quota grants (`calibrate_host` measures the curve)."""
     threads = threads or default_threads()
-    quota = own_cpu_quota() if clock == "quota" else None
+    quota = own_cpu_quota()
+    rng = random.Random(0)
     built = []
     for shape, ratio in variants:
         model = runnable_backbone(shape, counts_for_ratio(shape, ratio), random_weights=True)
@@ -171,18 +178,14 @@ def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None
             if idle_s is None:
                 stats = measure_latency(model, image, threads=threads, repeats=repeats_per_round,
                                         warmup=warmup, clock="wall" if clock == "wall" else "cpu")
-                seconds = stats.median_s
-                if quota is not None:
-                    seconds /= min(1.0, quota.cores)
-                per_round[i].append(seconds)
+                per_round[i].append(stats.median_s)
             else:
                 pairs = calls_after_idle(model, image, threads=threads, calls=repeats_per_round,
-                                         idle_s=idle_s, warmup=warmup)
+                                         idle_s=idle_s, warmup=warmup, rng=rng,
+                                         jitter_s=quota.period_s if quota is not None else 0.0)
                 walls[i].extend(wall for wall, _ in pairs)
-                per_round[i].append(
-                    statistics.median(wall for wall, _ in pairs) if clock == "wall"
-                    else statistics.median(cpu for _, cpu in pairs) if quota is None
-                    else quota_clock_s(pairs, quota))
+                per_round[i].append(statistics.median(
+                    wall if clock == "wall" else cpu for wall, cpu in pairs))
             if progress is not None:
                 progress(r * len(built) + i + 1, total, f"{shape.arch} r={ratio:g}")
     timed = []
@@ -193,19 +196,6 @@ def time_variants(variants: list[tuple[ViTShape, float]], *, threads: int | None
             latency=latency_stats(times, threads),
             wall_median_s=statistics.median(wall) if wall and clock != "wall" else None))
     return timed
-
-
-def quota_clock_s(pairs: list[tuple[float, float]], quota) -> float:
-    """The latency of calls timed as (wall, CPU) pairs by the quota clock: the median of the wall
-    times the quota grants their CPU times (`quota_wall_s`), or the median measured wall time
-    when that is shorter. Other jobs on the host only ever add wall time, which the quota's
-    figure leaves out; and on a quiet host the kernel grants a call that starts after idle more
-    than the figure says (60 % of a core, 10 ms period: 12 ms of CPU spun took 14.9 ms, the
-    figure 16.8 ms; ViT-S r=0.5 at 112 px, 11.1 ms against 15.2 ms). Medians, not the smaller of
-    each pair: that would pick each call's low noise and read low."""
-    granted = statistics.median(quota_wall_s(cpu, quota.quota_s, quota.period_s)
-                                for _, cpu in pairs)
-    return min(statistics.median(wall for wall, _ in pairs), granted)
 
 
 def fit_two_term_model(timed: list[TimedVariant]) -> LatencyFit:
@@ -253,6 +243,8 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
     """Time `variants` here, fit the latency models, describe this machine as a device kind.
 
     `clock="cpu"` (one thread only) times the thread's CPU time: use it on a busy machine.
+    `clock="quota"` does too, and under a CPU quota also measures the wall time the quota grants
+    each CPU time (`profiler.quota.measure_quota_curve`), written as the kind's `quota_curve`.
     `link_peer` (a `vit_ops.runtime.Endpoint` running `serve_link_peer`) measures the link first;
     otherwise `link_bytes_per_s` (default DEFAULT_LINK_BYTES_PER_S) is written as given. With a
     peer and `input_bytes`, acknowledged sends of inputs of that size are timed too, as the
@@ -273,10 +265,15 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
                           progress=progress)
     quota = own_cpu_quota()
     quota_text = f", CPU quota {quota.cores:.2f} core" if quota is not None else ""
+    curve = None
+    if clock == "quota" and quota is not None:
+        curve = measure_quota_curve(max(t.latency_s for t in timed), quota,
+                                    idle_s=idle_s if idle_s is not None else CURVE_IDLE_S,
+                                    progress=progress)
     handoff = None
     if input_bytes:  # as the aggregator: what a request to its own worker costs beyond compute
         spin = 3 * quota.quota_s if quota is not None else HANDOFF_SPIN_S
-        spin_wall = quota_wall_s(spin, quota.quota_s, quota.period_s) if quota else spin
+        spin_wall = wall_on_curve(curve, spin)
         handoff = measure_local_handoff(input_bytes, spin, spin_wall, timeout_s=link_timeout_s)
     fit = fit_two_term_model(timed)
     traffic = fit_traffic_model(timed)
@@ -292,13 +289,16 @@ def calibrate_host(name: str | None = None, *, threads: int | None = None,
         weight_bytes_per_s=(traffic.weight_bytes_per_s
                             if math.isfinite(traffic.weight_bytes_per_s) else None),
         overhead_per_block_s=traffic.overhead_per_block_s,
-        link_bytes_per_s=link_bytes_per_s,
+        link_bytes_per_s=link_bytes_per_s, quota_curve=curve,
         **{figure: send.overhead_s for figure, send, _ in (link.per_send_costs() if link else [])})
     samples = [CalibrationSample(
         label=t.label, img_size=t.img_size, flops=t.flops, weight_bytes=t.weight_bytes,
         latency_s=t.latency_s,
         iqr_s=t.latency.iqr_s, predicted_s=fit.predict_s(t.flops),
-        traffic_predicted_s=traffic.predict_s(t.flops, t.weight_bytes, t.depth))
+        traffic_predicted_s=traffic.predict_s(t.flops, t.weight_bytes, t.depth),
+        wall_s=t.wall_median_s,
+        curve_wall_s=(wall_on_curve(curve, traffic.predict_s(t.flops, t.weight_bytes, t.depth))
+                      if curve else None))
         for t in timed]
     return CalibrationResult(
         device=entry, timed=timed, handoff=handoff, threads=threads, clock=clock, rounds=rounds, samples=samples,
@@ -318,12 +318,24 @@ def device_entry_yaml(result: CalibrationResult) -> str:
              "#             + depth * overhead_per_block_s  (the traffic model, fitted on all",
              "# variants below; the two-term model flops / flops_per_s + overhead_s, fitted on the",
              f"# {result.samples[0].img_size} px variants, is shown for comparison)"]
+    walls = all(s.wall_s is not None for s in result.samples)
+    curve = result.device.quota_curve
     lines.append("# variant                       flops      weight bytes   measured ms  "
-                 "two-term ms   traffic ms")
+                 "two-term ms   traffic ms" + ("      wall ms" if walls else "")
+                 + ("  on curve ms" if curve else ""))
     for s in result.samples:
         lines.append(f"#   {s.label:<24} {s.flops:>13,} {s.weight_bytes:>13,} "
                      f"{s.latency_s * 1e3:>12.3f} {s.predicted_s * 1e3:>12.3f} "
-                     f"{s.traffic_predicted_s * 1e3:>12.3f}")
+                     f"{s.traffic_predicted_s * 1e3:>12.3f}"
+                     + (f" {s.wall_s * 1e3:>12.3f}" if walls else "")
+                     + (f" {s.curve_wall_s * 1e3:>12.3f}" if curve else ""))
+    if walls:
+        lines.append(f"# measured ms: the {result.clock} clock's figure (CPU time); wall ms: the "
+                     "wall time measured beside it")
+    if curve:
+        lines.append(f"# quota_curve: {len(curve)} points, wall time of spins of {curve[0][0] * 1e3:.2f}"
+                     f"-{curve[-1][0] * 1e3:.1f} ms of CPU after idle (medians); the planner reads "
+                     "compute time off it")
     link = result.link
     how = ("given, not measured" if link is None else
            f"measured to {link.peer} (download {link.download_bytes_per_s:.4g}, upload "
@@ -342,11 +354,6 @@ def device_entry_yaml(result: CalibrationResult) -> str:
                      f"{h.spin_wall_s * 1e3:.1f} ms by the quota{spun}): median "
                      f"{h.median_s * 1e3:.2f} ms, less each request's own spin "
                      f"{h.overhead_s * 1e3:.2f} ms; the rest is per sub-model here")
-    quota_note = [f"{s.label} wall {t.wall_median_s * 1e3:.2f} ms"
-                  for s, t in zip(result.samples, result.timed) if t.wall_median_s is not None]
-    if quota_note:
-        lines.append(f"# {result.clock} clock; the wall times measured beside: "
-                     + ", ".join(quota_note))
     lines.append(f"# threads {result.threads}, {result.clock} clock, rounds {result.rounds}, torch "
                  f"{result.tool_versions.get('torch')}; link_bytes_per_s {how}")
     lines.append("# " + SHARED_MEDIUM_NOTE.replace("; ", ";\n# "))

@@ -68,9 +68,10 @@ def add_calibrate_arguments(calibrate: argparse.ArgumentParser) -> None:
                            help="interleaved timing rounds, >= 2 (default 5)")
     calibrate.add_argument("--clock", choices=["wall", "cpu", "quota"], default="wall",
                            help="wall: elapsed time (default); cpu: the thread's CPU time, for a "
-                                "busy machine (needs --threads 1); quota: the CPU time turned "
-                                "into the wall time this cgroup's CPU quota grants it, for a "
-                                "container or emulated device on a busy host (--threads 1)")
+                                "busy machine (needs --threads 1); quota: the CPU time too, and "
+                                "the wall time this cgroup's CPU quota grants each CPU time, "
+                                "measured (the kind's quota_curve), for a container or emulated "
+                                "device (--threads 1)")
     calibrate.add_argument("--input-bytes", type=int, metavar="B",
                            help="calibrating the aggregator, with --link-to: also time "
                                 "acknowledged sends of B-byte inputs (their cost beyond the "
@@ -206,11 +207,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
           f"{entry.overhead_per_block_s:.4g}  mem_bytes {entry.mem_bytes}  "
           f"runtime_overhead_bytes {entry.runtime_overhead_bytes}  (threads {result.threads}, "
           f"{result.clock} clock)")
+    curve = entry.quota_curve is not None
     print(f"{'variant':<24} {'GFLOPs':>8} {'measured ms':>12} {'two-term ms':>11} "
-          f"{'traffic ms':>11}")
+          f"{'traffic ms':>11}" + (f" {'wall ms':>9} {'on curve ms':>11}" if curve else ""))
     for s in result.samples:
         print(f"{s.label:<24} {s.flops / 1e9:>8.3f} {s.latency_s * 1e3:>12.2f} "
-              f"{s.predicted_s * 1e3:>11.2f} {s.traffic_predicted_s * 1e3:>11.2f}")
+              f"{s.predicted_s * 1e3:>11.2f} {s.traffic_predicted_s * 1e3:>11.2f}"
+              + (f" {(s.wall_s or float('nan')) * 1e3:>9.2f} {s.curve_wall_s * 1e3:>11.2f}"
+                 if curve else ""))
+    if curve:
+        print(f"quota curve: {len(entry.quota_curve)} points measured (CPU ms -> wall ms): "
+              + ", ".join(f"{c * 1e3:.1f}->{w * 1e3:.1f}" for c, w in entry.quota_curve[::4]))
     print(link_summary(result))
     if out is not None:
         print(f"wrote {out}")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import statistics
 import time
 from typing import Any, Callable, Literal
@@ -105,9 +106,13 @@ def measure_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
 
 def calls_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
                      threads: int | None = None, calls: int = 5, idle_s: float = 0.03,
-                     warmup: int = 2) -> list[tuple[float, float]]:
-    """(wall, CPU) seconds of single calls of `model(example)`, each after `idle_s` of sleep.
-    The CPU time is the calling thread's, all of the call's with one thread."""
+                     jitter_s: float = 0.0, warmup: int = 2,
+                     rng: random.Random | None = None) -> list[tuple[float, float]]:
+    """(wall, CPU) seconds of single calls of `model(example)`, each after `idle_s` of sleep
+    plus a random fraction of `jitter_s` (under a CPU quota: its period, so calls start at
+    random phases of it, as requests do, not locked to where the last call ended). The CPU
+    time is the calling thread's, all of the call's with one thread."""
+    rng = rng or random.Random(0)
     threads = threads or default_threads()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -118,7 +123,7 @@ def calls_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
                 model(example)
             pairs = []
             for _ in range(calls):
-                time.sleep(idle_s)
+                time.sleep(idle_s + rng.random() * jitter_s)
                 start, cpu_start = time.perf_counter(), time.thread_time()
                 model(example)
                 pairs.append((time.perf_counter() - start, time.thread_time() - cpu_start))
