@@ -14,8 +14,10 @@ the machine's memory (`mem_bytes`: physical memory, or the memory limit of this 
 when lower), the resident memory of Python + torch before any model is built
 (`runtime_overhead_bytes`) and the link bandwidth to the aggregator (`link_bytes_per_s`): measured
 against a peer over torch.distributed when one is given (`profiler.link`), else taken from the
-caller. The two-term fit and the data are YAML
-comments (and `--json`).
+caller. Under a CPU quota (`--clock quota`) the figures are CPU time and the kind also carries
+the quota as measured here, wall time against CPU time (`quota_curve`, `profiler.quota`), which
+the planner reads compute time off. The two-term fit and the data are YAML comments (and
+`--json`).
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from typing import Callable
 import yaml
 
 from planner.wire import input_bytes
-from profiler.emulation.fleet import NODE_IFNAME, EmulatedFleet, Node, NodeSpec
+from profiler.emulation.fleet import CFS_PERIOD_US, NODE_IFNAME, EmulatedFleet, Node, NodeSpec
 from vit_ops.timing import nearest_rank_percentile
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,9 @@ def node_device(node: str) -> str:
 
 
 CALIBRATE_IDLE_S = 0.03  # > 2 CFS periods: each timed call starts on a refilled quota
-REQUEST_GAP_S = 0.05  # served requests likewise each meet an idle fleet, as the plan predicts
+REQUEST_GAP_S = 0.05  # served requests likewise each meet an idle fleet, as the plan predicts,
+# each gap plus up to one CFS period, so requests start at random phases of it (as calibrate's
+# calls do): fixed gaps lock every request to one phase, and a plan's median to that phase's luck
 
 
 def calibrate_nodes(fleet: EmulatedFleet, out_dir: Path, rounds: int,
@@ -264,7 +266,7 @@ def serve_plan(fleet: EmulatedFleet, plan_path: Path, images: int,
               str(timeout_s), "--join-timeout", str(4 * timeout_s)]
     aggregator = [*EDVIT, *(["-v"] if kill else []), "worker", str(plan_path), "--rank", "0",
                   *common, "--images", str(images), "--json", "--trace", "--request-gap",
-                  str(REQUEST_GAP_S)]
+                  str(REQUEST_GAP_S), "--request-jitter", str(CFS_PERIOD_US / 1e6)]
     aggregator += ["--input-order",
                    input_order if isinstance(input_order, str) else ",".join(input_order)]
     stem = plan_path.parent / (f"serve-{plan_path.stem}" + (f"-kill-{kill.device}" if kill else ""))

@@ -383,3 +383,20 @@ def test_the_watcher_reads_the_store_rarely_once_every_device_serves(monkeypatch
     per_second = len(window) / 1.5
     # WATCH_S (0.5 s): about 2 reads per device and second; at POLL_S it would be 50
     assert per_second <= devices * (2 / fleet_module.WATCH_S), per_second
+
+
+def test_request_gaps_are_fixed_or_jittered_by_up_to_a_period():
+    """Fixed gaps lock every request to one phase of a CPU quota's period; the jitter spreads
+    them over it, the same spread on every run."""
+    from itertools import islice
+
+    from vit_ops.runtime.aggregator import request_gaps
+
+    fixed = list(islice(request_gaps(RuntimeConfig(request_gap_s=0.05)), 20))
+    assert fixed == [0.05] * 20
+    jittered = RuntimeConfig(request_gap_s=0.05, request_jitter_s=0.01)
+    gaps = list(islice(request_gaps(jittered), 200))
+    assert all(0.05 <= g < 0.06 for g in gaps)
+    assert max(gaps) - min(gaps) > 0.009 and len(set(gaps)) == 200
+    assert gaps == list(islice(request_gaps(jittered), 200))
+    assert list(islice(request_gaps(RuntimeConfig()), 3)) == [0.0] * 3

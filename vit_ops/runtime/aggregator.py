@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -109,6 +110,14 @@ def _calibrate(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor) -> Cal
                        critical_path_s=max(alone.values()) + fusion_s, latency_ratio=float("nan"))
 
 
+def request_gaps(config: RuntimeConfig):
+    """The idle seconds before each request: `request_gap_s` plus a random fraction of
+    `request_jitter_s`, from a fixed seed (the same run, the same gaps)."""
+    rng = random.Random(0)
+    while True:
+        yield config.request_gap_s + rng.random() * config.request_jitter_s
+
+
 def _serve(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor,
            never_joined: list[DeviceFailure], progress: ProgressCallback | None):
     """Every request in order: predictions, degraded and failover marks, failures (with the
@@ -118,11 +127,13 @@ def _serve(fleet: Fleet, config: RuntimeConfig, pixels: torch.Tensor,
     failures = list(never_joined)
     timings = _Timings()
     total = int(pixels.shape[0])
+    gaps = request_gaps(config)
     start_all = time.perf_counter()
     for start in range(0, total, config.batch_size):
         batch = pixels[start:start + config.batch_size].contiguous()
-        if config.request_gap_s:
-            time.sleep(config.request_gap_s)
+        gap = next(gaps)
+        if gap:
+            time.sleep(gap)
         deadline = time.monotonic() + config.timeout_s
         answer = fleet.infer(batch, deadline, deadline + config.timeout_s)
         known = {f.device for f in failures}

@@ -102,6 +102,10 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--request-gap", type=float, default=0.0, metavar="S",
                         help="with --images: idle S seconds before each request, so each meets "
                              "an idle fleet (default 0: back to back)")
+    parser.add_argument("--request-jitter", type=float, default=0.0, metavar="S",
+                        help="with --images: add a random 0-S seconds to each gap (seeded), so "
+                             "requests start at random phases of a CPU quota's period, as "
+                             "independent arrivals do (default 0)")
     parser.add_argument("--trace", action="store_true",
                         help="record per request when each device got its input and answered "
                              "(in --json)")
@@ -136,7 +140,8 @@ def _config(args: argparse.Namespace) -> RuntimeConfig:
                              threads=args.threads, batch_size=args.batch_size,
                              degraded=args.degraded, calibrate=args.calibrate,
                              engine=args.engine, input_order=order, trace=args.trace,
-                             request_gap_s=args.request_gap)
+                             request_gap_s=args.request_gap,
+                             request_jitter_s=args.request_jitter)
     except ValidationError as exc:
         raise_validation_error(exc, "command line")
 
