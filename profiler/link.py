@@ -241,6 +241,9 @@ class HandoffMeasurement(StrictModel):
     median_s: float = Field(description="median request, input sent to features received")
     spin_measured_s: float | None = Field(
         default=None, description="median of the spins' wall times as the worker timed them")
+    spin_cpu_measured_s: float | None = Field(
+        default=None, description="median of the spins' CPU times as the worker measured them "
+                                  "(the spin counts loop iterations, so about spin_cpu_s)")
     beyond_spin_s: float | None = Field(
         default=None, description="median over the requests of the request less its own spin")
 
@@ -272,7 +275,7 @@ def measure_local_handoff(input_bytes: int, spin_cpu_s: float, spin_wall_s: floa
         pixels = torch.zeros(input_bytes, dtype=torch.uint8)
         features = torch.zeros(HANDOFF_FEATURE_FLOATS)
         go = torch.ones(1, dtype=torch.int64)
-        times, spins = [], []
+        times, spins, spun = [], [], []
         for k in range(HANDOFF_REPEATS + 2):
             time.sleep(HANDOFF_IDLE_S)
             start = time.perf_counter()
@@ -282,6 +285,7 @@ def measure_local_handoff(input_bytes: int, spin_cpu_s: float, spin_wall_s: floa
             if k >= 2:  # two warm-up requests
                 times.append(time.perf_counter() - start)
                 spins.append(float(features[0]))  # the worker's own timing of its spin
+                spun.append(float(features[1]))
         dist.send(torch.zeros(1, dtype=torch.int64), dst=1)
     finally:
         dist.destroy_process_group()
@@ -290,13 +294,17 @@ def measure_local_handoff(input_bytes: int, spin_cpu_s: float, spin_wall_s: floa
     return HandoffMeasurement(bytes=input_bytes, spin_cpu_s=spin_cpu_s, spin_wall_s=spin_wall_s,
                               requests=len(times), median_s=statistics.median(times),
                               spin_measured_s=statistics.median(spins),
+                              spin_cpu_measured_s=statistics.median(spun),
                               beyond_spin_s=statistics.median(t - s for t, s in zip(times, spins)))
 
 
 def _handoff_worker(port: int, input_bytes: int, spin_cpu_s: float, timeout_s: float) -> None:
     """The worker side of `measure_local_handoff` (rank 1)."""
+    from profiler.quota import spin, spin_loops_per_s
+
     store = _connect(Endpoint("127.0.0.1", port), 1, timeout_s)
     try:
+        loops_per_s = spin_loops_per_s()
         command = torch.zeros(1, dtype=torch.int64)
         pixels = torch.zeros(input_bytes, dtype=torch.uint8)
         features = torch.zeros(HANDOFF_FEATURE_FLOATS)
@@ -305,11 +313,10 @@ def _handoff_worker(port: int, input_bytes: int, spin_cpu_s: float, timeout_s: f
             if not int(command):
                 return
             dist.recv(pixels, src=0)
-            started = time.perf_counter()
-            until = time.thread_time() + spin_cpu_s
-            while time.thread_time() < until:
-                pass
+            started, cpu_started = time.perf_counter(), time.thread_time()
+            spin(spin_cpu_s, loops_per_s)  # no system calls, as compute (profiler.quota.spin)
             features[0] = time.perf_counter() - started  # the sub-model's own time, as measured
+            features[1] = time.thread_time() - cpu_started
             dist.send(features, dst=0)
     finally:
         dist.destroy_process_group()

@@ -107,7 +107,7 @@ def measure_quota_curve(max_cpu_s: float, quota: CpuQuota, *, idle_s: float = 0.
     non-decreasing, as `planner.quota_curve` requires."""
     rng = random.Random(seed)
     time.sleep(idle_s)
-    loops_per_s = _loops_per_s()
+    loops_per_s = spin_loops_per_s()
     cpus = curve_cpu_points(max_cpu_s, quota.quota_s)
     measured: list[tuple[float, float]] = []
     for i, cpu in enumerate(cpus):
@@ -115,7 +115,7 @@ def measure_quota_curve(max_cpu_s: float, quota: CpuQuota, *, idle_s: float = 0.
         for _ in range(calls):
             time.sleep(idle_s + rng.random() * quota.period_s)
             start, cpu_start = time.perf_counter(), time.thread_time()
-            _spin(cpu, loops_per_s)
+            spin(cpu, loops_per_s)
             walls.append(time.perf_counter() - start)
             spun.append(time.thread_time() - cpu_start)
         measured.append((statistics.median(spun), statistics.median(walls)))
@@ -129,20 +129,29 @@ def measure_quota_curve(max_cpu_s: float, quota: CpuQuota, *, idle_s: float = 0.
     return curve
 
 
-def _spin(cpu_s: float, loops_per_s: float) -> None:
-    """About `cpu_s` of CPU in a loop that makes no system call: a loop that read the CPU clock
-    (a system call each time) was throttled the moment its runtime ran out, where compute runs
-    on until the scheduler's next tick (at 15 % of a core: 4 ms of ViT in 5.5 ms, of such a loop
-    in 13.5 ms)."""
-    for _ in range(int(cpu_s * loops_per_s)):
-        pass
-
-
-def _loops_per_s() -> float:
-    """Iterations of `_spin`'s loop per CPU second here (timed over about 1 ms, within any
-    quota; the curve records the CPU each spin measured, so this only places the points)."""
-    n = 80_000
+def spin(cpu_s: float, loops_per_s: float) -> None:
+    """About `cpu_s` of CPU in a loop that makes no system call while it runs: a loop that read
+    the CPU clock (a system call each time) was throttled the moment its runtime ran out, where
+    compute runs on until the scheduler's next tick (at 15 % of a core: 4 ms of ViT in 5.5 ms,
+    of such a loop in 13.5 ms). The loop's speed drifts here by tens of percent, so it runs in
+    at most four stretches, each aimed short of what is left, the clock read between them."""
     start = time.thread_time()
-    for _ in range(n):
-        pass
-    return n / max(time.thread_time() - start, 1e-6)
+    for _ in range(4):
+        left = cpu_s - (time.thread_time() - start)
+        if left <= 0.02 * cpu_s:
+            return
+        for _ in range(int(0.9 * left * loops_per_s) + 1):
+            pass
+
+
+def spin_loops_per_s() -> float:
+    """Iterations of `spin`'s loop per CPU second here: the fastest of three timings of about
+    4 ms each (CPU time, so a quota's throttling does not count; the first runs slow). The curve
+    records the CPU each spin measured, so this only places its points."""
+    n, best = 300_000, 0.0
+    for _ in range(3):
+        start = time.thread_time()
+        for _ in range(n):
+            pass
+        best = max(best, n / max(time.thread_time() - start, 1e-6))
+    return best
