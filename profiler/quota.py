@@ -105,20 +105,18 @@ def measure_quota_curve(max_cpu_s: float, quota: CpuQuota, *, idle_s: float = 0.
     random fraction of a period. Points are ordered by the CPU time measured, and a median that
     dips as CPU time grows (noise) is raised to the previous point's, so the curve is
     non-decreasing, as `planner.quota_curve` requires."""
+    from vit_ops.timing import timed_after_idle  # torch: not for the quota readers above
+
     rng = random.Random(seed)
     time.sleep(idle_s)
     loops_per_s = spin_loops_per_s()
     cpus = curve_cpu_points(max_cpu_s, quota.quota_s)
     measured: list[tuple[float, float]] = []
     for i, cpu in enumerate(cpus):
-        walls, spun = [], []
-        for _ in range(calls):
-            time.sleep(idle_s + rng.random() * quota.period_s)
-            start, cpu_start = time.perf_counter(), time.thread_time()
-            spin(cpu, loops_per_s)
-            walls.append(time.perf_counter() - start)
-            spun.append(time.thread_time() - cpu_start)
-        measured.append((statistics.median(spun), statistics.median(walls)))
+        pairs = timed_after_idle(lambda: spin(cpu, loops_per_s), calls=calls, idle_s=idle_s,
+                                 jitter_s=quota.period_s, rng=rng)
+        measured.append((statistics.median(c for _, c in pairs),
+                         statistics.median(w for w, _ in pairs)))
         if progress is not None:
             progress(i + 1, len(cpus), f"quota curve {cpu * 1e3:.1f} ms of CPU")
     curve: list[tuple[float, float]] = []

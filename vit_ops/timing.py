@@ -121,14 +121,22 @@ def calls_after_idle(model: torch.nn.Module, example: torch.Tensor, *,
         with torch.no_grad():
             for _ in range(warmup):
                 model(example)
-            pairs = []
-            for _ in range(calls):
-                time.sleep(idle_s + rng.random() * jitter_s)
-                start, cpu_start = time.perf_counter(), time.thread_time()
-                model(example)
-                pairs.append((time.perf_counter() - start, time.thread_time() - cpu_start))
+            return timed_after_idle(lambda: model(example), calls=calls, idle_s=idle_s,
+                                    jitter_s=jitter_s, rng=rng)
     finally:
         torch.set_num_threads(previous)
+
+
+def timed_after_idle(call, *, calls: int, idle_s: float, jitter_s: float,
+                     rng: random.Random) -> list[tuple[float, float]]:
+    """(wall, calling thread's CPU) seconds of `calls` calls of `call()`, each after `idle_s`
+    of sleep plus a random fraction of `jitter_s`."""
+    pairs = []
+    for _ in range(calls):
+        time.sleep(idle_s + rng.random() * jitter_s)
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        call()
+        pairs.append((time.perf_counter() - start, time.thread_time() - cpu_start))
     return pairs
 
 
