@@ -122,9 +122,10 @@ def device_table(result: CaseResult) -> str:
                      f"{check.end_to_end.p95_s * 1e3:.1f} ms (x{check.ratio:.2f}); input order "
                      f"{','.join(check.input_order) if check.input_order else 'all at once'}")
         lines.append(f"  {'device':<8} {'ratio':>6} {'arrival ms':>22} {'compute ms':>22} "
-                     f"{'done ms':>22}")
+                     f"{'done ms':>22} {'CPU ms':>14} {'on curve':>8}")
         lines.append(f"  {'':<8} {'':>6} " + " ".join(f"{'pred':>6} {'med':>7} {'p95':>7}"
-                                                       for _ in range(3)))
+                                                       for _ in range(3))
+                     + f" {'pred':>6} {'med':>7} {'med':>8}")
         for d in check.devices:
             cells = []
             for predicted, spread in ((d.predicted_arrival_s, d.arrival),
@@ -132,6 +133,10 @@ def device_table(result: CaseResult) -> str:
                                       (d.predicted_done_s, d.done)):
                 cells.append(f"{predicted * 1e3:>6.1f} {spread.median_s * 1e3:>7.1f} "
                              f"{spread.p95_s * 1e3:>7.1f}")
+            if d.compute_cpu is not None:  # the CPU the run took, and its wall on the curve
+                cells.append(f"{d.predicted_cpu_s * 1e3:>6.1f} "
+                             f"{d.compute_cpu.median_s * 1e3:>7.1f} "
+                             f"{d.on_curve.median_s * 1e3:>8.1f}")
             ratios = "+".join(f"{r:g}" for r in d.ratios)
             lines.append(f"  {d.device:<8} {ratios:>6} " + " ".join(cells))
         lines.append(f"  {'fusion':<8} {'':>6} {'':>22} {check.predicted_fusion_s * 1e3:>6.2f} "
@@ -142,17 +147,20 @@ def device_table(result: CaseResult) -> str:
 def summary_table(results: list[CaseResult]) -> str:
     lines = [f"{'fleet':<6} {'plan':<14} {'devices':>7} {'predicted ms':>12} {'median ms':>10} "
              f"{'p95 ms':>8} {'measured/pred':>13} {'within 15%':>10} {'w/ transfer ms':>14} "
-             f"{'measured/it':>11}"]
+             f"{'measured/it':>11} {'CPU drift':>9}"]
     for result in results:
         for check in result.checks:
             within = abs(check.ratio - 1) <= TARGET
             transfer = (f"{check.transfer_makespan_s * 1e3:>14.1f} {check.transfer_ratio:>11.2f}"
                         if check.transfer_makespan_s is not None else "")
+            # the critical device's served CPU over its calibrated CPU: the host's drift
+            critical = max(check.devices, key=lambda d: d.predicted_done_s)
+            drift = f"{critical.cpu_ratio:>9.2f}" if critical.cpu_ratio else ""
             lines.append(f"{result.case.name:<6} {check.label:<14} {len(check.devices):>7} "
                          f"{check.predicted_makespan_s * 1e3:>12.1f} "
                          f"{check.end_to_end.median_s * 1e3:>10.1f} "
                          f"{check.end_to_end.p95_s * 1e3:>8.1f} {check.ratio:>13.2f} "
-                         f"{'yes' if within else 'no':>10} {transfer}")
+                         f"{'yes' if within else 'no':>10} {transfer} {drift}")
     for label in dict.fromkeys(c.label for r in results for c in r.checks):
         checks = [c for r in results for c in r.checks if c.label == label]
         hits = sum(abs(c.ratio - 1) <= TARGET for c in checks)
@@ -179,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=-10,
                         help="niceness of the nodes' processes (default -10: on a host shared "
                              "with other jobs they get what their quotas grant; 0: compete)")
+    parser.add_argument("--no-refine", dest="refine", action="store_false",
+                        help="skip the plan made from figures refined by the new plan's served "
+                             "CPU time (the nodes share this host's cores and caches)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)
@@ -192,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         profile = announce(case, work)
         result = run_case(case, work / name, profile, PLANNERS,
                           calibrate_rounds=args.rounds, tag=f"{os.getpid() % 10000}{name}",
-                          send_orders=tuple(args.orders.split(",")), niceness=args.nice)
+                          send_orders=tuple(args.orders.split(",")), niceness=args.nice,
+                          refine=args.refine)
         results.append(result)
         print(device_table(result))
         print(f"   host load after: {host_load()}; {result.seconds:.0f} s", flush=True)

@@ -104,13 +104,19 @@ def submodel_latency(row: ProfileRow, device: Device, on_aggregator: bool) -> Su
     `cpu_overhead_s`. With a `quota_curve` that sum is CPU time, and compute time is the wall
     time the device's quota grants it (`planner.quota_curve`).
     """
+    comm = 0.0 if on_aggregator else row.feat_bytes / device.link_bytes_per_s
+    return SubModelCost(compute_s=wall_on_curve(device.quota_curve, submodel_cpu_s(row, device)),
+                        overhead_s=device.overhead_s, comm_s=comm,
+                        mem_bytes=row.mem_bytes, loss_pp=None)
+
+
+def submodel_cpu_s(row: ProfileRow, device: Device) -> float:
+    """The sub-model's compute time before any quota: flops/flops_per_s + param_bytes /
+    weight_bytes_per_s + cpu_overhead_s (each term where the device has its figure)."""
     cpu = row.flops / device.flops_per_s + (device.cpu_overhead_s or 0.0)
     if device.weight_bytes_per_s is not None and row.param_bytes is not None:
         cpu += row.param_bytes / device.weight_bytes_per_s
-    comm = 0.0 if on_aggregator else row.feat_bytes / device.link_bytes_per_s
-    return SubModelCost(compute_s=wall_on_curve(device.quota_curve, cpu),
-                        overhead_s=device.overhead_s, comm_s=comm,
-                        mem_bytes=row.mem_bytes, loss_pp=None)
+    return cpu
 
 
 def input_transfer_s(problem: Problem, device: Device,

@@ -92,6 +92,17 @@ class DeviceCheck:
     arrival: Spread
     compute: Spread
     done: Spread
+    predicted_cpu_s: float | None = None  # the sub-models' CPU time (the figures before a quota)
+    compute_cpu: Spread | None = None  # the worker's CPU time over `compute`
+    on_curve: Spread | None = None  # each request's served CPU time read off the device's
+    # quota curve (+ its overhead): what the model predicts for the CPU the run took
+
+    @property
+    def cpu_ratio(self) -> float | None:
+        """served CPU / calibrated CPU: the host's drift since calibration, not the model's."""
+        if self.compute_cpu is None or not self.predicted_cpu_s:
+            return None
+        return self.compute_cpu.median_s / self.predicted_cpu_s
 
 
 @dataclass
@@ -229,6 +240,43 @@ def plan_without_transfer(inventory: Path, out: Path) -> Path:
 
 
 PLANNERS: dict[str, PlanMaker] = {"old": plan_without_transfer, "new": plan_with_cli}
+REFINED = "refined"  # the label of the plan made from figures refined by a served plan's CPU
+
+
+def served_cpu_factors(check: PlanCheck, nodes: list[str]) -> dict[str, float]:
+    """node -> the CPU time its sub-models took when served / the CPU time calibrated, for the
+    nodes `check`'s plan used; every other node gets the median of theirs (measured beside the
+    others, as a node the next plan adds would compute)."""
+    used = {d.node: d.cpu_ratio for d in check.devices if d.cpu_ratio}
+    typical = statistics.median(used.values()) if used else 1.0
+    return {node: used.get(node, typical) for node in nodes}
+
+
+def refined_inventory(inventory: Path, kinds: dict[str, Path], factors: dict[str, float],
+                      out_dir: Path) -> Path:
+    """The inventory with every node's kind refined by its served CPU factor: its CPU figures
+    (flops_per_s, weight_bytes_per_s, overhead_per_block_s) scaled so they predict the CPU
+    time served; the quota curve and the hand-off cost stay as calibrated."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    refined = {}
+    for name, path in kinds.items():
+        kind = yaml.safe_load(path.read_text())
+        factor = factors[name]
+        for field_name in ("flops_per_s", "weight_bytes_per_s"):
+            if kind.get(field_name):
+                kind[field_name] = kind[field_name] / factor
+        if kind.get("overhead_per_block_s"):
+            kind["overhead_per_block_s"] *= factor
+        kind["description"] = (f"{kind.get('description', '')}; CPU figures x{factor:.3f} "
+                               f"(served CPU / calibrated)")
+        out = out_dir / f"{name}-refined.yaml"
+        out.write_text(yaml.safe_dump(kind, sort_keys=False))
+        refined[name] = out
+    document = yaml.safe_load(inventory.read_text())
+    document["kinds"] = {name: {"file": str(path)} for name, path in refined.items()}
+    out = out_dir / "inventory-refined.yaml"
+    out.write_text(yaml.safe_dump(document, sort_keys=False))
+    return out
 
 
 @dataclass(frozen=True)
@@ -325,9 +373,11 @@ def _node_of(fleet: EmulatedFleet, device: str) -> Node:
 
 def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
             arrivals: dict[str, float] | None = None,
-            transfer_makespan_s: float | None = None) -> PlanCheck:
+            transfer_makespan_s: float | None = None, problem=None) -> PlanCheck:
     """Per device and end to end: the plan's prediction beside the run's median and p95.
-    `arrivals` (device -> s) replace the plan's input arrivals (a transfer-aware re-scoring)."""
+    `arrivals` (device -> s) replace the plan's input arrivals (a transfer-aware re-scoring).
+    With the calibrated `problem` (planner.problem.Problem), each device also gets its predicted
+    CPU time and, per request, its served CPU time read off its quota curve."""
     plan = json.loads(plan_path.read_text())
     if arrivals is None:  # the plan's own (none: a plan without the input transfer)
         arrivals = (plan.get("input") or {}).get("input_arrival_s") or {}
@@ -341,12 +391,13 @@ def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
         compute = sum(s["latency"]["compute_s"] + s["latency"]["overhead_s"] for s in subs)
         done = arrival + plan["device_times_s"][device]
         times = [t["devices"][device] for t in traces]
+        cpu_figures = _cpu_figures(problem, device, subs, times) if problem else {}
         devices.append(DeviceCheck(
             device=device, node=device.removesuffix("-0"), ratios=[s["ratio"] for s in subs],
             predicted_arrival_s=arrival, predicted_compute_s=compute, predicted_done_s=done,
             arrival=Spread.of([t["input_arrived_s"] for t in times]),
             compute=Spread.of([t["features_ready_s"] - t["input_arrived_s"] for t in times]),
-            done=Spread.of([t["features_ready_s"] for t in times])))
+            done=Spread.of([t["features_ready_s"] for t in times]), **cpu_figures))
     fusion = plan.get("fusion") or {}
     return PlanCheck(label=label, plan_path=plan_path, predicted_makespan_s=plan["makespan_s"],
                      end_to_end=Spread.of([t["end_s"] for t in traces]),
@@ -356,6 +407,21 @@ def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
                      transfer_makespan_s=transfer_makespan_s)
 
 
+def _cpu_figures(problem, device: str, subs: list[dict], times: list[dict]) -> dict:
+    """DeviceCheck's CPU fields: the sub-models' predicted CPU time, the served CPU time and
+    each request's served CPU time on the device's quota curve (plus the per-call overhead)."""
+    from planner.checker import submodel_cpu_s
+    from planner.quota_curve import wall_on_curve
+
+    spec = problem.device(device)
+    served = [t.get("compute_cpu_s", 0.0) for t in times]
+    overhead = len(subs) * (spec.overhead_s or 0.0)
+    return {"predicted_cpu_s": sum(submodel_cpu_s(problem.row(s["ratio"]), spec) for s in subs),
+            "compute_cpu": Spread.of(served),
+            "on_curve": Spread.of([wall_on_curve(spec.quota_curve, cpu) + overhead
+                                   for cpu in served])}
+
+
 def plan_input_order(plan: dict) -> list[str] | None:
     """The plan's send order of the input, when the plan models the transfer and sends to any
     device (None: at once, or nothing to send)."""
@@ -363,14 +429,13 @@ def plan_input_order(plan: dict) -> list[str] | None:
     return list(transfer["send_order"]) or None if transfer.get("input_bytes") else None
 
 
-def rescore_with_transfer(plan: dict, inventory: Path,
+def rescore_with_transfer(plan: dict, problem,
                           order: list[str] | None) -> tuple[dict[str, float], float, list[str]]:
     """(device -> input arrival s, makespan s, send order) of `plan`'s placements under the
-    inventory with the input transfer (planner.checker.score_plan; `order` None = Jackson's)."""
+    calibrated problem with the input transfer (planner.checker.score_plan; `order` None =
+    Jackson's)."""
     from planner.checker import Placement, score_plan
-    from planner.plan_inventory import compile_inventory_file
 
-    problem = compile_inventory_file(inventory).problem
     placements = [Placement(s["device"], s["ratio"], tuple(s["classes"]))
                   for s in plan["submodels"]]
     score = score_plan(problem, placements, order)
@@ -383,12 +448,17 @@ SEND_ORDERS = ("plan", "at-once", "jackson")
 def run_case(case: FleetCase, work_dir: Path, profile: Path,
              planners: dict[str, PlanMaker] | None = None, calibrate_rounds: int = 2,
              tag: str | None = None, send_orders: tuple[str, ...] = ("plan",),
-             niceness: int = 0) -> CaseResult:
+             niceness: int = 0, refine: bool = False) -> CaseResult:
     """Build the case's fleet, calibrate, plan with each of `planners` (default PLANNERS) and
     serve every plan once per send order: "plan" (the plan's own order when it models the
     transfer, else all at once, as the old model's runtime did), "at-once", or "jackson" (one
     device after another, longest device time first). Each served plan is also re-scored with
-    the input transfer in the order it was served (at once: Jackson's order, for reference)."""
+    the input transfer in the order it was served (at once: Jackson's order, for reference).
+
+    With `refine`, the last plan's served CPU time refines every node's CPU figures
+    (`served_cpu_factors`, `refined_inventory`: the nodes share the host's cores and caches,
+    and compute slower beside each other than each calibrated), and the plan made from the
+    refined figures is served as well (label REFINED), in the plan's order."""
     planners = planners or PLANNERS
     started = time.monotonic()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -396,21 +466,39 @@ def run_case(case: FleetCase, work_dir: Path, profile: Path,
         kinds = calibrate_nodes(fleet, work_dir, calibrate_rounds, case)
         inventory = write_inventory(case, kinds, profile, work_dir / "inventory.yaml")
         calibrated = {name: yaml.safe_load(path.read_text()) for name, path in kinds.items()}
+        from planner.plan_inventory import compile_inventory_file
+
+        problem = compile_inventory_file(inventory).problem
         checks = []
         for label, make_plan in planners.items():
             plan_path = make_plan(inventory, work_dir / f"plan-{label}.json")
             plan = json.loads(plan_path.read_text())
             for how in send_orders:
-                arrivals, makespan, jackson = rescore_with_transfer(plan, inventory, None)
+                arrivals, makespan, jackson = rescore_with_transfer(plan, problem, None)
                 order = {"plan": plan_input_order(plan), "at-once": None, "jackson": jackson}[how]
                 if order is not None and order != jackson:
-                    arrivals, makespan, _ = rescore_with_transfer(plan, inventory, order)
+                    arrivals, makespan, _ = rescore_with_transfer(plan, problem, order)
                 name = label if len(send_orders) == 1 else f"{label}/{how}"
                 served = {"plan": "plan", "at-once": "at-once",
                           "jackson": jackson or "at-once"}[how]
                 result = serve_plan(fleet, plan_path, case.images, served)
                 (work_dir / f"serve-{name.replace('/', '-')}.json").write_text(json.dumps(result))
-                checks.append(compare(name, plan_path, result, order, arrivals, makespan))
+                checks.append(compare(name, plan_path, result, order, arrivals, makespan,
+                                      problem))
+        if refine and checks:
+            factors = served_cpu_factors(checks[-1], list(kinds))
+            log.info("served CPU / calibrated CPU per node: %s",
+                     {n: round(f, 3) for n, f in factors.items()})
+            refined = refined_inventory(inventory, kinds, factors, work_dir)
+            refined_problem = compile_inventory_file(refined).problem
+            plan_path = plan_with_cli(refined, work_dir / f"plan-{REFINED}.json")
+            plan = json.loads(plan_path.read_text())
+            order = plan_input_order(plan)
+            arrivals, makespan, _ = rescore_with_transfer(plan, refined_problem, order)
+            result = serve_plan(fleet, plan_path, case.images, "plan")
+            (work_dir / f"serve-{REFINED}.json").write_text(json.dumps(result))
+            checks.append(compare(REFINED, plan_path, result, order, arrivals, makespan,
+                                  refined_problem))
     return CaseResult(case=case, calibrated=calibrated, checks=checks,
                       seconds=time.monotonic() - started)
 

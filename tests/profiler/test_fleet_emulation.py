@@ -33,6 +33,60 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _kind(name: str, flops_per_s: float) -> dict:
+    return {"name": name, "mem_bytes": 4 << 30, "flops_per_s": flops_per_s, "overhead_s": 0.002,
+            "link_bytes_per_s": 1e6, "weight_bytes_per_s": 5e9, "overhead_per_block_s": 1e-3,
+            "quota_curve": [[0.01, 0.012], [0.05, 0.12]]}
+
+
+def test_served_cpu_refines_every_nodes_cpu_figures_and_nothing_else(tmp_path: Path):
+    """A node the plan used takes its own served/calibrated CPU factor, a node it did not use
+    the median of theirs; the refined kinds predict factor x the calibrated CPU time of every
+    sub-model, with the quota curve, hand-off and link as calibrated, and the inputs unchanged."""
+    import yaml
+
+    from planner.checker import submodel_cpu_s
+    from planner.plan_inventory import compile_inventory_file
+    from profiler.emulation.check import (DeviceCheck, PlanCheck, Spread, refined_inventory,
+                                          served_cpu_factors)
+
+    kinds = {}
+    for name, rate in (("agg", 2e10), ("d1", 3e10), ("d2", 3e10)):
+        kinds[name] = tmp_path / f"{name}.yaml"
+        kinds[name].write_text(yaml.safe_dump(_kind(name, rate)))
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({
+        "schema_version": 1, "name": "t",
+        "model": {"arch": "vit_base_patch16_224", "num_classes": 10},
+        "devices": [{"kind": n, "count": 1, "name": n} for n in kinds],
+        "kinds": {n: {"file": str(p)} for n, p in kinds.items()}, "aggregator": "agg-0"}))
+    before = {p: p.read_text() for p in (inventory, *kinds.values())}
+
+    def device(node, predicted, served):
+        flat = Spread(0.1, 0.1)
+        return DeviceCheck(device=f"{node}-0", node=node, ratios=[0.5], predicted_arrival_s=0,
+                           predicted_compute_s=0.1, predicted_done_s=0.1, arrival=flat,
+                           compute=flat, done=flat, predicted_cpu_s=predicted,
+                           compute_cpu=Spread(served, served))
+
+    check = PlanCheck(label="new", plan_path=tmp_path / "plan.json", predicted_makespan_s=0.1,
+                      end_to_end=Spread(0.1, 0.1), fusion=Spread(0, 0), input_order=None,
+                      devices=[device("agg", 0.040, 0.052), device("d1", 0.030, 0.033)])
+    factors = served_cpu_factors(check, list(kinds))
+    assert factors == pytest.approx({"agg": 1.3, "d1": 1.1, "d2": 1.2})
+
+    refined = refined_inventory(inventory, kinds, factors, tmp_path / "out")
+    old = compile_inventory_file(inventory).problem
+    new = compile_inventory_file(refined).problem
+    for name, factor in factors.items():
+        was, now = old.device(f"{name}-0"), new.device(f"{name}-0")
+        for row in old.profile:
+            assert submodel_cpu_s(row, now) == pytest.approx(factor * submodel_cpu_s(row, was))
+        assert (now.quota_curve, now.overhead_s, now.link_bytes_per_s) == (
+            was.quota_curve, was.overhead_s, was.link_bytes_per_s)
+    assert {p: p.read_text() for p in before} == before
+
+
 def test_quotas_beyond_the_host_are_refused():
     with pytest.raises(ValueError, match="add up to"):
         EmulatedFleet(NodeSpec("agg", 1e7, 1.0), [NodeSpec("d", 1e7, 0.5)], max_total_cores=1.2)
@@ -125,7 +179,7 @@ def test_one_small_emulated_fleet_runs_and_its_links_are_shaped(tmp_path: Path):
                      (NodeSpec("d1", link_bits, 0.3, 2 << 30),), arch="vit_tiny_patch16_224",
                      img_size=128, num_classes=4, images=6)
     result = run_case(case, tmp_path / "run", profile, {"plan": plan_with_cli},
-                      calibrate_rounds=2, tag="pytest")
+                      calibrate_rounds=2, tag="pytest", refine=True)
     measured = result.calibrated["d1"]["link_bytes_per_s"]
     assert 0.85 * link_bits / 8 <= measured <= link_bits / 8  # tbf's rate, less the headers
     assert result.calibrated["d1"]["mem_bytes"] == 2 << 30  # the cgroup's limit, not the host's
@@ -137,7 +191,11 @@ def test_one_small_emulated_fleet_runs_and_its_links_are_shaped(tmp_path: Path):
     assert result.calibrated["d1"]["send_overhead_s"] is None
     assert result.calibrated["d1"]["hosting_send_overhead_s"] is None
     assert "quota clock, CPU quota 0.30 core" in result.calibrated["d1"]["description"]
-    (check,) = result.checks
+    check, refined = result.checks
+    assert refined.label == "refined" and refined.predicted_makespan_s > 0
+    for device in check.devices:  # the worker's CPU time over its compute: a share of a core
+        assert 0 < device.compute_cpu.median_s <= device.compute.median_s * 1.05
+        assert device.predicted_cpu_s > 0
     assert check.end_to_end.median_s > 0 and check.predicted_makespan_s > 0
     # What the runtime sends (uint8 pixels), less what tbf's bucket lets through at line rate: the
     # rest crossed the link at link_bits. The image is four buckets, so the bound has teeth.

@@ -108,6 +108,9 @@ def test_the_input_goes_out_in_the_plans_order_and_in_the_failures_own_order(tmp
     after = [_send_sequence(t) for t in result.trace[failed_at + 1:]]
     assert before and all(order == ["c", "b", "a"] for order in before)
     assert after and all(order == ["c", "b"] for order in after)
+    for device in (d for t in result.trace for d in t.devices.values()):
+        # the worker process's CPU time over its compute: spent, and no more than one thread's
+        assert 0 < device.compute_cpu_s <= device.features_ready_s - device.input_arrived_s + 5e-3
     for trace in result.trace[failed_at + 1:]:  # one after another: each send once acknowledged
         c, b = trace.devices["c"], trace.devices["b"]
         assert c.input_sent_s <= b.input_send_start_s

@@ -388,7 +388,7 @@ class Fleet:
                 input_sent_s=(send_end or received_at) - started,
                 input_arrived_s=times.input_arrived_at - started,
                 features_ready_s=times.features_ready_at - started,
-                features_received_s=received_at - started))
+                features_received_s=received_at - started, compute_cpu_s=times.compute_cpu_s))
 
     def ping(self, timeout_s: float) -> None:
         """A request of no images to every live device: finds a dead or hung one while idle."""

@@ -11,7 +11,8 @@ Every exchange starts with a control message (aggregator -> worker), int64[4] =
   primaries = 0: a request in flight whose failed device's slots alone are asked again), then
   those of the standby copies in the order asked, whose trailer holds `WorkerTimes` as float64
   values bit-packed into float32 pairs: its compute seconds for the request (so the aggregator
-  can split a request's time into compute and communication without another message) and the
+  can split a request's time into compute and communication without another message), the
+  CPU time its process spent on them (under a CPU quota, what the quota charges), and the
   moments the images had arrived and the features were ready on its `time.perf_counter`
   (CLOCK_MONOTONIC on Linux: on one host, as in an emulated fleet, the aggregator can place
   them on its own timeline). n = 0 is a ping: no images, the answer is the times alone.
@@ -37,7 +38,7 @@ REQUEST, CALIBRATE, BYE, REQUEST_ACKNOWLEDGED = 1, 2, 3, 4
 CONTROL_LEN = 4
 RECEIPT_TAG = 1  # receipts travel apart from features (tag 0): a posted feature receive never
 # matches one
-_TIMES = 3  # float64 values in a reply's trailer
+_TIMES = 4  # float64 values in a reply's trailer
 TRAILER = 2 * _TIMES  # float32 slots they take
 WIRE_DTYPE = getattr(torch, wire.WIRE_DTYPE)  # the images' dtype on the wire
 
@@ -92,13 +93,14 @@ class WorkerTimes:
     compute_s: float
     input_arrived_at: float
     features_ready_at: float
+    compute_cpu_s: float = 0.0  # its process's CPU time over compute_s (all threads)
 
 
 def pack_features(features: torch.Tensor, times: WorkerTimes) -> torch.Tensor:
     """(b, width) features + the worker's times -> one flat float32 message."""
     flat = features.detach().to(torch.float32).reshape(-1)
-    trailer = torch.tensor([times.compute_s, times.input_arrived_at, times.features_ready_at],
-                           dtype=torch.float64).view(torch.float32)
+    trailer = torch.tensor([times.compute_s, times.input_arrived_at, times.features_ready_at,
+                            times.compute_cpu_s], dtype=torch.float64).view(torch.float32)
     return torch.cat([flat, trailer])
 
 
@@ -109,5 +111,5 @@ def reply_buffer(batch: int, width: int) -> torch.Tensor:
 def unpack_features(message: torch.Tensor, batch: int,
                     width: int) -> tuple[torch.Tensor, WorkerTimes]:
     """The inverse of `pack_features`: (b, width) features and the worker's times."""
-    compute_s, arrived, ready = message[-TRAILER:].clone().view(torch.float64).tolist()
-    return message[:-TRAILER].view(batch, width), WorkerTimes(compute_s, arrived, ready)
+    values = message[-TRAILER:].clone().view(torch.float64).tolist()
+    return message[:-TRAILER].view(batch, width), WorkerTimes(*values)

@@ -140,6 +140,9 @@ class DeviceTrace(StrictModel):
     input_arrived_s: float = Field(description="the whole input had arrived on the worker")
     features_ready_s: float = Field(description="the worker had computed its features")
     features_received_s: float = Field(description="the aggregator had received them")
+    compute_cpu_s: float = Field(0.0, description="the worker process's CPU time from its "
+                                 "input's arrival to its features (under a CPU quota, what the "
+                                 "quota charged)")
 
 
 class RequestTrace(StrictModel):

@@ -166,12 +166,12 @@ def _answer_requests(models: _Models, link: Link, threads: int, transform: EvalT
         pixels = protocol.image_buffer(n, shape)
         if n:
             link.recv(pixels, idle_s)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         if op == protocol.REQUEST_ACKNOWLEDGED:  # the aggregator sends the next device its input
             link.isend(receipt, protocol.RECEIPT_TAG).wait(timedelta(seconds=idle_s))
         images = transform.normalize(pixels) if n else pixels.float()
         features = models.features(images, asked.primaries, asked.standby)
-        done = time.perf_counter()
+        done, done_cpu = time.perf_counter(), time.process_time()
         times = protocol.WorkerTimes(compute_s=done - start, input_arrived_at=start,
-                                     features_ready_at=done)
+                                     features_ready_at=done, compute_cpu_s=done_cpu - start_cpu)
         link.send(protocol.pack_features(features, times), idle_s)
