@@ -147,7 +147,7 @@ def device_table(result: CaseResult) -> str:
 def summary_table(results: list[CaseResult]) -> str:
     lines = [f"{'fleet':<6} {'plan':<14} {'devices':>7} {'predicted ms':>12} {'median ms':>10} "
              f"{'p95 ms':>8} {'measured/pred':>13} {'within 15%':>10} {'w/ transfer ms':>14} "
-             f"{'measured/it':>11} {'CPU drift':>9}"]
+             f"{'measured/it':>11} {'CPU drift':>9} {'w/ served CPU':>13} {'x':>5}"]
     for result in results:
         for check in result.checks:
             within = abs(check.ratio - 1) <= TARGET
@@ -156,6 +156,9 @@ def summary_table(results: list[CaseResult]) -> str:
             # the critical device's served CPU over its calibrated CPU: the host's drift
             critical = max(check.devices, key=lambda d: d.predicted_done_s)
             drift = f"{critical.cpu_ratio:>9.2f}" if critical.cpu_ratio else ""
+            if check.served_cpu_makespan is not None:
+                drift += (f" {check.served_cpu_makespan.median_s * 1e3:>13.1f} "
+                          f"{check.served_cpu_ratio:>5.2f}")
             lines.append(f"{result.case.name:<6} {check.label:<14} {len(check.devices):>7} "
                          f"{check.predicted_makespan_s * 1e3:>12.1f} "
                          f"{check.end_to_end.median_s * 1e3:>10.1f} "
@@ -166,6 +169,11 @@ def summary_table(results: list[CaseResult]) -> str:
         hits = sum(abs(c.ratio - 1) <= TARGET for c in checks)
         lines.append(f"plan {label}: {hits} of {len(checks)} fleets within +-15 % "
                      f"(target: >= 7 of >= 8)")
+        served = [c.served_cpu_ratio for c in checks if c.served_cpu_ratio is not None]
+        if served:
+            lines.append(f"plan {label}, the model fed each request's served CPU: "
+                         f"{sum(abs(r - 1) <= TARGET for r in served)} of {len(served)} within "
+                         f"+-15 %")
     return "\n".join(lines)
 
 

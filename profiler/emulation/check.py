@@ -119,6 +119,15 @@ class PlanCheck:
     traces: list[dict] = field(default_factory=list)  # the run's RequestTrace objects (JSON)
     predicted_fusion_s: float = 0.0
     transfer_makespan_s: float | None = None  # the plan re-scored with the input transfer
+    served_cpu_makespan: Spread | None = None  # per request, the model fed that request's
+    # served CPU times (`served_cpu_makespans`): the model's error without the host's drift
+
+    @property
+    def served_cpu_ratio(self) -> float | None:
+        """measured median / the model's makespan with the CPU the run took."""
+        if self.served_cpu_makespan is None:
+            return None
+        return self.end_to_end.median_s / self.served_cpu_makespan.median_s
 
     @property
     def ratio(self) -> float:
@@ -399,12 +408,37 @@ def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
             compute=Spread.of([t["features_ready_s"] - t["input_arrived_s"] for t in times]),
             done=Spread.of([t["features_ready_s"] for t in times]), **cpu_figures))
     fusion = plan.get("fusion") or {}
+    served = (Spread.of(served_cpu_makespans(problem, plan, arrivals, traces))
+              if problem else None)
     return PlanCheck(label=label, plan_path=plan_path, predicted_makespan_s=plan["makespan_s"],
                      end_to_end=Spread.of([t["end_s"] for t in traces]),
                      fusion=Spread.of([t["end_s"] - t["fusion_start_s"] for t in traces]),
                      devices=devices, input_order=order, traces=result["trace"],
                      predicted_fusion_s=fusion.get("latency_s", 0.0),
-                     transfer_makespan_s=transfer_makespan_s)
+                     transfer_makespan_s=transfer_makespan_s, served_cpu_makespan=served)
+
+
+def served_cpu_makespans(problem, plan: dict, arrivals: dict[str, float],
+                         traces: list[dict]) -> list[float]:
+    """Per request: the plan's makespan with every device's compute time read off its quota
+    curve at the CPU time it took in that request (predicted input arrivals, hand-off, feature
+    transfer and fusion as planned). Measured against this, the model is checked apart from the
+    host's CPU drift between calibration and the run."""
+    from planner.quota_curve import wall_on_curve
+
+    fixed: dict[str, float] = {}
+    for sub in plan["submodels"]:
+        latency = sub["latency"]
+        fixed[sub["device"]] = (fixed.get(sub["device"], 0.0) + latency["overhead_s"]
+                                + latency["comm_s"])
+    fusion_s = (plan.get("fusion") or {}).get("latency_s", 0.0)
+    spans = []
+    for trace in traces:
+        spans.append(fusion_s + max(
+            arrivals.get(device, 0.0) + rest + wall_on_curve(
+                problem.device(device).quota_curve, trace["devices"][device]["compute_cpu_s"])
+            for device, rest in fixed.items()))
+    return spans
 
 
 def _cpu_figures(problem, device: str, subs: list[dict], times: list[dict]) -> dict:

@@ -87,6 +87,36 @@ def test_served_cpu_refines_every_nodes_cpu_figures_and_nothing_else(tmp_path: P
     assert {p: p.read_text() for p in before} == before
 
 
+def test_the_model_fed_the_served_cpu_reads_each_request_off_the_curve(tmp_path: Path):
+    """Per request: the latest device's planned arrival + hand-off + feature transfer + its
+    served CPU on its curve, then fusion."""
+    import yaml
+
+    from planner.plan_inventory import compile_inventory_file
+    from profiler.emulation.check import served_cpu_makespans
+
+    kinds = {n: tmp_path / f"{n}.yaml" for n in ("agg", "d1")}
+    for name, path in kinds.items():
+        path.write_text(yaml.safe_dump(_kind(name, 2e10)))
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(yaml.safe_dump({
+        "schema_version": 1, "name": "t",
+        "model": {"arch": "vit_base_patch16_224", "num_classes": 10},
+        "devices": [{"kind": n, "count": 1, "name": n} for n in kinds],
+        "kinds": {n: {"file": str(p)} for n, p in kinds.items()}, "aggregator": "agg-0"}))
+    problem = compile_inventory_file(inventory).problem
+    latency = {"compute_s": 0.05, "overhead_s": 0.002, "comm_s": 0.001}
+    plan = {"submodels": [{"device": "agg-0", "latency": latency},
+                          {"device": "d1-0", "latency": latency}],
+            "fusion": {"latency_s": 0.0005}}
+    traces = [{"devices": {"agg-0": {"compute_cpu_s": 0.03}, "d1-0": {"compute_cpu_s": 0.01}}},
+              {"devices": {"agg-0": {"compute_cpu_s": 0.005}, "d1-0": {"compute_cpu_s": 0.03}}}]
+    spans = served_cpu_makespans(problem, plan, {"d1-0": 0.02}, traces)
+    # the curve [[0.01, 0.012], [0.05, 0.12]]: 0.03 s of CPU -> 0.066 s, 0.01 -> 0.012, 0.005 -> 0.006
+    assert spans == pytest.approx([0.0005 + 0.003 + max(0.066, 0.02 + 0.012),
+                                   0.0005 + 0.003 + max(0.006, 0.02 + 0.066)])
+
+
 def test_quotas_beyond_the_host_are_refused():
     with pytest.raises(ValueError, match="add up to"):
         EmulatedFleet(NodeSpec("agg", 1e7, 1.0), [NodeSpec("d", 1e7, 0.5)], max_total_cores=1.2)
@@ -193,6 +223,7 @@ def test_one_small_emulated_fleet_runs_and_its_links_are_shaped(tmp_path: Path):
     assert "quota clock, CPU quota 0.30 core" in result.calibrated["d1"]["description"]
     check, refined = result.checks
     assert refined.label == "refined" and refined.predicted_makespan_s > 0
+    assert check.served_cpu_makespan.median_s > 0
     for device in check.devices:  # the worker's CPU time over its compute: a share of a core
         assert 0 < device.compute_cpu.median_s <= device.compute.median_s * 1.05
         assert device.predicted_cpu_s > 0
