@@ -28,6 +28,7 @@ from typing import Callable
 
 import yaml
 
+from planner.problem import Problem
 from planner.wire import input_bytes
 from profiler.emulation.fleet import CFS_PERIOD_US, NODE_IFNAME, EmulatedFleet, Node, NodeSpec
 from vit_ops.timing import nearest_rank_percentile
@@ -382,10 +383,11 @@ def _node_of(fleet: EmulatedFleet, device: str) -> Node:
 
 def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
             arrivals: dict[str, float] | None = None,
-            transfer_makespan_s: float | None = None, problem=None) -> PlanCheck:
+            transfer_makespan_s: float | None = None,
+            problem: Problem | None = None) -> PlanCheck:
     """Per device and end to end: the plan's prediction beside the run's median and p95.
     `arrivals` (device -> s) replace the plan's input arrivals (a transfer-aware re-scoring).
-    With the calibrated `problem` (planner.problem.Problem), each device also gets its predicted
+    With the calibrated `problem`, each device also gets its predicted
     CPU time and, per request, its served CPU time read off its quota curve."""
     plan = json.loads(plan_path.read_text())
     if arrivals is None:  # the plan's own (none: a plan without the input transfer)
@@ -418,7 +420,7 @@ def compare(label: str, plan_path: Path, result: dict, order: list[str] | None,
                      transfer_makespan_s=transfer_makespan_s, served_cpu_makespan=served)
 
 
-def served_cpu_makespans(problem, plan: dict, arrivals: dict[str, float],
+def served_cpu_makespans(problem: Problem, plan: dict, arrivals: dict[str, float],
                          traces: list[dict]) -> list[float]:
     """Per request: the plan's makespan with every device's compute time read off its quota
     curve at the CPU time it took in that request (predicted input arrivals, hand-off, feature
@@ -441,7 +443,7 @@ def served_cpu_makespans(problem, plan: dict, arrivals: dict[str, float],
     return spans
 
 
-def _cpu_figures(problem, device: str, subs: list[dict], times: list[dict]) -> dict:
+def _cpu_figures(problem: Problem, device: str, subs: list[dict], times: list[dict]) -> dict:
     """DeviceCheck's CPU fields: the sub-models' predicted CPU time, the served CPU time and
     each request's served CPU time on the device's quota curve (plus the per-call overhead)."""
     from planner.checker import submodel_cpu_s
@@ -463,7 +465,7 @@ def plan_input_order(plan: dict) -> list[str] | None:
     return list(transfer["send_order"]) or None if transfer.get("input_bytes") else None
 
 
-def rescore_with_transfer(plan: dict, problem,
+def rescore_with_transfer(plan: dict, problem: Problem,
                           order: list[str] | None) -> tuple[dict[str, float], float, list[str]]:
     """(device -> input arrival s, makespan s, send order) of `plan`'s placements under the
     calibrated problem with the input transfer (planner.checker.score_plan; `order` None =
