@@ -39,19 +39,13 @@ def _kind(name: str, flops_per_s: float) -> dict:
             "quota_curve": [[0.01, 0.012], [0.05, 0.12]]}
 
 
-def test_served_cpu_refines_every_nodes_cpu_figures_and_nothing_else(tmp_path: Path):
-    """A node the plan used takes its own served/calibrated CPU factor, a node it did not use
-    the median of theirs; the refined kinds predict factor x the calibrated CPU time of every
-    sub-model, with the quota curve, hand-off and link as calibrated, and the inputs unchanged."""
+def _kinds_inventory(tmp_path: Path, rates: dict[str, float]) -> tuple[dict[str, Path], Path]:
+    """One kind file per node (name -> its flops_per_s) and an inventory of one device each, the
+    first the aggregator, on the built-in ViT-B profile."""
     import yaml
 
-    from planner.checker import submodel_cpu_s
-    from planner.plan_inventory import compile_inventory_file
-    from profiler.emulation.check import (DeviceCheck, PlanCheck, Spread, refined_inventory,
-                                          served_cpu_factors)
-
     kinds = {}
-    for name, rate in (("agg", 2e10), ("d1", 3e10), ("d2", 3e10)):
+    for name, rate in rates.items():
         kinds[name] = tmp_path / f"{name}.yaml"
         kinds[name].write_text(yaml.safe_dump(_kind(name, rate)))
     inventory = tmp_path / "inventory.yaml"
@@ -59,7 +53,21 @@ def test_served_cpu_refines_every_nodes_cpu_figures_and_nothing_else(tmp_path: P
         "schema_version": 1, "name": "t",
         "model": {"arch": "vit_base_patch16_224", "num_classes": 10},
         "devices": [{"kind": n, "count": 1, "name": n} for n in kinds],
-        "kinds": {n: {"file": str(p)} for n, p in kinds.items()}, "aggregator": "agg-0"}))
+        "kinds": {n: {"file": str(p)} for n, p in kinds.items()},
+        "aggregator": f"{next(iter(kinds))}-0"}))
+    return kinds, inventory
+
+
+def test_served_cpu_refines_every_nodes_cpu_figures_and_nothing_else(tmp_path: Path):
+    """A node the plan used takes its own served/calibrated CPU factor, a node it did not use
+    the median of theirs; the refined kinds predict factor x the calibrated CPU time of every
+    sub-model, with the quota curve, hand-off and link as calibrated, and the inputs unchanged."""
+    from planner.checker import submodel_cpu_s
+    from planner.plan_inventory import compile_inventory_file
+    from profiler.emulation.check import (DeviceCheck, PlanCheck, Spread, refined_inventory,
+                                          served_cpu_factors)
+
+    kinds, inventory = _kinds_inventory(tmp_path, {"agg": 2e10, "d1": 3e10, "d2": 3e10})
     before = {p: p.read_text() for p in (inventory, *kinds.values())}
 
     def device(node, predicted, served):
@@ -90,20 +98,10 @@ def test_served_cpu_refines_every_nodes_cpu_figures_and_nothing_else(tmp_path: P
 def test_the_model_fed_the_served_cpu_reads_each_request_off_the_curve(tmp_path: Path):
     """Per request: the latest device's planned arrival + hand-off + feature transfer + its
     served CPU on its curve, then fusion."""
-    import yaml
-
     from planner.plan_inventory import compile_inventory_file
     from profiler.emulation.check import served_cpu_makespans
 
-    kinds = {n: tmp_path / f"{n}.yaml" for n in ("agg", "d1")}
-    for name, path in kinds.items():
-        path.write_text(yaml.safe_dump(_kind(name, 2e10)))
-    inventory = tmp_path / "inventory.yaml"
-    inventory.write_text(yaml.safe_dump({
-        "schema_version": 1, "name": "t",
-        "model": {"arch": "vit_base_patch16_224", "num_classes": 10},
-        "devices": [{"kind": n, "count": 1, "name": n} for n in kinds],
-        "kinds": {n: {"file": str(p)} for n, p in kinds.items()}, "aggregator": "agg-0"}))
+    _, inventory = _kinds_inventory(tmp_path, {"agg": 2e10, "d1": 2e10})
     problem = compile_inventory_file(inventory).problem
     latency = {"compute_s": 0.05, "overhead_s": 0.002, "comm_s": 0.001}
     plan = {"submodels": [{"device": "agg-0", "latency": latency},
