@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                              "with other jobs they get what their quotas grant; 0: compete)")
     parser.add_argument("--no-refine", dest="refine", action="store_false",
                         help="skip the plan made from figures refined by the new plan's served "
-                             "CPU time (the nodes share this host's cores and caches)")
+                             "CPU time (it drifts from what calibrate measured minutes before)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

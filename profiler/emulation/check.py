@@ -28,6 +28,7 @@ from typing import Callable
 
 import yaml
 
+from planner.plan_inventory import compile_inventory_file
 from planner.problem import Problem
 from planner.wire import input_bytes
 from profiler.emulation.fleet import CFS_PERIOD_US, NODE_IFNAME, EmulatedFleet, Node, NodeSpec
@@ -426,36 +427,38 @@ def served_cpu_makespans(problem: Problem, plan: dict, arrivals: dict[str, float
     curve at the CPU time it took in that request (predicted input arrivals, hand-off, feature
     transfer and fusion as planned). Measured against this, the model is checked apart from the
     host's CPU drift between calibration and the run."""
-    from planner.quota_curve import wall_on_curve
-
     fixed: dict[str, float] = {}
     for sub in plan["submodels"]:
         latency = sub["latency"]
         fixed[sub["device"]] = (fixed.get(sub["device"], 0.0) + latency["overhead_s"]
                                 + latency["comm_s"])
+    walls = {device: _served_walls(problem, device, [t["devices"][device] for t in traces])
+             for device in fixed}
     fusion_s = (plan.get("fusion") or {}).get("latency_s", 0.0)
-    spans = []
-    for trace in traces:
-        spans.append(fusion_s + max(
-            arrivals.get(device, 0.0) + rest + wall_on_curve(
-                problem.device(device).quota_curve, trace["devices"][device]["compute_cpu_s"])
-            for device, rest in fixed.items()))
-    return spans
+    return [fusion_s + max(arrivals.get(device, 0.0) + rest + walls[device][i]
+                           for device, rest in fixed.items())
+            for i in range(len(traces))]
+
+
+def _served_walls(problem: Problem, device: str, times: list[dict]) -> list[float]:
+    """Each request's served CPU time on `device`, read off its quota curve."""
+    from planner.quota_curve import wall_on_curve
+
+    curve = problem.device(device).quota_curve
+    return [wall_on_curve(curve, t.get("compute_cpu_s", 0.0)) for t in times]
 
 
 def _cpu_figures(problem: Problem, device: str, subs: list[dict], times: list[dict]) -> dict:
     """DeviceCheck's CPU fields: the sub-models' predicted CPU time, the served CPU time and
     each request's served CPU time on the device's quota curve (plus the per-call overhead)."""
     from planner.checker import submodel_cpu_s
-    from planner.quota_curve import wall_on_curve
 
     spec = problem.device(device)
-    served = [t.get("compute_cpu_s", 0.0) for t in times]
     overhead = len(subs) * (spec.overhead_s or 0.0)
     return {"predicted_cpu_s": sum(submodel_cpu_s(problem.row(s["ratio"]), spec) for s in subs),
-            "compute_cpu": Spread.of(served),
-            "on_curve": Spread.of([wall_on_curve(spec.quota_curve, cpu) + overhead
-                                   for cpu in served])}
+            "compute_cpu": Spread.of([t.get("compute_cpu_s", 0.0) for t in times]),
+            "on_curve": Spread.of([wall + overhead
+                                   for wall in _served_walls(problem, device, times)])}
 
 
 def plan_input_order(plan: dict) -> list[str] | None:
@@ -481,6 +484,21 @@ def rescore_with_transfer(plan: dict, problem: Problem,
 SEND_ORDERS = ("plan", "at-once", "jackson")
 
 
+def _serve_and_compare(fleet: EmulatedFleet, case: FleetCase, name: str, plan_path: Path,
+                       problem: Problem, how: str) -> PlanCheck:
+    """Serve the plan in send order `how` (of SEND_ORDERS; the result beside the plan as
+    serve-NAME.json) and compare it with the plan re-scored under `problem` in that order."""
+    plan = json.loads(plan_path.read_text())
+    arrivals, makespan, jackson = rescore_with_transfer(plan, problem, None)
+    order = {"plan": plan_input_order(plan), "at-once": None, "jackson": jackson}[how]
+    if order is not None and order != jackson:
+        arrivals, makespan, _ = rescore_with_transfer(plan, problem, order)
+    served = {"plan": "plan", "at-once": "at-once", "jackson": jackson or "at-once"}[how]
+    result = serve_plan(fleet, plan_path, case.images, served)
+    (plan_path.parent / f"serve-{name.replace('/', '-')}.json").write_text(json.dumps(result))
+    return compare(name, plan_path, result, order, arrivals, makespan, problem)
+
+
 def run_case(case: FleetCase, work_dir: Path, profile: Path,
              planners: dict[str, PlanMaker] | None = None, calibrate_rounds: int = 2,
              tag: str | None = None, send_orders: tuple[str, ...] = ("plan",),
@@ -492,9 +510,9 @@ def run_case(case: FleetCase, work_dir: Path, profile: Path,
     the input transfer in the order it was served (at once: Jackson's order, for reference).
 
     With `refine`, the last plan's served CPU time refines every node's CPU figures
-    (`served_cpu_factors`, `refined_inventory`: the nodes share the host's cores and caches,
-    and compute slower beside each other than each calibrated), and the plan made from the
-    refined figures is served as well (label REFINED), in the plan's order."""
+    (`served_cpu_factors`, `refined_inventory`: served CPU drifts from what calibrate measured
+    minutes before), and the plan made from the refined figures is served as well (label
+    REFINED), in the plan's order."""
     planners = planners or PLANNERS
     started = time.monotonic()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -502,39 +520,21 @@ def run_case(case: FleetCase, work_dir: Path, profile: Path,
         kinds = calibrate_nodes(fleet, work_dir, calibrate_rounds, case)
         inventory = write_inventory(case, kinds, profile, work_dir / "inventory.yaml")
         calibrated = {name: yaml.safe_load(path.read_text()) for name, path in kinds.items()}
-        from planner.plan_inventory import compile_inventory_file
-
         problem = compile_inventory_file(inventory).problem
         checks = []
         for label, make_plan in planners.items():
             plan_path = make_plan(inventory, work_dir / f"plan-{label}.json")
-            plan = json.loads(plan_path.read_text())
             for how in send_orders:
-                arrivals, makespan, jackson = rescore_with_transfer(plan, problem, None)
-                order = {"plan": plan_input_order(plan), "at-once": None, "jackson": jackson}[how]
-                if order is not None and order != jackson:
-                    arrivals, makespan, _ = rescore_with_transfer(plan, problem, order)
                 name = label if len(send_orders) == 1 else f"{label}/{how}"
-                served = {"plan": "plan", "at-once": "at-once",
-                          "jackson": jackson or "at-once"}[how]
-                result = serve_plan(fleet, plan_path, case.images, served)
-                (work_dir / f"serve-{name.replace('/', '-')}.json").write_text(json.dumps(result))
-                checks.append(compare(name, plan_path, result, order, arrivals, makespan,
-                                      problem))
+                checks.append(_serve_and_compare(fleet, case, name, plan_path, problem, how))
         if refine and checks:
             factors = served_cpu_factors(checks[-1], list(kinds))
             log.info("served CPU / calibrated CPU per node: %s",
                      {n: round(f, 3) for n, f in factors.items()})
             refined = refined_inventory(inventory, kinds, factors, work_dir)
-            refined_problem = compile_inventory_file(refined).problem
             plan_path = plan_with_cli(refined, work_dir / f"plan-{REFINED}.json")
-            plan = json.loads(plan_path.read_text())
-            order = plan_input_order(plan)
-            arrivals, makespan, _ = rescore_with_transfer(plan, refined_problem, order)
-            result = serve_plan(fleet, plan_path, case.images, "plan")
-            (work_dir / f"serve-{REFINED}.json").write_text(json.dumps(result))
-            checks.append(compare(REFINED, plan_path, result, order, arrivals, makespan,
-                                  refined_problem))
+            checks.append(_serve_and_compare(fleet, case, REFINED, plan_path,
+                                             compile_inventory_file(refined).problem, "plan"))
     return CaseResult(case=case, calibrated=calibrated, checks=checks,
                       seconds=time.monotonic() - started)
 
