@@ -323,6 +323,44 @@ def test_hung_primary_under_four_clients_every_answer_is_complete_within_the_tim
     assert any(a["standby_devices"].get(victim_device) == standby for a in failover)
 
 
+def test_a_device_hung_first_in_the_send_order_holds_up_no_other_devices_input(
+        standby_deployment, digit_files, standby_reference):
+    """The plan sends the input one device after another, each once the previous acknowledged
+    it. The first device hangs while idle, so it never acknowledges: the next sends start after
+    its share of the time left, the healthy devices answer, and only the hung one is dropped,
+    its slots served by their standby copies (waiting for its receipt until the deadline would
+    leave the later devices no time: they were dropped too, and the request refused)."""
+    timeout_s = 4.0
+    manifest = deploy.load_manifest(standby_deployment)
+    first = manifest.input_send_order[0]
+    assert len(manifest.input_send_order) >= 3
+    standby = sorted({e.standby_device for e in manifest.submodels if e.device == first})
+    service = serve_process(standby_deployment, "--timeout", str(timeout_s))
+    victim = None
+    try:
+        url, model = service.url, _model(service.url)
+        victim = worker_pid(url, first)
+        os.kill(victim, signal.SIGSTOP)
+        file = digit_files[0]
+        sent = time.monotonic()
+        response = httpx.post(f"{url}/v2/models/{model}/classify", content=file.read_bytes(),
+                              headers={"Content-Type": "image/png"}, timeout=timeout_s + 30)
+        elapsed = time.monotonic() - sent
+    finally:
+        if victim is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim, signal.SIGCONT)
+        code = service.stop()
+    assert code == 0
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert answer["failover"] is True and answer["degraded"] is False
+    assert answer["failed_devices"] == [first]
+    assert answer["standby_devices"] == {first: standby}
+    assert _same_answer(answer, standby_reference[str(file)])
+    assert elapsed <= timeout_s + SLACK_S
+
+
 def test_remote_primary_down_then_restarted_failover_in_every_answer_format(
         standby_deployment, digit_files, standby_reference, capsys):
     """A fleet of `edvit worker` processes: while the victim's worker is down every format marks

@@ -15,8 +15,8 @@ from planner.wire import WIRE_DTYPE, input_bytes
 from vit_ops.data import load_data
 from vit_ops.runtime import protocol
 from vit_ops.runtime.results import RuntimeConfig
-from vit_ops.runtime.service import (DevicesUnavailableError, InferenceService, QueueFullError,
-                                     ServiceConfig)
+from vit_ops.runtime.service import (MAX_QUEUE_SHARE, DevicesUnavailableError, InferenceService,
+                                     QueuedTooLongError, QueueFullError, ServiceConfig)
 from vit_ops.runtime.transform import EvalTransform, ImageDecodeError, decode_image
 
 from tests.runtime.fakes import RecordingFleet
@@ -167,3 +167,28 @@ def test_a_missing_device_is_named_unless_degraded_mode_serves_without_it(degrad
             assert fleet.batches == []  # not sent to the fleet at all
     finally:
         service.stop()
+
+
+def test_a_request_that_waited_too_long_in_the_queue_is_refused_not_sent():
+    """Behind a request the fleet holds (a hung device), the queued ones wait; once one has waited
+    past MAX_QUEUE_SHARE of the timeout it is refused, never sent to the devices with a deadline
+    so near that healthy ones would miss it and be dropped. A request that came later is sent."""
+    fleet = RecordingFleet()
+    fleet.release.clear()
+    timeout_s = 1.0
+    service = InferenceService(fleet, RuntimeConfig(timeout_s=timeout_s), ServiceConfig()).start()
+    try:
+        first = service.submit(_pixels(1))
+        time.sleep(0.1)  # the dispatcher took it and waits in the fleet
+        stale = service.submit(_pixels(2))
+        time.sleep(MAX_QUEUE_SHARE * timeout_s + 0.1)
+        fresh = service.submit(_pixels(3))
+        fleet.release.set()
+        assert first.result(timeout=5).probabilities.shape == (1, 2)
+        with pytest.raises(QueuedTooLongError, match=r"no answer within 1 s: the request waited "
+                                                     r"0\.[5-9] s in the queue"):
+            stale.result(timeout=5)
+        assert fresh.result(timeout=5).probabilities.shape == (1, 2)
+    finally:
+        service.stop()
+    assert fleet.batches == [1, 1]  # the stale request never reached the fleet

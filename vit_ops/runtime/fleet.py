@@ -3,10 +3,13 @@
 `Fleet` watches the store for as long as it runs (a thread): every worker announcement of a new
 generation (`rendezvous`) is accepted and gets a fresh `Link`, built in a thread of its own, so a
 device that is slow or dies while joining holds up nobody, and a restarted worker rejoins a
-running fleet. `infer` sends one batch of 8-bit images to every live device at once (every receive
-posted before the first send), waits for each answer until the request's deadline, and fuses the
-features; a device whose link breaks (process died) or that misses the deadline (hung) is dropped
-at once, named as a `DeviceFailure`, and `on_lost(rank)` tells the launcher.
+running fleet. `infer` sends one batch of 8-bit images to every live device (every receive posted
+before the first send; at once, or one device after another in the plan's send order), waits for
+each answer until the request's deadline, and fuses the features; a device whose link breaks
+(process died) or that misses the deadline (hung) is dropped at once, named as a
+`DeviceFailure`, and `on_lost(rank)` tells the launcher. A device that does not acknowledge its
+input in its share of the time left holds up no later send: its receipt is waited for on a
+helper thread while the next device is sent its input.
 
 Failover: a slot whose sub-model has a standby copy (`FeatureSlot.standby`) is asked of the device
 holding the copy while its own device is away, in the same request as that device's own work; a
@@ -19,14 +22,17 @@ served (degraded mode) or not. When the device rejoins, its slots are its own ag
 made per request from who is serving then.
 
 `infer`, `ping`, `calibrate` and `close` are called from one thread (the caller's); the watcher
-only adds links, under the lock.
+only adds links, and a receipt's helper thread only drops its own device's link, under the lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Callable, Sequence
@@ -175,6 +181,9 @@ class Fleet:
         self.failures: list[DeviceFailure] = []  # every failure seen, in order
         self._closed = threading.Event()
         self._watcher = threading.Thread(target=self._watch, name="edvit-fleet-watch", daemon=True)
+        # waits for the receipts of input sent in order, so that the next send need not
+        self._receipts = ThreadPoolExecutor(max(len(self.devices), 1),
+                                            thread_name_prefix="edvit-receipt")
 
     # ------------------------------------------------------------------ membership
 
@@ -434,30 +443,52 @@ class Fleet:
         sends = {a.device.name: [self._post(a.device, a.link, a.link.isend, t)
                                  for t in a.messages(protocol.REQUEST, pixels, n)]
                  for a in at_once}
-        for ask in sorted(ordered, key=lambda a: order.index(a.device.name)):
-            sent[ask.device.name] = self._send_acknowledged(ask, pixels, n, deadline)
-            sends[ask.device.name] = []
+        receipts = self._send_in_order(
+            sorted(ordered, key=lambda a: order.index(a.device.name)), pixels, n, deadline)
         answered = []
         for ask, recv, reply in zip(asks, receives, replies):
             device, link = ask.device, ask.link
-            if all(self._wait(device, link, w, deadline) for w in sends[device.name]) and \
-                    self._wait(device, link, recv, deadline):
+            if device.name in receipts:
+                send_start, receipt = receipts[device.name]
+                sent[device.name] = (send_start, receipt.result())  # over by the deadline
+                if sent[device.name][1] is None:
+                    continue  # dropped: the receipt's wait failed or ran out
+            elif not all(self._wait(device, link, w, deadline) for w in sends[device.name]):
+                continue
+            if self._wait(device, link, recv, deadline):
                 answered.append((ask, reply, time.perf_counter()))
         return answered, sent
 
-    def _send_acknowledged(self, ask: "_Ask", pixels: torch.Tensor, n: int,
-                           deadline: float) -> tuple[float, float | None]:
-        """Send one device its input and wait for its receipt: (started, acknowledged at)."""
-        device, link = ask.device, ask.link
-        start = time.perf_counter()
-        receipt = torch.zeros(1, dtype=torch.int64)
-        works = [self._post(device, link, link.isend, t)
-                 for t in ask.messages(protocol.REQUEST_ACKNOWLEDGED, pixels, n)]
-        works.append(self._post(device, link, lambda t: link.irecv(t, protocol.RECEIPT_TAG),
-                                receipt))
+    def _send_in_order(self, ordered: list["_Ask"], pixels: torch.Tensor, n: int,
+                       deadline: float) -> dict[str, tuple[float, Future]]:
+        """Send each device of `ordered` its input once the previous one acknowledged its own:
+        device -> (send started, the wait for its receipt: when it came, None if never). A
+        device that has not acknowledged within its share of the time left (split evenly over
+        it, the devices after it and the compute) is waited for no longer before the next send
+        starts, though still until `deadline`: a hung device holds up nobody else's input, and
+        a send slower than its share only overlaps the next one."""
+        receipts = {}
+        for i, ask in enumerate(ordered):
+            device, link = ask.device, ask.link
+            start = time.perf_counter()
+            receipt = torch.zeros(1, dtype=torch.int64)
+            works = [self._post(device, link, link.isend, t)
+                     for t in ask.messages(protocol.REQUEST_ACKNOWLEDGED, pixels, n)]
+            works.append(self._post(device, link, lambda t: link.irecv(t, protocol.RECEIPT_TAG),
+                                    receipt))
+            wait = self._receipts.submit(self._acknowledged_at, device, link, works, deadline)
+            receipts[device.name] = (start, wait)
+            share = max(deadline - time.monotonic(), 0.0) / (len(ordered) - i + 1)
+            with contextlib.suppress(FutureTimeout):
+                wait.result(timeout=share)
+        return receipts
+
+    def _acknowledged_at(self, device: _Device, link: Link, works: list,
+                         deadline: float) -> float | None:
+        """When every send of `works` went out and the receipt came in (None: it never did)."""
         if all(self._wait(device, link, w, deadline) for w in works):
-            return start, time.perf_counter()
-        return start, None
+            return time.perf_counter()
+        return None
 
     def _post(self, device: _Device, link: Link, operation, tensor: torch.Tensor):
         """Start a send or receive on `link` (None once it is gone: gloo also refuses at once on
@@ -527,6 +558,7 @@ class Fleet:
             self._wait(device, link, work, deadline)
         if self._watcher.is_alive():
             self._watcher.join(timeout=1.0)
+        self._receipts.shutdown(wait=False)
 
 
 def _send_orders(source: DeploymentSource, input_order: list[str] | str) -> SendOrders:

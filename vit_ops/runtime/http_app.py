@@ -52,8 +52,8 @@ from starlette.routing import Route
 from planner.limits import ascii_count
 from vit_ops.runtime.classification import classify_probabilities
 from vit_ops.runtime.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
-from vit_ops.runtime.service import (DevicesUnavailableError, InferenceService, QueueFullError,
-                                     ServiceClosedError)
+from vit_ops.runtime.service import (DevicesUnavailableError, InferenceService,
+                                     QueuedTooLongError, QueueFullError, ServiceClosedError)
 from vit_ops.runtime.transform import EvalTransform, ImageDecodeError, decode_image
 
 SERVER_NAME = "edvit"
@@ -291,6 +291,9 @@ def create_app(service: InferenceService, model: ModelInfo,
                 return await _settled(future)
         except DevicesUnavailableError as exc:
             raise HTTPError(503, str(exc)) from None
+        except QueuedTooLongError as exc:
+            raise HTTPError(503, f"{exc}; retry later",
+                            {"Retry-After": str(limits.retry_after_s)}) from None
         except TimeoutError:
             future.cancel()
             missing = "; ".join(not_ready()) or "none known"

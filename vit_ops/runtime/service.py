@@ -6,7 +6,8 @@ One dispatcher thread owns the fleet's links: it takes the oldest request, adds 
 waiting up to `max_batch` images (waiting at most `max_wait_ms` for more: micro-batching), sends
 them to every device as one request and hands each caller its rows. The fleet's deadline is the
 oldest request's arrival plus most of `timeout_s`, so every request is answered within the
-timeout even while a device hangs: a device that misses it is dropped, and its slots are asked of
+timeout even while a device hangs (a request that waited too long in the queue for that is
+refused, `QueuedTooLongError`, rather than sent with a deadline healthy devices would miss): a device that misses it is dropped, and its slots are asked of
 the devices holding their standby copies (until `FAILOVER_SHARE` of the timeout), so the answer is
 complete and marked `failover`; without copies the answer lacks it, and without degraded mode the
 callers get `DevicesUnavailableError` naming it (503). While idle, the
@@ -34,6 +35,10 @@ from vit_ops.runtime.results import DeviceFailure, RuntimeConfig
 log = logging.getLogger(__name__)
 
 DEADLINE_SHARE = 0.85  # of timeout_s for the devices; the rest is fusion, HTTP and scheduling
+# A request that waited longer than this share of timeout_s in the queue (behind a request held
+# up by a hung device) is refused, not sent: with its deadline that near, healthy devices would
+# miss it and be dropped as hung (on CI, two healthy devices went so behind one SIGSTOPped one).
+MAX_QUEUE_SHARE = 0.45
 FAILOVER_SHARE = 0.95  # of timeout_s: a failed device's slots asked again of their standby copies
 PING_INTERVAL_S = 0.5
 
@@ -66,6 +71,16 @@ class QueueFullError(Exception):
 
 class ServiceClosedError(Exception):
     """The service is shutting down and takes no new requests."""
+
+
+class QueuedTooLongError(Exception):
+    """A request waited so long in the queue that too little of its timeout is left to ask the
+    devices."""
+
+    def __init__(self, waited_s: float, timeout_s: float) -> None:
+        self.waited_s = waited_s
+        super().__init__(f"no answer within {timeout_s:g} s: the request waited {waited_s:.1f} s "
+                         "in the queue behind slower requests, too long to ask the devices")
 
 
 class DevicesUnavailableError(Exception):
@@ -197,6 +212,9 @@ class InferenceService:
         if not self.config.degraded and (missing := self.fleet.uncovered()):
             self._fail(jobs, DevicesUnavailableError(missing))
             return
+        jobs = self._in_time(jobs)
+        if not jobs:
+            return
         arrival = min(j.arrival for j in jobs)
         pixels = jobs[0].pixels if len(jobs) == 1 else torch.cat([j.pixels for j in jobs])
         asked = time.monotonic()
@@ -220,6 +238,16 @@ class InferenceService:
                                          failover=answer.failover,
                                          standby_devices=answer.standby,
                                          queue_s=asked - job.arrival, fleet_s=answer.elapsed_s))
+
+    def _in_time(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs with enough of their timeout left to ask the devices; the others are
+        refused (`QueuedTooLongError`), never sent with a deadline a healthy device would miss."""
+        now = time.monotonic()
+        waited = {id(j): now - j.arrival for j in jobs}
+        late = [j for j in jobs if waited[id(j)] > MAX_QUEUE_SHARE * self.config.timeout_s]
+        for job in late:
+            job.future.set_exception(QueuedTooLongError(waited[id(job)], self.config.timeout_s))
+        return [j for j in jobs if j not in late]
 
     @staticmethod
     def _fail(jobs: list[_Job], exc: Exception) -> None:
