@@ -46,8 +46,8 @@ class RuntimeConfig(StrictModel):
         default="plan", description="how each request's input goes out. A list: to the devices "
         "one after another in this order, each once the previous device acknowledged it, so the "
         "aggregator's link carries one transfer at a time (a device that has not acknowledged "
-        "within its share of the time left holds up the next send no longer); devices not listed (a worker on the "
-        "aggregator's own host) get theirs first, at once. 'plan': in the deployment's planned "
+        "within its share of the time left holds up the next send no longer); devices not "
+        "listed (a worker on the aggregator's own host) get theirs first, at once. 'plan': in the deployment's planned "
         "order (SendOrders: its own order while a device is down), at once when the plan does "
         "not model the transfer. 'at-once': to every device at once (TCP shares the link)")
 

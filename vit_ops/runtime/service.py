@@ -7,8 +7,8 @@ waiting up to `max_batch` images (waiting at most `max_wait_ms` for more: micro-
 them to every device as one request and hands each caller its rows. The fleet's deadline is the
 oldest request's arrival plus most of `timeout_s`, so every request is answered within the
 timeout even while a device hangs (a request that waited too long in the queue for that is
-refused, `QueuedTooLongError`, rather than sent with a deadline healthy devices would miss): a device that misses it is dropped, and its slots are asked of
-the devices holding their standby copies (until `FAILOVER_SHARE` of the timeout), so the answer is
+refused, `QueuedTooLongError`, rather than sent with a deadline healthy devices would miss): a
+device that misses it is dropped, and its slots are asked of the devices holding their standby copies (until `FAILOVER_SHARE` of the timeout), so the answer is
 complete and marked `failover`; without copies the answer lacks it, and without degraded mode the
 callers get `DevicesUnavailableError` naming it (503). While idle, the
 dispatcher pings the devices, so readiness notices a dead or hung device without traffic.
@@ -242,12 +242,14 @@ class InferenceService:
     def _in_time(self, jobs: list[_Job]) -> list[_Job]:
         """The jobs with enough of their timeout left to ask the devices; the others are
         refused (`QueuedTooLongError`), never sent with a deadline a healthy device would miss."""
-        now = time.monotonic()
-        waited = {id(j): now - j.arrival for j in jobs}
-        late = [j for j in jobs if waited[id(j)] > MAX_QUEUE_SHARE * self.config.timeout_s]
-        for job in late:
-            job.future.set_exception(QueuedTooLongError(waited[id(job)], self.config.timeout_s))
-        return [j for j in jobs if j not in late]
+        now, timely = time.monotonic(), []
+        for job in jobs:
+            if now - job.arrival > MAX_QUEUE_SHARE * self.config.timeout_s:
+                job.future.set_exception(QueuedTooLongError(now - job.arrival,
+                                                            self.config.timeout_s))
+            else:
+                timely.append(job)
+        return timely
 
     @staticmethod
     def _fail(jobs: list[_Job], exc: Exception) -> None:
