@@ -158,6 +158,7 @@ class CompiledInventory:
     profile_source: str
     device_kinds: dict[str, str]            # device name -> kind name
     device_figures: dict[str, DeviceKind]   # device name -> figures, overrides applied
+    device_entries: dict[str, int]          # device name -> index of its entry in `devices`
     class_names: list[str] | None
     inventory: Inventory
 
@@ -195,8 +196,8 @@ def _beside(base_dir: Path, name: str) -> Path:
 
 
 def expand_devices(inv: Inventory, kinds: dict[str, DeviceKind], source: str
-                   ) -> list[tuple[str, str, DeviceKind]]:
-    """(device name, kind name, figures) for every device, named `<prefix>-<i>`."""
+                   ) -> list[tuple[str, str, DeviceKind, int]]:
+    """(device name, kind name, figures, entry index) for every device, named `<prefix>-<i>`."""
     refusal = too_many_devices(sum(entry.count for entry in inv.devices))
     if refusal:
         raise InputError(refusal, file=source, field="devices")
@@ -214,7 +215,7 @@ def expand_devices(inv: Inventory, kinds: dict[str, DeviceKind], source: str
                 raise InputError("two devices get the same name; give entries distinct `name`s",
                                  file=source, field=f"devices.{e}.name", value=name)
             taken.add(name)
-            devices.append((name, entry.kind, figures))
+            devices.append((name, entry.kind, figures, e))
     if not devices:
         raise InputError("the inventory has no device (all counts are 0)", file=source,
                          field="devices")
@@ -231,7 +232,7 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
     profile, profile_source = _profile_for(inv, base_dir, source, profile_path)
     variants = _chosen_variants(inv, profile, source)
 
-    names = [name for name, _, _ in devices]
+    names = [name for name, *_ in devices]
     if inv.aggregator is not None and inv.aggregator not in names:
         raise InputError(f"aggregator is not a device of the inventory (devices: "
                          f"{', '.join(names[:8])}{'...' if len(names) > 8 else ''})",
@@ -252,7 +253,7 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
                               weight_bytes_per_s=fig.weight_bytes_per_s,
                               send_overhead_s=fig.send_overhead_s,
                               hosting_send_overhead_s=fig.hosting_send_overhead_s)
-                       for name, _, fig in devices]
+                       for name, _, fig, _ in devices]
     max_submodels = min(c, len(devices) * inv.max_per_device)
     fusion = fusion_cost(max(v.feat_bytes for v in variants) // FLOAT_BYTES, inv.fusion_hidden,
                          c, max_submodels)
@@ -273,8 +274,9 @@ def compile_inventory(inv: Inventory, *, source: str = "<inventory>",
         raise_validation_error(exc, source)
     return CompiledInventory(
         problem=problem, profile=profile, profile_source=profile_source,
-        device_kinds={name: kind for name, kind, _ in devices},
-        device_figures={name: fig for name, _, fig in devices},
+        device_kinds={name: kind for name, kind, _, _ in devices},
+        device_figures={name: fig for name, _, fig, _ in devices},
+        device_entries={name: e for name, _, _, e in devices},
         class_names=inv.model.class_names, inventory=inv)
 
 

@@ -251,42 +251,19 @@ def plan_without_transfer(inventory: Path, out: Path) -> Path:
 
 
 PLANNERS: dict[str, PlanMaker] = {"old": plan_without_transfer, "new": plan_with_cli}
-REFINED = "refined"  # the label of the plan made from figures refined by a served plan's CPU
+REFINED = "refined"  # the label of the plan made from figures refined by a served run
 
 
-def served_cpu_factors(check: PlanCheck, nodes: list[str]) -> dict[str, float]:
-    """node -> the CPU time its sub-models took when served / the CPU time calibrated, for the
-    nodes `check`'s plan used; every other node gets the median of theirs (measured beside the
-    others, as a node the next plan adds would compute)."""
-    used = {d.node: d.cpu_ratio for d in check.devices if d.cpu_ratio}
-    typical = statistics.median(used.values()) if used else 1.0
-    return {node: used.get(node, typical) for node in nodes}
-
-
-def refined_inventory(inventory: Path, kinds: dict[str, Path], factors: dict[str, float],
-                      out_dir: Path) -> Path:
-    """The inventory with every node's kind refined by its served CPU factor: its CPU figures
-    (flops_per_s, weight_bytes_per_s, overhead_per_block_s) scaled so they predict the CPU
-    time served; the quota curve and the hand-off cost stay as calibrated."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    refined = {}
-    for name, path in kinds.items():
-        kind = yaml.safe_load(path.read_text())
-        factor = factors[name]
-        for field_name in ("flops_per_s", "weight_bytes_per_s"):
-            if kind.get(field_name):
-                kind[field_name] = kind[field_name] / factor
-        if kind.get("overhead_per_block_s"):
-            kind["overhead_per_block_s"] *= factor
-        kind["description"] = (f"{kind.get('description', '')}; CPU figures x{factor:.3f} "
-                               f"(served CPU / calibrated)")
-        out = out_dir / f"{name}-refined.yaml"
-        out.write_text(yaml.safe_dump(kind, sort_keys=False))
-        refined[name] = out
-    document = yaml.safe_load(inventory.read_text())
-    document["kinds"] = {name: {"file": str(path)} for name, path in refined.items()}
-    out = out_dir / "inventory-refined.yaml"
-    out.write_text(yaml.safe_dump(document, sort_keys=False))
+def refine_with_cli(inventory: Path, plan: Path, served: Path, out: Path) -> Path:
+    """`edvit refine INVENTORY --plan PLAN --served RESULT --out OUT`: every node's CPU figures
+    scaled by the served plan's CPU time over its calibrated CPU time (a node the plan did not
+    use, by the median of those it did), the hand-offs and the aggregator's per-send cost as the
+    run measured them (`profiler.refine`)."""
+    result = subprocess.run([*EDVIT, "refine", str(inventory), "--plan", str(plan), "--served",
+                             str(served), "--out", str(out)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"edvit refine {inventory}: {result.stderr.strip()[-500:]}")
+    log.info("%s", result.stdout.strip())
     return out
 
 
@@ -495,8 +472,13 @@ def _serve_and_compare(fleet: EmulatedFleet, case: FleetCase, name: str, plan_pa
         arrivals, makespan, _ = rescore_with_transfer(plan, problem, order)
     served = {"plan": "plan", "at-once": "at-once", "jackson": jackson or "at-once"}[how]
     result = serve_plan(fleet, plan_path, case.images, served)
-    (plan_path.parent / f"serve-{name.replace('/', '-')}.json").write_text(json.dumps(result))
+    served_path(plan_path, name).write_text(json.dumps(result))
     return compare(name, plan_path, result, order, arrivals, makespan, problem)
+
+
+def served_path(plan_path: Path, name: str) -> Path:
+    """Where `_serve_and_compare` keeps the aggregator's result of serving a plan as `name`."""
+    return plan_path.parent / f"serve-{name.replace('/', '-')}.json"
 
 
 def run_case(case: FleetCase, work_dir: Path, profile: Path,
@@ -509,10 +491,10 @@ def run_case(case: FleetCase, work_dir: Path, profile: Path,
     device after another, longest device time first). Each served plan is also re-scored with
     the input transfer in the order it was served (at once: Jackson's order, for reference).
 
-    With `refine`, the last plan's served CPU time refines every node's CPU figures
-    (`served_cpu_factors`, `refined_inventory`: served CPU drifts from what calibrate measured
-    minutes before), and the plan made from the refined figures is served as well (label
-    REFINED), in the plan's order."""
+    With `refine`, the last plan's served run refines every node's figures (`edvit refine`:
+    served CPU time, hand-offs and sends differ from what calibrate measured minutes before), and
+    the plan made from the refined figures is served as well (label REFINED), in the plan's
+    order."""
     planners = planners or PLANNERS
     started = time.monotonic()
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -528,10 +510,10 @@ def run_case(case: FleetCase, work_dir: Path, profile: Path,
                 name = label if len(send_orders) == 1 else f"{label}/{how}"
                 checks.append(_serve_and_compare(fleet, case, name, plan_path, problem, how))
         if refine and checks:
-            factors = served_cpu_factors(checks[-1], list(kinds))
-            log.info("served CPU / calibrated CPU per node: %s",
-                     {n: round(f, 3) for n, f in factors.items()})
-            refined = refined_inventory(inventory, kinds, factors, work_dir)
+            last = checks[-1]
+            refined = refine_with_cli(inventory, last.plan_path,
+                                      served_path(last.plan_path, last.label),
+                                      work_dir / "inventory-refined.yaml")
             plan_path = plan_with_cli(refined, work_dir / f"plan-{REFINED}.json")
             checks.append(_serve_and_compare(fleet, case, REFINED, plan_path,
                                              compile_inventory_file(refined).problem, "plan"))

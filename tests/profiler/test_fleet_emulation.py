@@ -16,6 +16,7 @@ import pytest
 
 from planner.wire import input_bytes
 from profiler.emulation.fleet import EmulatedFleet, NodeSpec, tbf_arguments, unavailable_reason
+from tests.profiler.fleet_kinds import calibrated_kind
 
 EDVIT = [sys.executable, "-m", "planner.cli"]
 REASON = unavailable_reason()
@@ -33,12 +34,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _kind(name: str, flops_per_s: float) -> dict:
-    return {"name": name, "mem_bytes": 4 << 30, "flops_per_s": flops_per_s, "overhead_s": 0.002,
-            "link_bytes_per_s": 1e6, "weight_bytes_per_s": 5e9, "overhead_per_block_s": 1e-3,
-            "quota_curve": [[0.01, 0.012], [0.05, 0.12]]}
-
-
 def _kinds_inventory(tmp_path: Path, rates: dict[str, float]) -> tuple[dict[str, Path], Path]:
     """One kind file per node (name -> its flops_per_s) and an inventory of one device each, the
     first the aggregator, on the built-in ViT-B profile."""
@@ -47,7 +42,7 @@ def _kinds_inventory(tmp_path: Path, rates: dict[str, float]) -> tuple[dict[str,
     kinds = {}
     for name, rate in rates.items():
         kinds[name] = tmp_path / f"{name}.yaml"
-        kinds[name].write_text(yaml.safe_dump(_kind(name, rate)))
+        kinds[name].write_text(yaml.safe_dump(calibrated_kind(name, rate)))
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump({
         "schema_version": 1, "name": "t",
@@ -56,43 +51,6 @@ def _kinds_inventory(tmp_path: Path, rates: dict[str, float]) -> tuple[dict[str,
         "kinds": {n: {"file": str(p)} for n, p in kinds.items()},
         "aggregator": f"{next(iter(kinds))}-0"}))
     return kinds, inventory
-
-
-def test_served_cpu_refines_every_nodes_cpu_figures_and_nothing_else(tmp_path: Path):
-    """A node the plan used takes its own served/calibrated CPU factor, a node it did not use
-    the median of theirs; the refined kinds predict factor x the calibrated CPU time of every
-    sub-model, with the quota curve, hand-off and link as calibrated, and the inputs unchanged."""
-    from planner.checker import submodel_cpu_s
-    from planner.plan_inventory import compile_inventory_file
-    from profiler.emulation.check import (DeviceCheck, PlanCheck, Spread, refined_inventory,
-                                          served_cpu_factors)
-
-    kinds, inventory = _kinds_inventory(tmp_path, {"agg": 2e10, "d1": 3e10, "d2": 3e10})
-    before = {p: p.read_text() for p in (inventory, *kinds.values())}
-
-    def device(node, predicted, served):
-        flat = Spread(0.1, 0.1)
-        return DeviceCheck(device=f"{node}-0", node=node, ratios=[0.5], predicted_arrival_s=0,
-                           predicted_compute_s=0.1, predicted_done_s=0.1, arrival=flat,
-                           compute=flat, done=flat, predicted_cpu_s=predicted,
-                           compute_cpu=Spread(served, served))
-
-    check = PlanCheck(label="new", plan_path=tmp_path / "plan.json", predicted_makespan_s=0.1,
-                      end_to_end=Spread(0.1, 0.1), fusion=Spread(0, 0), input_order=None,
-                      devices=[device("agg", 0.040, 0.052), device("d1", 0.030, 0.033)])
-    factors = served_cpu_factors(check, list(kinds))
-    assert factors == pytest.approx({"agg": 1.3, "d1": 1.1, "d2": 1.2})
-
-    refined = refined_inventory(inventory, kinds, factors, tmp_path / "out")
-    old = compile_inventory_file(inventory).problem
-    new = compile_inventory_file(refined).problem
-    for name, factor in factors.items():
-        was, now = old.device(f"{name}-0"), new.device(f"{name}-0")
-        for row in old.profile:
-            assert submodel_cpu_s(row, now) == pytest.approx(factor * submodel_cpu_s(row, was))
-        assert (now.quota_curve, now.overhead_s, now.link_bytes_per_s) == (
-            was.quota_curve, was.overhead_s, was.link_bytes_per_s)
-    assert {p: p.read_text() for p in before} == before
 
 
 def test_the_model_fed_the_served_cpu_reads_each_request_off_the_curve(tmp_path: Path):
