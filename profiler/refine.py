@@ -37,6 +37,7 @@ from planner.checker import submodel_cpu_s
 from planner.errors import InputError
 from planner.inventory import CompiledInventory
 from planner.plan_schema import Plan
+from planner.profile_schema import same_ratio
 from planner.schema_base import StrictModel
 from vit_ops.runtime.results import RequestTrace, ServeResult
 
@@ -83,6 +84,23 @@ class Refinement(StrictModel):
     notes: list[str] = Field(default_factory=list, description="figures left as calibrated, why")
 
 
+def check_plan_of(compiled: CompiledInventory, plan: Plan, source: str = "<plan>") -> None:
+    """The plan has sub-models, on devices of the inventory, at ratios of its profile."""
+    if not plan.submodels:
+        raise InputError(f"the plan has no sub-models (status {plan.status})", file=source,
+                         field="submodels")
+    ratios = [row.ratio for row in compiled.problem.profile]
+    for i, sm in enumerate(plan.submodels):
+        if sm.device not in compiled.device_entries:
+            raise InputError("the plan names a device the inventory does not have (another "
+                             "inventory's plan?)", file=source, field=f"submodels.{i}.device",
+                             value=sm.device)
+        if not any(same_ratio(sm.ratio, r) for r in ratios):
+            raise InputError("a keep ratio the inventory's profile does not have (another "
+                             "inventory's plan?)", file=source, field=f"submodels.{i}.ratio",
+                             value=sm.ratio)
+
+
 def usable_traces(result: ServeResult, *, source: str = "<result>",
                   warmup: int = DEFAULT_WARMUP) -> list[RequestTrace]:
     """The run's requests after `warmup` that every sub-model served in (no failover, not
@@ -111,9 +129,6 @@ def served_cpu(compiled: CompiledInventory, plan: Plan, traces: list[RequestTrac
         by_device.setdefault(sm.device, []).append(sm.ratio)
     served = []
     for device, ratios in by_device.items():
-        if device not in compiled.device_entries:
-            raise InputError("the plan names a device the inventory does not have",
-                             field="submodels.device", value=device)
         if any(device not in t.devices for t in traces):
             raise InputError("the run has no trace of a device of the plan (another plan's run?)",
                              file=source, field="trace.devices", value=device)
@@ -149,8 +164,9 @@ def entry_factors(served: list[ServedCpu], entries: int, unserved: Unserved) -> 
 
 
 def refine(compiled: CompiledInventory, plan: Plan, result: ServeResult, *,
-           source: str = "<result>", warmup: int = DEFAULT_WARMUP,
+           source: str = "<result>", plan_source: str = "<plan>", warmup: int = DEFAULT_WARMUP,
            unserved: Unserved = "median") -> Refinement:
+    check_plan_of(compiled, plan, plan_source)
     traces = usable_traces(result, source=source, warmup=warmup)
     served = served_cpu(compiled, plan, traces, source=source)
     notes: list[str] = []

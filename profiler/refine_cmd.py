@@ -45,8 +45,8 @@ def run_refine(args: argparse.Namespace) -> int:
     plan = load_plan(args.plan)
     result = validate_document(ServeResult, read_json(args.served), args.served,
                                expected="a JSON object (`edvit worker ... --json`)")
-    refinement = refine(compiled, plan, result, source=args.served, warmup=args.warmup,
-                        unserved=args.unserved)
+    refinement = refine(compiled, plan, result, source=args.served, plan_source=args.plan,
+                        warmup=args.warmup, unserved=args.unserved)
     document = refined_document(read_yaml(inventory_path), compiled, refinement,
                                 inventory_path.parent, out.parent)
     header = (f"# {inventory_path.name} refined by `edvit refine` from the served run "

@@ -231,6 +231,22 @@ def test_a_run_of_another_plan_or_without_cpu_times_is_refused(served_fleet, ref
         document = json.loads(served.read_text())
 
 
+def test_a_plan_of_another_inventory_is_refused_naming_the_plan(served_fleet, refine,
+                                                                 tmp_path: Path):
+    inventory, plan, served, _ = served_fleet
+    document = json.loads(plan.read_text())
+    first, rest = document["submodels"][0], document["submodels"][1:]
+    for field, submodels in (("submodels.0.device", [{**first, "device": "elsewhere-0"}, *rest]),
+                             ("submodels.0.ratio", [{**first, "ratio": 0.3}, *rest]),
+                             ("submodels", [])):
+        bad = tmp_path / "other-plan.json"
+        bad.write_text(json.dumps({**document, "submodels": submodels}))
+        run = refine(inventory, bad, served, tmp_path / "refined.yaml")
+        assert run.returncode == 2, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1
+        assert str(bad) in run.stderr and field in run.stderr, run.stderr
+
+
 def test_the_output_may_not_replace_an_input(served_fleet, refine):
     inventory, plan, served, _ = served_fleet
     before = inventory.read_bytes()
