@@ -254,8 +254,8 @@ def served_send_cost(compiled: CompiledInventory, plan: Plan, traces: list[Reque
 def refined_document(document: dict, compiled: CompiledInventory, refinement: Refinement,
                      inventory_dir: Path, out_dir: Path) -> dict:
     """The inventory's YAML document with each refined entry's CPU and wall-clock figures set on
-    the entry itself (its kind, built-in or from a file, untouched), and every relative file it names
-    rewritten relative to `out_dir`, where the refined inventory is written."""
+    the entry itself (its kind, built-in or from a file, untouched), and every relative file it
+    names rewritten relative to `out_dir`, where the refined inventory is written."""
     document = {**document, "devices": [dict(entry) for entry in document["devices"]]}
     for e, factor in refinement.entry_factors.items():
         entry = document["devices"][e]
