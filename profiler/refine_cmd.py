@@ -26,7 +26,7 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plan", required=True, help="the plan that served (JSON)")
     parser.add_argument("--served", required=True, metavar="RESULT",
                         help="the aggregator's result of a traced run of the plan "
-                             "(`edvit worker PLAN --rank 0 --trace --json > RESULT`)")
+                             "(`edvit worker DEPLOY_DIR --rank 0 ... --trace --json > RESULT`)")
     parser.add_argument("--out", required=True, help="the refined inventory (YAML)")
     parser.add_argument("--warmup", type=int, default=DEFAULT_WARMUP,
                         help=f"requests left out at the start (default {DEFAULT_WARMUP})")

@@ -49,8 +49,8 @@ COMMANDS: dict[str, CommandInfo] = {
                            "FLOPs, memory (and host latency) of a ViT's pruned variants"),
     "calibrate": CommandInfo("profiler.cli", "time a few ViT variants here and fit this device's "
                                              "latency figures"),
-    "refine": CommandInfo("profiler.refine_cmd", "scale an inventory's CPU figures to what a "
-                                                 "served run of its plan took"),
+    "refine": CommandInfo("profiler.refine_cmd", "set an inventory's CPU, hand-off and send "
+                                                 "figures to what a served run of its plan took"),
     "train-base": CommandInfo("vit_ops.cli", "train a base ViT: the small digits ViT, or any "
                                              "plain timm ViT/DeiT on an image folder"),
     "materialize": CommandInfo("vit_ops.cli", "build the plan's pruned sub-models and fusion head"),
