@@ -116,7 +116,8 @@ def device_table(result: CaseResult) -> str:
     for check in result.checks:
         transfer = (f" (with the input transfer {check.transfer_makespan_s * 1e3:.1f} ms)"
                     if check.transfer_makespan_s is not None else "")
-        lines.append(f"\n{result.case.name} / {check.label}: predicted makespan "
+        rounds = (f" after {check.refine_rounds} refinement(s)" if check.refine_rounds else "")
+        lines.append(f"\n{result.case.name} / {check.label}{rounds}: predicted makespan "
                      f"{check.predicted_makespan_s * 1e3:.1f} ms{transfer}, measured median "
                      f"{check.end_to_end.median_s * 1e3:.1f} ms, p95 "
                      f"{check.end_to_end.p95_s * 1e3:.1f} ms (x{check.ratio:.2f}); input order "
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                              "with other jobs they get what their quotas grant; 0: compete)")
     parser.add_argument("--no-refine", dest="refine", action="store_false",
                         help="skip the plan made from figures refined by the new plan's served "
-                             "CPU time (it drifts from what calibrate measured minutes before)")
+                             "run (`edvit refine`, until the plan is the one served)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING)

@@ -179,6 +179,7 @@ def test_one_small_emulated_fleet_runs_and_its_links_are_shaped(tmp_path: Path):
     assert "quota clock, CPU quota 0.30 core" in result.calibrated["d1"]["description"]
     check, refined = result.checks
     assert refined.label == "refined" and refined.predicted_makespan_s > 0
+    assert 1 <= refined.refine_rounds <= 3
     assert check.served_cpu_makespan.median_s > 0
     for device in check.devices:  # the worker's CPU time over its compute: a share of a core
         assert 0 < device.compute_cpu.median_s <= device.compute.median_s * 1.05
