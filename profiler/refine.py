@@ -33,10 +33,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from planner.checker import submodel_cpu_s
+from planner.checker import input_transfer_s, send_overhead_s, submodel_cpu_s
 from planner.errors import InputError
 from planner.inventory import CompiledInventory
-from planner.plan_schema import Plan
+from planner.plan_schema import Plan, SubModelPlan
 from planner.profile_schema import same_ratio
 from planner.schema_base import StrictModel
 from vit_ops.runtime.results import RequestTrace, ServeResult
@@ -125,11 +125,9 @@ def served_cpu(compiled: CompiledInventory, plan: Plan, traces: list[RequestTrac
                source: str = "<result>") -> list[ServedCpu]:
     """Per device of `plan`: predicted and served CPU time (median over `traces`)."""
     problem = compiled.problem
-    by_device: dict[str, list[float]] = {}
-    for sm in plan.submodels:
-        by_device.setdefault(sm.device, []).append(sm.ratio)
     served = []
-    for device, ratios in by_device.items():
+    for device, subs in submodels_by_device(plan).items():
+        ratios = [sm.ratio for sm in subs]
         if any(device not in t.devices for t in traces):
             raise InputError("the run has no trace of a device of the plan (another plan's run?)",
                              file=source, field="trace.devices", value=device)
@@ -153,6 +151,14 @@ def trimmed_mean(values: list[float], cut: float = TRIM) -> float:
     ordered = sorted(values)
     k = int(len(ordered) * cut)
     return statistics.fmean(ordered[k:len(ordered) - k])
+
+
+def submodels_by_device(plan: Plan) -> dict[str, list[SubModelPlan]]:
+    """The plan's sub-models per device, devices in the plan's order."""
+    by_device: dict[str, list[SubModelPlan]] = {}
+    for sm in plan.submodels:
+        by_device.setdefault(sm.device, []).append(sm)
+    return by_device
 
 
 def _flagged(flags: list[bool], i: int) -> bool:
@@ -194,12 +200,11 @@ def served_handoffs(compiled: CompiledInventory, plan: Plan,
     """Each entry's hand-off per sub-model (`overhead_s`), from the requests in which one of its
     devices had its features ready last (then the aggregator waits for nothing else): on the
     aggregator, its worker's input arrival plus the wait for its features; on another device,
-    the wait for its features beyond their planned transfer. The median over those requests, and
-    over the entry's devices; an entry whose devices were never last keeps its figure."""
+    the wait for its features beyond their planned transfer. The trimmed mean over those
+    requests, the median over the entry's devices; an entry whose devices were never last keeps
+    its figure."""
     aggregator = compiled.problem.aggregator_name
-    by_device: dict[str, list] = {}
-    for sm in plan.submodels:
-        by_device.setdefault(sm.device, []).append(sm)
+    by_device = submodels_by_device(plan)
     waits: dict[str, list[float]] = {device: [] for device in by_device}
     for t in traces:
         device = max(by_device, key=lambda d: t.devices[d].features_ready_s)
@@ -228,10 +233,10 @@ def served_handoffs(compiled: CompiledInventory, plan: Plan,
 
 def served_send_cost(compiled: CompiledInventory, plan: Plan, traces: list[RequestTrace],
                      notes: list[str]) -> ServedFigure | None:
-    """The aggregator's cost per input sent, fitted (least squares, per request; the median over
-    requests) to the arrivals of the plan's send order: arrival k = the first k sends' bytes over
-    their links + k x the cost. None when the plan sends nothing, or the run did not send in the
-    plan's order (a note says so)."""
+    """The aggregator's cost per input sent, fitted (least squares, per request; the trimmed mean
+    over requests) to the arrivals of the plan's send order: arrival k = the first k sends' bytes
+    over their links + k x the cost. None when the plan sends nothing, or the run did not send in
+    the plan's order (a note says so)."""
     order = plan.send_order
     if not order:
         return None
@@ -242,17 +247,17 @@ def served_send_cost(compiled: CompiledInventory, plan: Plan, traces: list[Reque
         notes.append("the run did not send the input in the plan's order (--input-order plan): "
                      "the per-send cost is left as calibrated")
         return None
-    bytes_s, elapsed = [], 0.0
+    holds = (any(sm.device == aggregator.name for sm in plan.submodels)
+             or any(sm.standby_device == aggregator.name for sm in plan.submodels))
+    bytes_s, elapsed = [], 0.0  # the checker's transfer less its per-send cost: the bytes alone
     for d in order:
-        elapsed += problem.input_bytes_sent / min(aggregator.link_bytes_per_s,
-                                                  problem.device(d).link_bytes_per_s)
+        elapsed += (input_transfer_s(problem, problem.device(d), holds)
+                    - send_overhead_s(aggregator, holds))
         bytes_s.append(elapsed)
     weights = sum(k * k for k in range(1, len(order) + 1))
     costs = [sum(k * (t.devices[d].input_arrived_s - x)
                  for k, (d, x) in enumerate(zip(order, bytes_s), start=1)) / weights
              for t in traces]
-    holds = (any(sm.device == aggregator.name for sm in plan.submodels)
-             or any(sm.standby_device == aggregator.name for sm in plan.submodels))
     figure = ("hosting_send_overhead_s" if holds and aggregator.hosting_send_overhead_s is not None
               else "send_overhead_s")
     return ServedFigure(entry=compiled.device_entries[aggregator.name], figure=figure,
